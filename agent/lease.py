@@ -1,0 +1,127 @@
+"""Lease values and keys exactly as flannel writes them (FLANNEL.md §1.1, §1.2).
+
+A lease lives at `<prefix>/subnets/<ip>-<len>`; its value is Go's JSON of `LeaseAttrs`, field order
+PublicIP, PublicIPv6, BackendType (omitempty), BackendData (omitempty). udp sets no BackendType.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# flannel's regex (pkg/subnet/subnet.go) is unanchored at the start and leaves two dots
+# unescaped; we accept the same keys but anchor both ends so junk prefixes are rejected.
+_KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
+
+IPv4Network = ipaddress.IPv4Network
+IPv4Address = ipaddress.IPv4Address
+
+
+class LeaseFormatError(ValueError):
+    """A lease key or value that flannel would not have written."""
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    public_ip: IPv4Address
+    backend_type: Optional[str] = None          # None for udp and alloc (omitted from JSON)
+    backend_data: Optional[dict] = None         # e.g. {"VNI": 100, "VtepMAC": "aa:..."}
+
+    def to_json(self) -> bytes:
+        return encode_attrs(self)
+
+
+@dataclass(frozen=True)
+class Lease:
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+    # Seconds since the epoch when etcd will drop the key; None = no TTL (a reservation).
+    expiration: Optional[float] = None
+    revision: int = field(default=0, compare=False)
+
+    @property
+    def public_ip(self) -> IPv4Address:
+        return self.attrs.public_ip
+
+    @property
+    def key(self) -> str:
+        return subnet_key(self.subnet)
+
+
+def subnet_key(net: IPv4Network) -> str:
+    """`10.5.34.0/24` -> `10.5.34.0-24` (flannel's IP4Net.StringSep(".", "-"))."""
+    return f"{net.network_address}-{net.prefixlen}"
+
+
+def parse_subnet_key(key: str) -> IPv4Network:
+    """Parse the last path element of a lease key; the IPv6 half of a dual-stack key is ignored."""
+    name = key.rsplit("/", 1)[-1]
+    m = _KEY_RE.match(name)
+    if not m:
+        raise LeaseFormatError(f"bad subnet key {key!r}")
+    plen = int(m.group(2))
+    if plen > 32:
+        raise LeaseFormatError(f"bad prefix length in subnet key {key!r}")
+    try:
+        return ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)
+    except ValueError as e:
+        raise LeaseFormatError(f"bad subnet key {key!r}: {e}") from None
+
+
+def _go_json(value: Any) -> str:
+    # Go's encoding/json: compact separators, HTML-safe escaping of <, >, &.
+    s = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def encode_attrs(attrs: LeaseAttrs) -> bytes:
+    """Byte-for-byte flannel: `{"PublicIP":"…","PublicIPv6":null[,"BackendType":…][,"BackendData":…]}`."""
+    parts = [f'"PublicIP":{_go_json(str(attrs.public_ip))}', '"PublicIPv6":null']
+    if attrs.backend_type:
+        parts.append(f'"BackendType":{_go_json(attrs.backend_type)}')
+    if attrs.backend_data is not None:
+        parts.append(f'"BackendData":{_go_json(attrs.backend_data)}')
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+def _ci_get(obj: dict, name: str) -> Any:
+    """Go's decoder: exact key first, then a case-insensitive match."""
+    if name in obj:
+        return obj[name]
+    low = name.lower()
+    for k, v in obj.items():
+        if isinstance(k, str) and k.lower() == low:
+            return v
+    return None
+
+
+def decode_attrs(raw: bytes | str) -> LeaseAttrs:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LeaseFormatError(f"lease value is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise LeaseFormatError("lease value is not a JSON object")
+    pub = _ci_get(obj, "PublicIP")
+    try:
+        public_ip = ipaddress.IPv4Address(pub if pub is not None else "0.0.0.0")
+    except ValueError:
+        raise LeaseFormatError(f"bad PublicIP {pub!r}") from None
+    btype = _ci_get(obj, "BackendType")
+    if btype is not None and not isinstance(btype, str):
+        raise LeaseFormatError(f"bad BackendType {btype!r}")
+    bdata = _ci_get(obj, "BackendData")
+    if bdata is not None and not isinstance(bdata, dict):
+        raise LeaseFormatError("BackendData is not a JSON object")
+    return LeaseAttrs(public_ip=public_ip, backend_type=btype or None, backend_data=bdata)
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """ADDED carries the new lease; REMOVED carries the last known lease (flannel's LeaseWatcher)."""
+    ADDED = "added"
+    REMOVED = "removed"
+    kind: str
+    lease: Lease
