@@ -36,14 +36,16 @@ class LeaseAttrs:
 @dataclass(frozen=True)
 class Lease:
     subnet: IPv4Network
-    attrs: LeaseAttrs
+    # None only on REMOVED events straight from etcd (a DELETE carries no value); the peer
+    # tracker substitutes the last known attrs before backends see the event.
+    attrs: Optional[LeaseAttrs]
     # Seconds since the epoch when etcd will drop the key; None = no TTL (a reservation).
     expiration: Optional[float] = None
     revision: int = field(default=0, compare=False)
 
     @property
-    def public_ip(self) -> IPv4Address:
-        return self.attrs.public_ip
+    def public_ip(self) -> Optional[IPv4Address]:
+        return self.attrs.public_ip if self.attrs else None
 
     @property
     def key(self) -> str:
