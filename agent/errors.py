@@ -1,26 +1,30 @@
-"""Errors shared by the agent's modules."""
+"""Exceptions shared by the registry, the lease policy and the daemon.
+
+Kept in a module of their own so that `registry` (etcd) and `subnets` (policy) can both import
+them without importing each other.
+"""
 from __future__ import annotations
 
 
 class RegistryError(RuntimeError):
-    """An etcd registry operation failed."""
+    """The etcd registry failed; the message is for the operator."""
 
 
 class SubnetExists(RegistryError):
-    """A lease create lost the race: the subnet key already exists (flannel: "subnet already exists")."""
+    """create_lease lost a race: the key already exists (etcd txn `Version(key) == 0` failed)."""
 
 
 class Compacted(RegistryError):
-    """The requested etcd revision has been compacted away; the caller must re-list."""
+    """A watch asked for a revision etcd has compacted away; the caller must re-list."""
 
 
 class EtcdUnreachable(RegistryError):
-    """No configured etcd endpoint answered."""
+    """No etcd endpoint answered."""
 
 
 class LeaseLost(RuntimeError):
-    """This node's own lease was revoked or expired ("Lease has been revoked")."""
+    """Our subnet lease is gone or now belongs to another host; the daemon must exit."""
 
 
 class OutOfSubnets(RuntimeError):
-    """No free subnet is left in the configured range (flannel: "out of subnets")."""
+    """No free subnet is left in [SubnetMin, SubnetMax] (flannel: "out of subnets")."""
