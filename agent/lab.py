@@ -261,3 +261,68 @@ def etcd_binary() -> str:
 
 def etcdctl_binary() -> str:
     return _find_binary("etcdctl")
+
+
+_SINK = r"""
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(float(sys.argv[3]))
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(float(sys.argv[3])); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+_SOURCE = r"""
+import hashlib, random, socket, sys, time
+n = int(sys.argv[3]); rnd = random.Random(n); h = hashlib.sha256(); sent = 0
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+t0 = time.monotonic()
+while sent < n:
+    b = rnd.randbytes(min(1 << 16, n - sent)); c.sendall(b); h.update(b); sent += len(b)
+c.shutdown(socket.SHUT_WR); c.recv(1); dt = time.monotonic() - t0
+print(sent, h.hexdigest(), f"{dt:.6f}", flush=True)
+"""
+
+
+def tcp_transfer(lab: "Lab", src_ns: str, dst_ns: str, dst_ip: str, nbytes: int, port: int = 5201,
+                 timeout: float = 30.0) -> dict:
+    """Send `nbytes` of seeded random data over TCP and compare SHA-256 on both ends.
+
+    Returns {"ok", "bytes", "seconds", "mbit_s"}; both sides are bounded by `timeout`.
+    """
+    import sys
+    sink = subprocess.Popen(lab.ns_cmd(dst_ns, sys.executable, "-c", _SINK, dst_ip, str(port), str(timeout)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = sink.stdout.readline()
+        if "listening" not in first:
+            raise LabError(f"sink did not start: {sink.stderr.read()}")
+        src = run(lab.ns_cmd(src_ns, sys.executable, "-c", _SOURCE, dst_ip, str(port), str(nbytes),
+                             str(timeout)), check=False, timeout=timeout + 5)
+        out, err = sink.communicate(timeout=timeout + 5)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    if src.returncode != 0:
+        return {"ok": False, "error": src.stderr.strip()[-300:], "bytes": 0, "seconds": 0.0, "mbit_s": 0.0}
+    sent_n, sent_h, secs = src.stdout.split()
+    got = out.split()
+    ok = len(got) == 2 and got[0] == sent_n and got[1] == sent_h
+    secs_f = float(secs)
+    return {"ok": ok, "bytes": int(sent_n), "seconds": secs_f,
+            "mbit_s": int(sent_n) * 8 / 1e6 / secs_f if secs_f > 0 else 0.0}
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,49 @@
+"""flanneld's health endpoints (FLANNEL.md §3.7): exact paths, any method, plain-text bodies."""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+def _handler(is_ready: Callable[[], bool]):
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            if self.path == "/healthz":
+                code, body = 200, "flanneld is running"
+            elif self.path == "/readyz":
+                code, body = (200, "flanneld is ready") if is_ready() else (503, "flanneld is not ready yet")
+            else:
+                code, body = 404, "404 page not found"
+            data = (body + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        # flannel registers plain handlers: no method check.
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
+
+        def log_message(self, *args) -> None:  # keep the daemon log quiet
+            pass
+
+    return Handler
+
+
+class HealthServer:
+    def __init__(self, ip: str, port: int, is_ready: Callable[[], bool]):
+        self.server = ThreadingHTTPServer((ip, port), _handler(is_ready))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="healthz", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
