@@ -1,0 +1,145 @@
+"""subnet.env: written once at start-up for Docker/CNI, read back to reuse the previous subnet.
+
+Format and write semantics follow flannel's WriteSubnetFile (FLANNEL.md §3.6): the lines
+FLANNEL_NETWORK, FLANNEL_SUBNET (the lease's first host address with the lease prefix),
+FLANNEL_MTU, FLANNEL_IPMASQ, each ending in "\\n"; written atomically (temp file in the same
+directory, fsync, rename) with mode 0644 whatever the umask, the directory created 0755.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import tempfile
+from typing import Dict, Optional
+
+IPv4Network = ipaddress.IPv4Network
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+log = logging.getLogger("fastflannel.subnetfile")
+
+_CIDR_RE = re.compile(r"^([0-9.]+)/([0-9]+)$")
+
+
+def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool) -> str:
+    """The exact text flanneld writes for an IPv4-only network."""
+    first_host = subnet.network_address + 1
+    return (f"FLANNEL_NETWORK={network}\n"
+            f"FLANNEL_SUBNET={first_host}/{subnet.prefixlen}\n"
+            f"FLANNEL_MTU={int(mtu)}\n"
+            f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n")
+
+
+def _makedirs(path: str) -> None:
+    """Create missing parents with mode 0755 exactly (chmod, so the umask does not narrow them);
+    existing directories are left as they are."""
+    if not path or os.path.isdir(path):
+        return
+    _makedirs(os.path.dirname(path.rstrip("/")))
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)
+
+
+def write_subnet_file(path: str, network: IPv4Network, subnet: IPv4Network, mtu: int,
+                      ip_masq: bool) -> None:
+    """Atomically replace `path`: readers see the old file or the new one, never a torn one."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    _makedirs(directory)
+    data = render_subnet_env(network, subnet, mtu, ip_masq).encode()
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable; best effort (some filesystems refuse O_RDONLY dir fsync).
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    # An unquoted value ends at an inline comment (godotenv, which flannel uses to read the file).
+    return value.split(" #", 1)[0].rstrip()
+
+
+def read_subnet_env(path: str) -> Dict[str, str]:
+    """KEY=VALUE pairs of an env file ({} if it does not exist). Blank lines, `#` comments and an
+    `export ` prefix are accepted, like the godotenv reader flannel uses."""
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    env: Dict[str, str] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            continue
+        env[key.strip()] = _unquote(value.strip())
+    return env
+
+
+def parse_cidr(text: str) -> IPv4Network:
+    """Go's net.ParseCIDR for IPv4: "10.5.72.1/24" -> 10.5.72.0/24. ValueError if malformed."""
+    m = _CIDR_RE.match(text.strip())
+    if not m or int(m.group(2)) > 32:
+        raise ValueError(f"invalid CIDR address: {text!r}")
+    addr = ipaddress.IPv4Address(m.group(1))
+    return ipaddress.IPv4Network((addr, int(m.group(2))), strict=False)
+
+
+def read_prev_subnet(path: str) -> Optional[IPv4Network]:
+    """FLANNEL_SUBNET from a previous run's subnet file, as a network; None if absent or unusable."""
+    try:
+        env = read_subnet_env(path)
+    except OSError as e:
+        log.warning("Could not read previous subnet file %s: %s", path, e)
+        return None
+    text = env.get("FLANNEL_SUBNET")
+    if text is None:
+        log.info("No previous subnet found in %s", path)
+        return None
+    try:
+        subnet = parse_cidr(text)
+    except ValueError:
+        log.warning("Ignoring unparsable FLANNEL_SUBNET=%r in %s", text, path)
+        return None
+    log.info("Found previous subnet %s in %s", subnet, path)
+    return subnet

@@ -1,0 +1,299 @@
+"""Lease policy: which subnet this host takes, and keeping it (FLANNEL.md §1.3–§1.6).
+
+`SubnetManager.acquire` follows flannel's `tryAcquireLease` order:
+  1. reuse the first lease (etcd key order) whose PublicIP is ours; delete it if it no longer fits
+     the config;
+  2. reuse the subnet remembered in subnet.env, only if no lease overlaps it and it fits;
+  3. pick at random among the first 100 free aligned subnets in [SubnetMin, SubnetMax].
+
+Deliberate differences from flannel v0.18+ (each fixes a fault noted in FLANNEL.md):
+* A lost create race (`SubnetExists`) is retried, up to RACE_RETRIES attempts; flannel v3 exits.
+* A reservation (a key without TTL, `expiration is None`) reused by PublicIP stays a reservation
+  (ttl 0) and is never renewed; flannel v3 sees TTL -1 and turns it into a 24 h lease (#1329).
+* The previous subnet is refused when any lease *overlaps* it, not only an identical one.
+* `LeaseKeeper` checks the PublicIP of its own key: if another host holds our subnet (it expired
+  during a partition and was re-allocated, #1343/#1289), we stop with LeaseLost instead of
+  treating the other host's lease as our renewal and overwriting it later. A deleted own key is
+  re-created with a create-if-absent transaction instead of shutting the daemon down (#904).
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import random
+import threading
+import time
+from typing import Callable, List, Optional, Sequence
+
+from .config import NetworkConfig
+from .errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
+from .lease import IPv4Address, IPv4Network, Lease, LeaseAttrs, LeaseEvent
+
+SUBNET_TTL_S = 86400        # flannel's hard-coded subnetTTL (24 h)
+RACE_RETRIES = 10           # attempts at acquiring before giving up
+RENEW_RETRY_S = 60          # wait after a failed renewal ("trying again in 1 min")
+MAX_CANDIDATES = 100        # free subnets flannel collects before picking one at random
+RECREATE_RETRIES = 3        # re-create attempts when our key flickers between deleted and present
+
+_log = logging.getLogger("fastflannel.subnets")
+
+
+def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: int) -> List[IPv4Network]:
+    """The first `limit` aligned subnets in [SubnetMin, SubnetMax] that overlap no taken subnet.
+
+    flannel tests each candidate against every lease (O(candidates x leases)); merging the taken
+    ranges once and jumping over them gives the same answer in O(leases log leases + limit)."""
+    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)
+    starts, ends = [], []
+    for lo, hi in spans:                         # merge overlapping/nested ranges
+        if ends and lo <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    size = cfg.subnet_size
+    ip, last = int(cfg.subnet_min), int(cfg.subnet_max)
+    out: List[IPv4Network] = []
+    while ip <= last and len(out) < limit:
+        i = bisect.bisect_right(starts, ip + size - 1) - 1    # last range starting inside or before
+        if i >= 0 and ends[i] >= ip:                           # it reaches into the candidate
+            ip = (ends[i] // size + 1) * size                  # next aligned start after it
+            continue
+        out.append(IPv4Network((ip, cfg.subnet_len)))
+        ip += size
+    return out
+
+
+class SubnetManager:
+    def __init__(self, registry, config: NetworkConfig, public_ip: IPv4Address,
+                 prev_subnet: Optional[IPv4Network] = None, renew_margin_s: int = 3600,
+                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
+                 log: Optional[logging.Logger] = None):
+        self.registry = registry
+        self.config = config
+        self.public_ip = IPv4Address(public_ip)
+        self.prev_subnet = prev_subnet
+        self.renew_margin_s = renew_margin_s
+        self.rng = rng if rng is not None else random.Random()
+        self.clock = clock
+        self.log = log or _log
+
+    # -- acquiring ------------------------------------------------------------------------------
+    def acquire(self, attrs: LeaseAttrs) -> Lease:
+        """Take a lease for this host; raise OutOfSubnets, RegistryError or other registry errors."""
+        for attempt in range(1, RACE_RETRIES + 1):
+            try:
+                return self._try_acquire(attrs)
+            except SubnetExists as e:
+                self.log.info("Lost a race for a subnet (%s); retrying (attempt %d of %d)",
+                              e, attempt, RACE_RETRIES)
+        raise RegistryError(f"max retries reached trying to acquire a subnet "
+                            f"({RACE_RETRIES} races lost against other hosts)")
+
+    def _try_acquire(self, attrs: LeaseAttrs) -> Lease:
+        leases, _rev = self.registry.list_leases()
+        mine = next((l for l in leases if l.attrs is not None and l.attrs.public_ip == self.public_ip), None)
+        if mine is not None:
+            if self.config.subnet_compatible(mine.subnet):
+                return self._reuse(mine, attrs)
+            self.log.info("Found lease (%s) for current IP (%s) but not compatible with current "
+                          "config, deleting", mine.subnet, self.public_ip)
+            self.registry.delete_lease(mine.subnet)
+            leases = [l for l in leases if l.subnet != mine.subnet]
+        subnet = self._previous_subnet(leases) or self._allocate(leases)
+        lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S)
+        self.log.info("Allocated lease %s for %s", subnet, self.public_ip)
+        return lease
+
+    def _reuse(self, mine: Lease, attrs: LeaseAttrs) -> Lease:
+        reservation = mine.expiration is None
+        self.log.info("Found %s (%s) for current IP (%s), reusing",
+                      "reservation" if reservation else "lease", mine.subnet, self.public_ip)
+        return self.registry.update_lease(mine.subnet, attrs, 0 if reservation else SUBNET_TTL_S)
+
+    def _previous_subnet(self, leases: Sequence[Lease]) -> Optional[IPv4Network]:
+        prev = self.prev_subnet
+        if prev is None:
+            return None
+        holder = next((l for l in leases if l.subnet.overlaps(prev)), None)
+        if holder is not None:
+            self.log.error("Found lease (%s, held by %s) matching previously leased subnet (%s), ignoring",
+                           holder.subnet, holder.public_ip, prev)
+            return None
+        if not self.config.subnet_compatible(prev):
+            self.log.error("Found previously leased subnet (%s) that is not compatible with the "
+                           "network config, ignoring", prev)
+            return None
+        self.log.info("Found previously leased subnet (%s), reusing", prev)
+        return prev
+
+    def _allocate(self, leases: Sequence[Lease]) -> IPv4Network:
+        cfg = self.config
+        self.log.info("Picking subnet in range %s ... %s", cfg.subnet_min, cfg.subnet_max)
+        free = _free_candidates(cfg, [l.subnet for l in leases], MAX_CANDIDATES)
+        if not free:
+            raise OutOfSubnets(f"out of subnets: no free /{cfg.subnet_len} left in range "
+                               f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(leases)} leases)")
+        return self.rng.choice(free)
+
+    # -- keeping --------------------------------------------------------------------------------
+    def renew(self, lease: Lease) -> Lease:
+        """Re-put the lease with a fresh 24 h TTL (flannel's updateSubnet); a reservation is
+        returned unchanged, it never expires."""
+        if lease.expiration is None:
+            return lease
+        return self.registry.update_lease(lease.subnet, lease.attrs, SUBNET_TTL_S)
+
+    def renew_delay(self, lease: Lease) -> float:
+        """Seconds until the renewal is due (expiration - now - margin, at least 0); math.inf for
+        a reservation."""
+        if lease.expiration is None:
+            return math.inf
+        return max(0.0, lease.expiration - self.clock() - self.renew_margin_s)
+
+
+class LeaseKeeper:
+    """Keeps our lease alive and notices when it is taken away (flannel's CompleteLease).
+
+    `run(stop)` renews at expiry - margin; `on_event(ev)` is fed the watch events for our own
+    subnet by the daemon's watch thread. Registry calls happen only in run()'s thread, so a slow
+    etcd never blocks the watch. `clock` and `wait(timeout)` are injectable for tests; the
+    default wait sleeps until the timeout, a stop, or an event that changes the schedule.
+    """
+
+    POLL_S = 0.5                    # how often the default wait looks at the stop event
+
+    def __init__(self, manager: SubnetManager, lease: Lease,
+                 clock: Optional[Callable[[], float]] = None,
+                 wait: Optional[Callable[[float], None]] = None,
+                 log: Optional[logging.Logger] = None):
+        self.manager = manager
+        self.clock = clock or manager.clock
+        self.log = log or manager.log
+        self._wait = wait or self._default_wait
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop: Optional[threading.Event] = None
+        self._lease = lease
+        self._attrs = lease.attrs
+        self._lost: Optional[LeaseLost] = None
+        self._removed = False
+        self._retry_at: Optional[float] = None    # set after a failed registry call
+
+    @property
+    def lease(self) -> Lease:
+        with self._lock:
+            return self._lease
+
+    # -- events from the watch thread -----------------------------------------------------------
+    def on_event(self, ev: LeaseEvent) -> None:
+        with self._lock:
+            subnet = self._lease.subnet
+            if ev.lease.subnet != subnet or self._lost is not None:
+                return
+            if ev.kind == LeaseEvent.ADDED:
+                holder = ev.lease.public_ip
+                if holder == self.manager.public_ip:
+                    # Our own renewal (or the admin touched it): take the new expiration.
+                    self._lease = Lease(subnet, self._attrs, ev.lease.expiration, ev.lease.revision)
+                    self._removed = False
+                else:
+                    self._lost = self._lost_error(subnet, holder)
+            elif ev.kind == LeaseEvent.REMOVED:
+                self.log.warning("Lease for subnet %s has been revoked or expired; re-creating it", subnet)
+                self._removed = True
+                self._retry_at = None
+        self._wake.set()
+
+    @staticmethod
+    def _lost_error(subnet: IPv4Network, holder) -> LeaseLost:
+        return LeaseLost(f"subnet {subnet} is now held by {holder}; refusing to overwrite it")
+
+    # -- the renewal loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Block until `stop` is set; raise LeaseLost when our subnet went to another host."""
+        self._stop = stop
+        while not stop.is_set():
+            with self._lock:
+                if self._lost is not None:
+                    raise self._lost
+                lease, removed, retry_at = self._lease, self._removed, self._retry_at
+                self._wake.clear()
+            if retry_at is not None:
+                delay = max(0.0, retry_at - self.clock())
+            elif removed:
+                delay = 0.0
+            else:
+                delay = self.manager.renew_delay(lease)
+            if delay > 0:
+                self._wait(delay)
+                if stop.is_set() or self._wake.is_set():
+                    continue
+                if retry_at is None and not removed and self.manager.renew_delay(self.lease) > 0:
+                    continue                    # woke early (or the schedule moved): re-plan
+                if retry_at is not None and self.clock() < retry_at:
+                    continue
+            self._step(lease, removed)
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+
+    def _step(self, lease: Lease, removed: bool) -> None:
+        try:
+            new = self._recreate(lease) if removed else self._renew(lease)
+        except LeaseLost as e:
+            with self._lock:
+                self._lost = e
+            return
+        except Exception as e:      # registry down, timeouts: keep the subnet, try again later
+            self.log.warning("Error renewing lease (trying again in 1 min): %s", e)
+            with self._lock:
+                self._retry_at = self.clock() + RENEW_RETRY_S
+            return
+        with self._lock:
+            self._lease = new
+            if removed:
+                self._removed = False
+            self._retry_at = None
+        self.log.info("Renewed lease %s (expires %s)", new.subnet,
+                      "never" if new.expiration is None else time.strftime(
+                          "%Y-%m-%d %H:%M:%S", time.gmtime(new.expiration)))
+
+    def _renew(self, lease: Lease) -> Lease:
+        # flannel renews with an unconditional PUT; look first, so a subnet that another host
+        # took over while we could not reach etcd is not overwritten (the window left is one
+        # GET-to-PUT round trip instead of a whole day).
+        reg = self.manager.registry
+        current = reg.get_lease(lease.subnet)
+        if current is None:
+            return self._recreate(lease)
+        if current.public_ip != self.manager.public_ip:
+            raise self._lost_error(lease.subnet, current.public_ip)
+        return self.manager.renew(Lease(lease.subnet, self._attrs, lease.expiration, lease.revision))
+
+    def _recreate(self, lease: Lease) -> Lease:
+        """Our key is gone: take it back with create-if-absent, never overwriting another host.
+        A deleted reservation comes back as an ordinary 24 h lease."""
+        reg = self.manager.registry
+        for _ in range(RECREATE_RETRIES):
+            try:
+                new = reg.create_lease(lease.subnet, self._attrs, SUBNET_TTL_S)
+                self.log.info("Re-created lease %s", lease.subnet)
+                return new
+            except SubnetExists:
+                current = reg.get_lease(lease.subnet)
+                if current is None:
+                    continue                        # deleted again in between: try once more
+                if current.public_ip != self.manager.public_ip:
+                    raise self._lost_error(lease.subnet, current.public_ip)
+                return current                      # someone (us, earlier) already put it back
+        raise RegistryError(f"subnet {lease.subnet} keeps appearing and disappearing in etcd")
+
+    def _default_wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        stop = self._stop
+        while not (stop is not None and stop.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, self.POLL_S)):
+                return
