@@ -30,6 +30,7 @@ import etcd3.exceptions
 import etcd3.utils
 import grpc
 from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
 
 from .errors import Compacted, EtcdUnreachable, RegistryError, SubnetExists
 from .lease import (IPv4Network, Lease, LeaseAttrs, LeaseEvent, LeaseFormatError, decode_attrs,
@@ -384,7 +385,7 @@ class EtcdRegistry:
 
     def _event(self, client, ev, cache) -> Optional[LeaseEvent]:
         kv = ev.kv
-        if ev.type == etcdrpc.Event.DELETE:
+        if ev.type == kv_pb2.Event.DELETE:
             key = kv.key.decode("utf-8", errors="replace")
             try:
                 subnet = parse_subnet_key(key)
