@@ -1,0 +1,582 @@
+/* Forwarder lifecycle, route publication (epoch-based reclamation) and the two packet loops. */
+#define _GNU_SOURCE
+#include "ff_fwd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ff_pkt.h"
+
+#define FF_BUF_BYTES 65536u          /* one IPv4 packet of any size (the UDP payload limit) */
+#define FF_SEND_RETRIES 8            /* per batch, each waiting FF_POLLOUT_MS for room */
+#define FF_TUN_WRITE_RETRIES 3
+#define FF_POLLOUT_MS 5
+
+const char *const ff_stat_names[FF_ST__COUNT] = {
+    "tun_rx_packets", "tun_rx_bytes", "udp_tx_packets", "udp_tx_bytes",
+    "udp_rx_packets", "udp_rx_bytes", "tun_tx_packets", "tun_tx_bytes",
+    "no_route", "ttl", "short", "bad_header", "bad_length",
+    "unknown_sender", "spoofed", "send_error", "tun_error",
+    "icmp_sent", "tun_invalid",
+};
+
+enum { DIR_TUN_TO_UDP, DIR_UDP_TO_TUN, FF_NWORKERS };
+
+/* A batch of packets: buffers, lengths and the mmsghdr/iovec/sockaddr arrays, allocated once.
+ * The offload tier will add per-packet virtio headers and segment lists here. */
+struct ff_batch {
+    uint32_t cap;
+    uint8_t *mem;                /* cap * FF_BUF_BYTES */
+    uint32_t *lens;              /* 0 = dropped */
+    struct mmsghdr *msgs;
+    struct iovec *iovs;
+    struct sockaddr_in *addrs;
+};
+
+/* Per-worker context: counters and the reclamation epoch are written only by this worker. */
+struct ff_worker {
+    struct ff_fwd *fw;
+    pthread_t thread;
+    int started;
+    uint64_t epoch __attribute__((aligned(64)));   /* odd while the table may be in use */
+    uint64_t stats[FF_ST__COUNT];
+    struct ff_batch b;
+    uint8_t icmp[FF_ICMP_MAX_LEN];
+} __attribute__((aligned(64)));
+
+struct ff_fwd {
+    struct ff_worker w[FF_NWORKERS];
+    struct ff_table *table;      /* published pointer: atomic store by writer, load by workers */
+    pthread_mutex_t wlock;       /* serializes writers */
+    int tun_fd, sock_fd, wake_fd;
+    int stop;                    /* atomic flag */
+    int running;
+    uint16_t port;
+    uint32_t tun_ip, batch, flags;
+    char tun_name[IFNAMSIZ];
+};
+
+#define STAT_ADD(w, i, n) \
+    __atomic_store_n(&(w)->stats[i], (w)->stats[i] + (uint64_t)(n), __ATOMIC_RELAXED)
+
+/* ---- reclamation ----------------------------------------------------------------------------
+ * Dekker-style pairing: the worker marks itself inside (odd epoch) and then reads the pointer;
+ * the writer stores the new pointer and then reads the epochs; a full fence on each side means
+ * that either the worker sees the new table or the writer sees the worker inside and waits for
+ * its epoch to move on. */
+static inline const struct ff_table *read_lock(struct ff_worker *w)
+{
+    __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&w->fw->table, __ATOMIC_ACQUIRE);
+}
+
+static inline void read_unlock(struct ff_worker *w)
+{
+    __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELEASE);
+}
+
+static void wait_readers(struct ff_fwd *fw)
+{
+    struct timespec ts = {0, 20000};
+
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int i = 0; i < FF_NWORKERS; i++) {
+        uint64_t e = __atomic_load_n(&fw->w[i].epoch, __ATOMIC_ACQUIRE);
+        if (!(e & 1))
+            continue;
+        while (__atomic_load_n(&fw->w[i].epoch, __ATOMIC_ACQUIRE) == e)
+            nanosleep(&ts, NULL);
+    }
+}
+
+/* Caller holds wlock. Publishes nt and frees the previous table once no worker can see it. */
+static void publish(struct ff_fwd *fw, struct ff_table *nt)
+{
+    struct ff_table *old = fw->table;
+
+    __atomic_store_n(&fw->table, nt, __ATOMIC_RELEASE);
+    wait_readers(fw);
+    ff_table_free(old);
+}
+
+/* ---- route updates ------------------------------------------------------------------------ */
+int ff_fwd_replace_routes(struct ff_fwd *fw, const struct ff_route *routes, size_t n)
+{
+    struct ff_table *nt;
+    int rc = ff_table_build(routes, n, &nt);   /* built off-lock: workers keep forwarding */
+
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&fw->wlock);
+    publish(fw, nt);
+    pthread_mutex_unlock(&fw->wlock);
+    return 0;
+}
+
+int ff_fwd_add_route(struct ff_fwd *fw, const struct ff_route *r)
+{
+    struct ff_table *nt = NULL;
+    int rc;
+
+    pthread_mutex_lock(&fw->wlock);
+    rc = ff_table_clone(fw->table, &nt);
+    if (rc == 0 && (rc = ff_table_insert(nt, r)) == 0 && (rc = ff_table_finalize(nt)) == 0)
+        publish(fw, nt);
+    else
+        ff_table_free(nt);
+    pthread_mutex_unlock(&fw->wlock);
+    return rc;
+}
+
+int ff_fwd_remove_route(struct ff_fwd *fw, uint32_t net, uint8_t prefix)
+{
+    struct ff_table *nt = NULL;
+    int rc;
+
+    pthread_mutex_lock(&fw->wlock);
+    rc = ff_table_clone(fw->table, &nt);
+    if (rc == 0 && (rc = ff_table_remove(nt, net, prefix)) == 0 &&
+        (rc = ff_table_finalize(nt)) == 0)
+        publish(fw, nt);
+    else
+        ff_table_free(nt);
+    pthread_mutex_unlock(&fw->wlock);
+    return rc;
+}
+
+long ff_fwd_routes(struct ff_fwd *fw, struct ff_route *out, size_t cap)
+{
+    long n;
+
+    pthread_mutex_lock(&fw->wlock);
+    n = (long)fw->table->count;
+    if (out)
+        ff_table_routes(fw->table, out, cap);
+    pthread_mutex_unlock(&fw->wlock);
+    return n;
+}
+
+long ff_fwd_route_count(struct ff_fwd *fw)
+{
+    return ff_fwd_routes(fw, NULL, 0);
+}
+
+void ff_fwd_stats(const struct ff_fwd *fw, uint64_t out[FF_ST__COUNT])
+{
+    memset(out, 0, sizeof(uint64_t) * FF_ST__COUNT);
+    for (int w = 0; w < FF_NWORKERS; w++)
+        for (int i = 0; i < FF_ST__COUNT; i++)
+            out[i] += __atomic_load_n(&fw->w[w].stats[i], __ATOMIC_RELAXED);
+}
+
+/* ---- packet loops ------------------------------------------------------------------------- */
+static inline int stopping(struct ff_fwd *fw)
+{
+    return __atomic_load_n(&fw->stop, __ATOMIC_ACQUIRE);
+}
+
+static inline uint8_t *pkt_buf(struct ff_batch *b, uint32_t i)
+{
+    return b->mem + (size_t)i * FF_BUF_BYTES;
+}
+
+static void wait_out(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+
+    (void)poll(&p, 1, FF_POLLOUT_MS);
+}
+
+/* Write one packet into the TUN; EAGAIN waits briefly for room, then counts tun_error. */
+static int tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len)
+{
+    for (int tries = 0;;) {
+        ssize_t r = write(w->fw->tun_fd, p, len);
+        if (r == (ssize_t)len)
+            return 0;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EAGAIN && tries++ < FF_TUN_WRITE_RETRIES) {
+            wait_out(w->fw->tun_fd);
+            continue;
+        }
+        STAT_ADD(w, FF_ST_TUN_ERROR, 1);
+        return -1;
+    }
+}
+
+static uint32_t tun_read_batch(struct ff_worker *w)
+{
+    struct ff_batch *b = &w->b;
+    uint32_t n = 0;
+    uint64_t bytes = 0;
+
+    while (n < w->fw->batch) {
+        ssize_t r = read(w->fw->tun_fd, pkt_buf(b, n), FF_BUF_BYTES);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                STAT_ADD(w, FF_ST_TUN_ERROR, 1);
+            break;
+        }
+        b->lens[n++] = (uint32_t)r;
+        bytes += (uint64_t)r;
+    }
+    STAT_ADD(w, FF_ST_TUN_RX_PACKETS, n);
+    STAT_ADD(w, FF_ST_TUN_RX_BYTES, bytes);
+    return n;
+}
+
+static void send_no_route(struct ff_worker *w, const uint8_t *p, uint32_t len)
+{
+    int k;
+
+    STAT_ADD(w, FF_ST_NO_ROUTE, 1);
+    k = ff_icmp_net_unreach(p, len, w->fw->tun_ip, w->icmp, sizeof(w->icmp));
+    /* non-blocking, single try: an ICMP error is not worth stalling the loop for */
+    if (k > 0 && write(w->fw->tun_fd, w->icmp, (size_t)k) == k)
+        STAT_ADD(w, FF_ST_ICMP_SENT, 1);
+}
+
+static void send_batch(struct ff_worker *w, uint32_t m)
+{
+    struct ff_batch *b = &w->b;
+    uint32_t off = 0;
+    int retries = 0;
+
+    while (off < m) {
+        int r = sendmmsg(w->fw->sock_fd, b->msgs + off, m - off, 0);
+        if (r > 0) {
+            uint64_t bytes = 0;
+            for (uint32_t k = off; k < off + (uint32_t)r; k++)
+                bytes += b->msgs[k].msg_len;
+            STAT_ADD(w, FF_ST_UDP_TX_PACKETS, r);
+            STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
+            off += (uint32_t)r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < FF_SEND_RETRIES) {
+            wait_out(w->fw->sock_fd);
+            continue;
+        }
+        STAT_ADD(w, FF_ST_SEND_ERROR, 1);   /* skip the datagram that failed */
+        off++;
+    }
+}
+
+/* One tun->udp batch; returns the number of packets read (0 = TUN drained). */
+static uint32_t tun_to_udp_batch(struct ff_worker *w)
+{
+    struct ff_batch *b = &w->b;
+    uint32_t n = tun_read_batch(w), m = 0, memo_dst = 0;
+    const struct ff_slot *memo = NULL;
+    const struct ff_table *t;
+    int have_memo = 0;
+
+    if (!n)
+        return 0;
+    t = read_lock(w);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *p = pkt_buf(b, i);
+        uint32_t dst;
+        if (ff_ipv4_validate(p, b->lens[i]) != FF_PKT_OK) {
+            STAT_ADD(w, FF_ST_TUN_INVALID, 1);   /* e.g. IPv6 from the kernel */
+            continue;
+        }
+        dst = ff_ipv4_dst(p);
+        if (!have_memo || dst != memo_dst) {      /* bursts usually share a destination */
+            memo = ff_table_lookup(t, dst);
+            memo_dst = dst;
+            have_memo = 1;
+        }
+        if (!memo) {
+            send_no_route(w, p, b->lens[i]);
+            continue;
+        }
+        if (ff_ipv4_dec_ttl(p) < 0) {
+            STAT_ADD(w, FF_ST_TTL, 1);
+            continue;
+        }
+        b->iovs[m].iov_base = p;
+        b->iovs[m].iov_len = ff_ipv4_totlen(p);
+        b->addrs[m].sin_addr.s_addr = htonl(memo->peer_ip);
+        b->addrs[m].sin_port = htons(memo->peer_port);
+        b->msgs[m].msg_hdr.msg_iov = &b->iovs[m];
+        b->msgs[m].msg_hdr.msg_name = &b->addrs[m];
+        m++;
+    }
+    read_unlock(w);
+    send_batch(w, m);
+    return n;
+}
+
+/* Sender and inner-source checks; flannel itself accepts any datagram (FLANNEL.md 4.2). */
+static int check_sender(struct ff_worker *w, const struct ff_table *t, uint32_t sender,
+                        const uint8_t *p)
+{
+    const struct ff_slot *s;
+
+    if (!ff_table_has_peer(t, sender)) {
+        STAT_ADD(w, FF_ST_UNKNOWN_SENDER, 1);
+        return -1;
+    }
+    s = ff_table_lookup(t, ff_ipv4_src(p));
+    if (!s || s->peer_ip != sender) {
+        STAT_ADD(w, FF_ST_SPOOFED, 1);
+        return -1;
+    }
+    return 0;
+}
+
+static const int verdict_stat[] = {
+    [FF_PKT_SHORT] = FF_ST_SHORT, [FF_PKT_BAD_HEADER] = FF_ST_BAD_HEADER,
+    [FF_PKT_BAD_LENGTH] = FF_ST_BAD_LENGTH,
+};
+
+/* Classify datagram i of a received batch: returns its forwardable length or 0 to drop. */
+static uint32_t udp_accept(struct ff_worker *w, const struct ff_table *t, uint32_t i)
+{
+    struct ff_batch *b = &w->b;
+    uint8_t *p = pkt_buf(b, i);
+    uint32_t len = b->msgs[i].msg_len;
+    int v = ff_ipv4_validate(p, len);
+
+    if (b->msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+        v = FF_PKT_BAD_LENGTH;
+    if (v != FF_PKT_OK) {
+        STAT_ADD(w, verdict_stat[v], 1);
+        return 0;
+    }
+    if ((w->fw->flags & FF_F_ANTI_SPOOF) &&
+        check_sender(w, t, ntohl(b->addrs[i].sin_addr.s_addr), p) < 0)
+        return 0;
+    if (ff_ipv4_dec_ttl(p) < 0) {
+        STAT_ADD(w, FF_ST_TTL, 1);
+        return 0;
+    }
+    return ff_ipv4_totlen(p);
+}
+
+static uint32_t udp_to_tun_batch(struct ff_worker *w)
+{
+    struct ff_batch *b = &w->b;
+    const struct ff_table *t;
+    uint64_t bytes = 0, tx_bytes = 0, tx = 0;
+    int n;
+
+    for (uint32_t i = 0; i < w->fw->batch; i++) {
+        b->iovs[i].iov_base = pkt_buf(b, i);
+        b->iovs[i].iov_len = FF_BUF_BYTES;
+        b->msgs[i].msg_hdr.msg_namelen = sizeof(b->addrs[i]);
+        b->msgs[i].msg_hdr.msg_flags = 0;
+    }
+    do
+        n = recvmmsg(w->fw->sock_fd, b->msgs, w->fw->batch, MSG_DONTWAIT, NULL);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return 0;
+    t = read_lock(w);
+    for (int i = 0; i < n; i++) {
+        bytes += b->msgs[i].msg_len;
+        b->lens[i] = udp_accept(w, t, (uint32_t)i);
+    }
+    read_unlock(w);       /* leave before the writes, which may wait for room */
+    STAT_ADD(w, FF_ST_UDP_RX_PACKETS, n);
+    STAT_ADD(w, FF_ST_UDP_RX_BYTES, bytes);
+    for (int i = 0; i < n; i++) {
+        if (b->lens[i] && tun_write(w, pkt_buf(b, (uint32_t)i), b->lens[i]) == 0) {
+            tx++;
+            tx_bytes += b->lens[i];
+        }
+    }
+    STAT_ADD(w, FF_ST_TUN_TX_PACKETS, tx);
+    STAT_ADD(w, FF_ST_TUN_TX_BYTES, tx_bytes);
+    return (uint32_t)n;
+}
+
+static void *worker_main(void *arg)
+{
+    struct ff_worker *w = arg;
+    struct ff_fwd *fw = w->fw;
+    int tun_side = (w == &fw->w[DIR_TUN_TO_UDP]);
+    struct pollfd pfd[2] = {
+        {.fd = tun_side ? fw->tun_fd : fw->sock_fd, .events = POLLIN},
+        {.fd = fw->wake_fd, .events = POLLIN},
+    };
+
+    while (!stopping(fw)) {
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pfd[1].revents)
+            break;
+        /* drain until EAGAIN before going back to poll (flannel's "optimistic reads") */
+        while (!stopping(fw) && (tun_side ? tun_to_udp_batch(w) : udp_to_tun_batch(w)) > 0)
+            ;
+    }
+    return NULL;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+static void batch_free(struct ff_batch *b)
+{
+    free(b->mem);
+    free(b->lens);
+    free(b->msgs);
+    free(b->iovs);
+    free(b->addrs);
+    memset(b, 0, sizeof(*b));
+}
+
+static int batch_alloc(struct ff_batch *b, uint32_t cap)
+{
+    b->cap = cap;
+    b->mem = malloc((size_t)cap * FF_BUF_BYTES);
+    b->lens = calloc(cap, sizeof(*b->lens));
+    b->msgs = calloc(cap, sizeof(*b->msgs));
+    b->iovs = calloc(cap, sizeof(*b->iovs));
+    b->addrs = calloc(cap, sizeof(*b->addrs));
+    if (!b->mem || !b->lens || !b->msgs || !b->iovs || !b->addrs) {
+        batch_free(b);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < cap; i++) {
+        b->addrs[i].sin_family = AF_INET;
+        b->msgs[i].msg_hdr.msg_iov = &b->iovs[i];
+        b->msgs[i].msg_hdr.msg_iovlen = 1;
+        b->msgs[i].msg_hdr.msg_name = &b->addrs[i];
+        b->msgs[i].msg_hdr.msg_namelen = sizeof(b->addrs[i]);
+    }
+    return 0;
+}
+
+static int open_fds(struct ff_fwd *fw, const struct ff_opts *o)
+{
+    int rc;
+
+    if (o->tun_fd >= 0)
+        rc = ff_tun_adopt(o->tun_fd, fw->tun_name, sizeof(fw->tun_name));
+    else
+        rc = ff_tun_open(o->tun_name ? o->tun_name : "flannel%d", fw->tun_name,
+                         sizeof(fw->tun_name));
+    if (rc < 0)
+        return rc;
+    fw->tun_fd = rc;
+    if ((rc = ff_udp_open(o->bind_ip, o->port)) < 0)
+        return rc;
+    fw->sock_fd = rc;
+    if ((rc = ff_sock_port(fw->sock_fd)) < 0)
+        return rc;
+    fw->port = (uint16_t)rc;
+    fw->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fw->wake_fd < 0 ? -errno : 0;
+}
+
+int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
+{
+    struct ff_fwd *fw;
+    int rc;
+
+    if (o->batch > FF_MAX_BATCH)
+        return -EINVAL;
+    if (posix_memalign((void **)&fw, 64, sizeof(*fw)))
+        return -ENOMEM;
+    memset(fw, 0, sizeof(*fw));
+    fw->tun_fd = fw->sock_fd = fw->wake_fd = -1;
+    fw->tun_ip = o->tun_ip;
+    fw->flags = o->flags;
+    fw->batch = o->batch ? o->batch : FF_DEFAULT_BATCH;
+    pthread_mutex_init(&fw->wlock, NULL);
+    rc = ff_table_build(NULL, 0, &fw->table);
+    for (int i = 0; rc == 0 && i < FF_NWORKERS; i++) {
+        fw->w[i].fw = fw;
+        rc = batch_alloc(&fw->w[i].b, fw->batch);
+    }
+    if (rc == 0)
+        rc = open_fds(fw, o);
+    if (rc < 0) {
+        ff_fwd_close(fw);
+        return rc;
+    }
+    *out = fw;
+    return 0;
+}
+
+const char *ff_fwd_tun_name(const struct ff_fwd *fw) { return fw->tun_name; }
+uint16_t ff_fwd_port(const struct ff_fwd *fw) { return fw->port; }
+
+int ff_fwd_start(struct ff_fwd *fw)
+{
+    sigset_t all, old;
+    uint64_t junk;
+    int rc = 0;
+
+    if (fw->running)
+        return -EALREADY;
+    (void)!read(fw->wake_fd, &junk, sizeof(junk));   /* clear a previous stop */
+    __atomic_store_n(&fw->stop, 0, __ATOMIC_RELEASE);
+    /* workers block all signals so they are delivered to the embedding (Python) main thread */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    for (int i = 0; i < FF_NWORKERS && rc == 0; i++) {
+        rc = -pthread_create(&fw->w[i].thread, NULL, worker_main, &fw->w[i]);
+        fw->w[i].started = rc == 0;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    fw->running = 1;
+    if (rc < 0)
+        ff_fwd_stop(fw);
+    return rc;
+}
+
+int ff_fwd_stop(struct ff_fwd *fw)
+{
+    uint64_t one = 1;
+
+    if (!fw->running)
+        return 0;
+    __atomic_store_n(&fw->stop, 1, __ATOMIC_RELEASE);
+    (void)!write(fw->wake_fd, &one, sizeof(one));
+    for (int i = 0; i < FF_NWORKERS; i++) {
+        if (fw->w[i].started)
+            pthread_join(fw->w[i].thread, NULL);
+        fw->w[i].started = 0;
+    }
+    fw->running = 0;
+    return 0;
+}
+
+void ff_fwd_close(struct ff_fwd *fw)
+{
+    if (!fw)
+        return;
+    ff_fwd_stop(fw);
+    if (fw->tun_fd >= 0)
+        close(fw->tun_fd);
+    if (fw->sock_fd >= 0)
+        close(fw->sock_fd);
+    if (fw->wake_fd >= 0)
+        close(fw->wake_fd);
+    for (int i = 0; i < FF_NWORKERS; i++)
+        batch_free(&fw->w[i].b);
+    ff_table_free(fw->table);
+    pthread_mutex_destroy(&fw->wlock);
+    free(fw);
+}
