@@ -1,0 +1,129 @@
+"""host-gw backend: one plain route per peer, `<peer subnet> via <peer PublicIP> dev <ext iface>`
+(FLANNEL.md §6; flannel's pkg/backend/hostgw and route_network.go). Hosts must share a link.
+
+A route with the same destination but another gateway or device is replaced, an identical one is
+left alone; every check() (the daemon calls it every 10 s) re-adds routes that went missing;
+sync_peers() also removes routes inside Network through the external interface that belong to no
+live lease (flannel leaves those behind after a restart).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from typing import Dict, Iterable, Optional
+
+from .. import netlink
+from ..lease import Lease, LeaseAttrs
+from .base import BackendError
+
+log = logging.getLogger("fastflannel.hostgw")
+
+IPv4Network = ipaddress.IPv4Network
+
+
+class HostGwBackend:
+    name = "host-gw"
+
+    def __init__(self, ext, backend_cfg: Optional[dict] = None):
+        if ipaddress.IPv4Address(str(ext.ext_addr)) != ipaddress.IPv4Address(str(ext.iface_addr)):
+            raise BackendError(f"host-gw requires the public IP to be the interface's address (NAT?): "
+                               f"public IP {ext.ext_addr} is not {ext.name}'s address {ext.iface_addr}")
+        self.ext = ext
+        self.lease: Optional[Lease] = None
+        self.network: Optional[IPv4Network] = None
+        self.routes: Dict[IPv4Network, ipaddress.IPv4Address] = {}    # peer subnet -> gateway
+        self._lock = threading.RLock()
+
+    def mtu(self) -> int:
+        return self.ext.mtu
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext.ext_addr, "host-gw", None)
+
+    def setup(self, lease: Lease, network) -> None:
+        net = getattr(network, "network", network)      # a NetworkConfig or the Network itself
+        with self._lock:
+            self.lease, self.network = lease, IPv4Network(str(net))
+
+    def add_peer(self, lease: Lease) -> None:
+        with self._lock:
+            if self._accept(lease):
+                self.routes[lease.subnet] = lease.attrs.public_ip
+                self._ensure_route(lease.subnet, lease.attrs.public_ip)
+
+    def remove_peer(self, lease: Lease) -> None:
+        with self._lock:
+            gw = self.routes.pop(lease.subnet, None)
+            if gw is None and lease.attrs is not None:
+                gw = lease.attrs.public_ip
+            if gw is None:
+                return
+            log.info("removing host-gw route %s via %s", lease.subnet, gw)
+            try:
+                netlink.route_delete(lease.subnet, gw, self.ext.name)
+            except netlink.NetlinkError as e:
+                log.error("host-gw: %s", e)
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        with self._lock:
+            wanted = {l.subnet: l.attrs.public_ip for l in leases if self._accept(l)}
+            for sn in [s for s in self.routes if s not in wanted]:
+                self.remove_peer(Lease(sn, None))
+            self.routes.update(wanted)
+            for sn, gw in wanted.items():
+                self._ensure_route(sn, gw)
+            self._prune()
+
+    def check(self) -> None:
+        with self._lock:
+            present = {(r.dst, r.gateway) for r in netlink.route_list(self.ext.name)}
+            for sn, gw in self.routes.items():
+                if (sn, gw) not in present:
+                    log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
+                    self._ensure_route(sn, gw)
+
+    def close(self) -> None:
+        pass          # flannel leaves its routes in place
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _accept(self, lease: Lease) -> bool:
+        if lease.attrs is None:
+            return False
+        if self.lease is not None and lease.subnet == self.lease.subnet:
+            return False
+        if lease.attrs.backend_type != "host-gw":
+            log.info("ignoring non-host-gw v4 subnet(%s): type=%s", lease.subnet, lease.attrs.backend_type)
+            return False
+        return True
+
+    def _ensure_route(self, sn: IPv4Network, gw) -> None:
+        """Add `sn via gw dev ext`; delete conflicting routes to sn first, skip an identical one."""
+        try:
+            identical = False
+            for r in netlink.route_list():
+                if r.dst != sn:
+                    continue
+                if r.gateway == gw and r.oif == self.ext.index and not identical:
+                    identical = True
+                else:
+                    log.warning("replacing route %s via %s dev %s with via %s dev %s",
+                                sn, r.gateway, r.dev, gw, self.ext.name)
+                    netlink.route_delete(sn, r.gateway, r.oif)
+            if not identical:
+                netlink.route_replace(sn, gw, self.ext.name)
+                log.info("host-gw route %s via %s dev %s", sn, gw, self.ext.name)
+        except netlink.NetlinkError as e:
+            log.error("host-gw: %s", e)
+
+    def _prune(self) -> None:
+        if self.network is None:
+            return
+        for r in netlink.route_list(self.ext.name):
+            if (r.gateway is not None and r.dst.subnet_of(self.network) and r.dst != self.network
+                    and r.dst not in self.routes and (self.lease is None or r.dst != self.lease.subnet)):
+                log.info("pruning stale host-gw route %s via %s", r.dst, r.gateway)
+                try:
+                    netlink.route_delete(r.dst, r.gateway, self.ext.name)
+                except netlink.NetlinkError as e:
+                    log.error("host-gw: %s", e)

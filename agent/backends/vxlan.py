@@ -1,0 +1,401 @@
+"""vxlan backend: a kernel VXLAN device with flannel's v0.9+ per-peer scheme (FLANNEL.md §5).
+
+Device `flannel.<VNI>`: id VNI, local = ExtAddr (flannel v0.27.4+), dev = the external interface,
+dstport when Port > 0 (else the kernel's 8472), nolearning unless Learning, gbp when GBP, MTU =
+(MTU option or interface MTU) − 50, address `<lease IP>/32`. Per peer lease (subnet S, PublicIP
+P, VtepMAC M): a permanent neighbour `S.ip lladdr M`, an FDB entry `M dst P self permanent`, and
+last the route `S via S.ip dev flannel.<VNI> onlink`, so the kernel never has to ARP. With
+DirectRouting, a peer on the same link gets a plain `S via P` route instead.
+
+Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>.mac` so a restart announces the
+same MAC (peers keep their entries); sync_peers() prunes the state of peers that vanished while
+we were down; check() recreates a deleted device *and* replays the peers (flannel's watcher does
+not, §5.1), and re-programs any peer whose neighbour, FDB entry or route went missing.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional
+
+from .. import netlink
+from ..lease import Lease, LeaseAttrs
+from .base import BackendError
+
+log = logging.getLogger("fastflannel.vxlan")
+
+IPv4Address = ipaddress.IPv4Address
+IPv4Network = ipaddress.IPv4Network
+ENCAP_OVERHEAD = 50          # bytes: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+DEFAULT_VNI = 1
+DEFAULT_STATE_DIR = "/var/lib/fastflannel"
+STEP_ATTEMPTS = 3            # flannel retries each step (10x with retry-go); a few is plenty here
+STEP_RETRY_S = 0.05
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _ci(d: Optional[dict], key: str, default=None):
+    """Go's JSON decoding: exact key, else a case-insensitive match."""
+    if not d:
+        return default
+    if key in d:
+        return d[key]
+    for k, v in d.items():
+        if isinstance(k, str) and k.lower() == key.lower():
+            return v
+    return default
+
+
+def _int_opt(cfg: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = _ci(cfg, key, None)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or not lo <= int(v) <= hi:
+        raise BackendError(f"vxlan backend: bad {key} {v!r} (want an integer in {lo}..{hi})")
+    return int(v)
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (flannel v0.15.1+ RandomHardwareAddr)."""
+    b = bytearray(secrets.token_bytes(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _usable_mac(mac: Optional[str]) -> bool:
+    if not mac or not _MAC_RE.match(mac):
+        return False
+    first = int(mac[:2], 16)
+    return bool(first & 0x02) and not first & 0x01 and mac != "00:00:00:00:00:00"
+
+
+def _valid_peer_mac(mac: Optional[str]) -> bool:
+    # Peers' MACs only need to be unicast: older flannels let the kernel pick them.
+    return bool(mac and _MAC_RE.match(mac)) and not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
+
+
+@dataclass
+class _Peer:
+    lease: Lease
+    mac: Optional[str]           # None for a direct-routed peer
+    direct: bool
+    ok: bool = False             # False: programming failed, check() retries
+
+
+class VxlanBackend:
+    name = "vxlan"
+
+    def __init__(self, ext, backend_cfg: Optional[dict], state_dir: str = DEFAULT_STATE_DIR):
+        cfg = backend_cfg or {}
+        self.ext = ext
+        self.vni = _int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1)
+        self.port = _int_opt(cfg, "Port", 0, 0, 65535)
+        self.mtu_opt = _int_opt(cfg, "MTU", 0, 0, 65535)
+        self.gbp = bool(_ci(cfg, "GBP", False))
+        self.learning = bool(_ci(cfg, "Learning", False))
+        self.direct_routing = bool(_ci(cfg, "DirectRouting", False))
+        self.dev = f"flannel.{self.vni}"
+        self.state_dir = state_dir
+        self.mac = self._load_mac()
+        self.lease: Optional[Lease] = None
+        self.network: Optional[IPv4Network] = None
+        self.peers: Dict[IPv4Network, _Peer] = {}
+        self._lock = threading.RLock()
+
+    # -- contract --------------------------------------------------------------------------------
+    def mtu(self) -> int:
+        return (self.mtu_opt or self.ext.mtu) - ENCAP_OVERHEAD
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext.ext_addr, "vxlan", {"VNI": self.vni, "VtepMAC": self.mac})
+
+    def setup(self, lease: Lease, network) -> None:
+        net = getattr(network, "network", network)      # a NetworkConfig or the Network itself
+        with self._lock:
+            self.lease, self.network = lease, IPv4Network(str(net))
+            self._configure_device()
+
+    def add_peer(self, lease: Lease) -> None:
+        with self._lock:
+            self._add(lease)
+
+    def remove_peer(self, lease: Lease) -> None:
+        with self._lock:
+            self._remove(lease)
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        with self._lock:
+            wanted = {}
+            for l in leases:
+                if self._accept(l):
+                    wanted[l.subnet] = l
+            for sn in [s for s in self.peers if s not in wanted]:
+                self._remove(self.peers[sn].lease)
+            for l in wanted.values():
+                self._add(l)
+            self._prune(wanted)
+
+    def check(self) -> None:
+        with self._lock:
+            if self.lease is None:
+                return
+            if not netlink.link_exists(self.dev):
+                log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
+                self._configure_device()
+                for p in self.peers.values():
+                    p.ok = False
+            self._repair_peers()
+
+    def close(self) -> None:
+        # flannel leaves the device, neighbours, FDB entries and routes in place (§3.4).
+        pass
+
+    # -- MAC persistence --------------------------------------------------------------------------
+    def _mac_path(self) -> str:
+        return os.path.join(self.state_dir, f"vxlan-{self.vni}.mac")
+
+    def _load_mac(self) -> str:
+        path = self._mac_path()
+        try:
+            with open(path) as f:
+                mac = f.read().strip().lower()
+            if _usable_mac(mac):
+                return mac
+            log.warning("ignoring bad VTEP MAC %r in %s", mac, path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot read %s: %s", path, e)
+        mac = self._existing_device_mac() or random_mac()
+        self._save_mac(mac)
+        return mac
+
+    def _existing_device_mac(self) -> Optional[str]:
+        # A device kept from an earlier run keeps its MAC; announcing that same MAC spares peers
+        # a change (a stale FDB entry in flannel, §5.2).
+        try:
+            info = netlink.link_info(self.dev)
+        except netlink.NetlinkError:
+            return None
+        if info["kind"] == "vxlan" and info["vxlan"] and info["vxlan"]["id"] == self.vni and _usable_mac(info["address"]):
+            return info["address"]
+        return None
+
+    def _save_mac(self, mac: str) -> None:
+        try:
+            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".vxlan-mac-")
+            with os.fdopen(fd, "w") as f:
+                f.write(mac + "\n")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self._mac_path())
+        except OSError as e:
+            log.warning("cannot persist the VTEP MAC in %s (%s); a restart will announce a new one",
+                        self._mac_path(), e)
+
+    # -- device ----------------------------------------------------------------------------------
+    def _incompatible(self, info: dict) -> Optional[str]:
+        """Why an existing link cannot be reused (flannel's vxlanLinksIncompat, plus learning)."""
+        if info["kind"] != "vxlan" or info["vxlan"] is None:
+            return f"kind {info['kind']}"
+        v = info["vxlan"]
+        want = {"id": self.vni, "link": self.ext.index, "local": IPv4Address(str(self.ext.ext_addr)),
+                "group": None, "l2miss": False, "port": self.port or netlink.VXLAN_DEFAULT_PORT,
+                "gbp": self.gbp, "learning": self.learning}
+        diffs = [f"{k} {v.get(k)} != {w}" for k, w in want.items() if v.get(k) != w]
+        return ", ".join(diffs) or None
+
+    def _ensure_link(self) -> None:
+        try:
+            info = netlink.link_info(self.dev)
+        except netlink.NetlinkError as e:
+            if e.errno != errno.ENODEV:
+                raise BackendError(f"vxlan: {e}") from None
+            info = None
+        if info is not None:
+            why = self._incompatible(info)
+            if why is None:
+                return
+            log.warning("%s already exists with incompatible configuration: %s; recreating device", self.dev, why)
+            netlink.link_delete(self.dev)
+        netlink.vxlan_create(self.dev, self.vni, self.ext.ext_addr, self.ext.index, self.port,
+                             self.learning, self.gbp, self.mac, self.mtu())
+
+    def _configure_device(self) -> None:
+        try:
+            self._ensure_link()
+            info = netlink.link_info(self.dev)
+            if info["mtu"] != self.mtu():
+                netlink.link_set_mtu(self.dev, self.mtu())
+            if info["address"] != self.mac:
+                netlink.link_set_address(self.dev, self.mac)
+            netlink.ensure_single_address(self.dev, self.lease.subnet.network_address, 32, self.network)
+            netlink.link_set_up(self.dev)
+            # flannel #1795: something (udev's MACAddressPolicy) may rewrite the MAC; verify it.
+            got = netlink.link_info(self.dev)["address"]
+            if got != self.mac:
+                netlink.link_set_address(self.dev, self.mac)
+                got = netlink.link_info(self.dev)["address"]
+                if got != self.mac:
+                    raise BackendError(f"vxlan: {self.dev} has MAC {got}, wanted {self.mac}")
+        except netlink.NetlinkError as e:
+            raise BackendError(f"vxlan: failed to set up {self.dev}: {e}") from None
+
+    # -- peers -----------------------------------------------------------------------------------
+    def _accept(self, lease: Lease) -> bool:
+        attrs = lease.attrs
+        if attrs is None:
+            return False
+        if self.lease is not None and lease.subnet == self.lease.subnet:
+            return False
+        if attrs.backend_type != "vxlan":
+            log.info("ignoring non-vxlan v4 subnet(%s): type=%s", lease.subnet, attrs.backend_type)
+            return False
+        return True
+
+    def _direct(self, lease: Lease) -> bool:
+        """DirectRouting and `ip route get PublicIP` shows no gateway: the peer is on our link."""
+        if not self.direct_routing:
+            return False
+        try:
+            _oif, gw, _src = netlink.route_get(lease.attrs.public_ip)
+        except netlink.NetlinkError as e:
+            log.warning("route get %s failed (%s); using the overlay", lease.attrs.public_ip, e)
+            return False
+        return gw is None
+
+    def _add(self, lease: Lease) -> None:
+        if not self._accept(lease):
+            return
+        direct = self._direct(lease)
+        mac = None if direct else str(_ci(lease.attrs.backend_data, "VtepMAC", "")).lower()
+        if not direct and not _valid_peer_mac(mac):
+            log.error("ignoring vxlan lease %s: bad VtepMAC in %s", lease.subnet, lease.attrs.backend_data)
+            return
+        old = self.peers.get(lease.subnet)
+        if old is not None and old.ok and old.lease.attrs == lease.attrs and old.direct == direct:
+            return                                       # unchanged (a re-list): nothing to do
+        if old is not None:
+            self._drop_stale(old, mac, direct, lease)
+        peer = _Peer(lease, mac, direct)
+        self.peers[lease.subnet] = peer
+        peer.ok = self._program(peer)
+
+    def _drop_stale(self, old: _Peer, mac: Optional[str], direct: bool, lease: Lease) -> None:
+        if old.direct != direct:
+            self._unprogram(old)
+        elif old.mac and old.mac != mac:
+            # The peer came back with a new MAC: its old FDB entry would otherwise stay forever.
+            self._quiet(netlink.fdb_delete, old.mac, self.dev)
+        elif direct and old.lease.attrs.public_ip != lease.attrs.public_ip:
+            self._quiet(netlink.route_delete, old.lease.subnet, old.lease.attrs.public_ip)
+
+    def _program(self, p: _Peer) -> bool:
+        sn, pub = p.lease.subnet, p.lease.attrs.public_ip
+        if p.direct:
+            return self._step(f"route {sn} via {pub}", netlink.route_replace, sn, pub)
+        vtep = sn.network_address
+        if not self._step(f"neighbour {vtep} lladdr {p.mac}", netlink.neigh_replace, vtep, p.mac, self.dev):
+            return False
+        if not self._step(f"FDB {p.mac} dst {pub}", netlink.fdb_replace, p.mac, self.dev, pub):
+            self._quiet(netlink.neigh_delete, vtep, self.dev)
+            return False
+        if not self._step(f"route {sn} via {vtep} onlink", netlink.route_replace, sn, vtep, self.dev, True):
+            self._quiet(netlink.neigh_delete, vtep, self.dev)
+            self._quiet(netlink.fdb_delete, p.mac, self.dev, pub)
+            return False
+        log.info("vxlan peer %s: %s at %s", sn, p.mac, pub)
+        return True
+
+    def _unprogram(self, p: _Peer) -> None:
+        sn, pub = p.lease.subnet, p.lease.attrs.public_ip
+        if p.direct:
+            self._quiet(netlink.route_delete, sn, pub)
+            return
+        self._quiet(netlink.neigh_delete, sn.network_address, self.dev)
+        if p.mac:
+            self._quiet(netlink.fdb_delete, p.mac, self.dev, pub)
+        self._quiet(netlink.route_delete, sn, None, self.dev)
+
+    def _remove(self, lease: Lease) -> None:
+        p = self.peers.pop(lease.subnet, None)
+        if p is None:
+            if lease.attrs is None or lease.attrs.backend_type != "vxlan":
+                return
+            # Never seen (e.g. removed before we started): clean up what its attrs describe.
+            mac = _ci(lease.attrs.backend_data, "VtepMAC")
+            p = _Peer(lease, str(mac).lower() if mac else None, False)
+            if self.direct_routing:
+                self._quiet(netlink.route_delete, lease.subnet, lease.attrs.public_ip)
+        log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
+        self._unprogram(p)
+
+    def _step(self, what: str, fn, *args) -> bool:
+        for attempt in range(STEP_ATTEMPTS):
+            try:
+                fn(*args)
+                return True
+            except netlink.NetlinkError as e:
+                if attempt == STEP_ATTEMPTS - 1:
+                    log.error("vxlan: %s failed: %s", what, e)
+                else:
+                    time.sleep(STEP_RETRY_S)
+        return False
+
+    @staticmethod
+    def _quiet(fn, *args) -> None:
+        try:
+            fn(*args)
+        except netlink.NetlinkError as e:
+            log.debug("ignored: %s", e)
+
+    # -- reconciliation --------------------------------------------------------------------------
+    def _prune(self, wanted: Dict[IPv4Network, Lease]) -> None:
+        """Remove kernel state on flannel.<VNI> (and direct routes) that belongs to no live lease."""
+        if self.network is None or not netlink.link_exists(self.dev):
+            return
+        vteps = {sn.network_address for sn in wanted}
+        macs = {p.mac for p in self.peers.values() if p.mac}
+        for r in netlink.route_list(self.dev):
+            if r.dst.subnet_of(self.network) and r.dst != self.network and r.dst not in wanted and r.gateway:
+                log.info("pruning stale route %s via %s dev %s", r.dst, r.gateway, self.dev)
+                self._quiet(netlink.route_delete, r.dst, r.gateway, self.dev)
+        for n in netlink.neigh_list(self.dev):
+            if n.permanent and n.ip in self.network and n.ip not in vteps:
+                log.info("pruning stale neighbour %s lladdr %s dev %s", n.ip, n.mac, self.dev)
+                self._quiet(netlink.neigh_delete, n.ip, self.dev)
+        for e in netlink.fdb_list(self.dev):
+            if e.dst is not None and e.mac != "00:00:00:00:00:00" and e.mac not in macs:
+                log.info("pruning stale FDB entry %s dst %s dev %s", e.mac, e.dst, self.dev)
+                self._quiet(netlink.fdb_delete, e.mac, self.dev, e.dst)
+        if self.direct_routing:
+            for r in netlink.route_list(self.ext.name):
+                if (r.gateway and r.dst.subnet_of(self.network) and r.dst != self.network
+                        and r.dst not in wanted and r.dst != self.lease.subnet):
+                    log.info("pruning stale direct route %s via %s", r.dst, r.gateway)
+                    self._quiet(netlink.route_delete, r.dst, r.gateway, self.ext.name)
+
+    def _repair_peers(self) -> None:
+        """Re-program peers that failed or lost their neighbour, FDB entry or route."""
+        routes = {(r.dst, r.gateway) for r in netlink.route_list()}
+        neigh = {(n.ip, n.mac) for n in netlink.neigh_list(self.dev)}
+        fdb = {(e.mac, e.dst) for e in netlink.fdb_list(self.dev)}
+        for p in self.peers.values():
+            sn, pub = p.lease.subnet, p.lease.attrs.public_ip
+            if p.direct:
+                intact = (sn, pub) in routes
+            else:
+                intact = ((sn, sn.network_address) in routes and (sn.network_address, p.mac) in neigh
+                          and (p.mac, pub) in fdb)
+            if not (p.ok and intact):
+                if p.ok:
+                    log.warning("vxlan peer %s lost kernel state; re-programming it", sn)
+                p.ok = self._program(p)
