@@ -102,11 +102,14 @@ def _ci_get(obj: dict, name: str) -> Any:
 def decode_attrs(raw: bytes | str) -> LeaseAttrs:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise LeaseFormatError(f"lease value is not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise LeaseFormatError("lease value is not a JSON object")
     pub = _ci_get(obj, "PublicIP")
+    if pub is not None and not isinstance(pub, str):
+        # Go's ip.IP4 unmarshals only from a JSON string; ipaddress would take 5 as 0.0.0.5.
+        raise LeaseFormatError(f"bad PublicIP {pub!r}")
     try:
         public_ip = ipaddress.IPv4Address(pub if pub is not None else "0.0.0.0")
     except ValueError:
