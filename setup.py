@@ -28,6 +28,6 @@ setup(
     packages=["fastflannel.agent", "fastflannel.agent.backends", "fastflannel.fastpath"],
     package_dir={"fastflannel.agent": "agent", "fastflannel.fastpath": "fastpath"},
     package_data={"fastflannel.fastpath": ["*.pyi", "*.pxd", "py.typed"]},
-    ext_modules=cythonize([ext], language_level=3,
+    ext_modules=cythonize([ext], language_level=3, include_path=["fastpath"],
                           compiler_directives={"boundscheck": False, "wraparound": False}),
 )

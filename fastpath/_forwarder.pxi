@@ -1,0 +1,175 @@
+# The Forwarder: lifecycle NEW -> OPEN (-> running -> stopped)* -> CLOSED.
+from libc.errno cimport ENOENT
+from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port, ff_fwd_start,
+                     ff_fwd_stop, ff_fwd_close, ff_fwd_replace_routes, ff_fwd_add_route,
+                     ff_fwd_remove_route, ff_fwd_routes, ff_fwd_route_count, ff_fwd_stats,
+                     ff_stat_names, FF_ST__COUNT, FF_F_ANTI_SPOOF, FF_MAX_BATCH)
+
+DEFAULT_PORT = 8285     # flannel udp backend default (FLANNEL.md 4.1)
+DEFAULT_BATCH = 64      # packets per recvmmsg/sendmmsg/TUN drain
+
+#: Counter names, in the order of Forwarder.stats_array().
+STAT_NAMES = tuple(ff_stat_names[i].decode() for i in range(FF_ST__COUNT))
+
+cdef enum _State:
+    NEW, OPEN, CLOSED
+
+
+cdef class Forwarder:
+    """TUN <-> UDP forwarder speaking flannel's udp wire format, run by two C threads."""
+    cdef ff_fwd *_fw
+    cdef _State _state
+    cdef bint _running
+
+    def __cinit__(self):
+        self._fw = NULL
+        self._state = NEW
+        self._running = False
+
+    def __dealloc__(self):
+        if self._fw != NULL:
+            with nogil:
+                ff_fwd_close(self._fw)
+            self._fw = NULL
+
+    cdef int _alive(self) except -1:
+        if self._state != OPEN:
+            raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is not open")
+        return 0
+
+    def open(self, tun="flannel%d", *, tun_fd=None, bind_ip="0.0.0.0", port=DEFAULT_PORT,
+             tun_ip="0.0.0.0", mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True):
+        """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket; no threads yet."""
+        if self._state != NEW:
+            raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
+        if not 1 <= batch <= FF_MAX_BATCH:
+            raise ValueError(f"batch must be in 1..{FF_MAX_BATCH}")
+        if not 0 <= port <= 65535 or not 68 <= mtu <= 65535:
+            raise ValueError("port or mtu out of range")
+        cdef ff_opts o
+        name = tun.encode() if isinstance(tun, str) else bytes(tun)
+        o.tun_name = name
+        o.tun_fd = -1 if tun_fd is None else int(tun_fd)
+        o.bind_ip = _ip(bind_ip)
+        o.port = port
+        o.tun_ip = _ip(tun_ip)
+        o.mtu = mtu
+        o.batch = batch
+        o.flags = FF_F_ANTI_SPOOF if anti_spoof else 0
+        cdef ff_fwd *fw = NULL
+        cdef int rc
+        with nogil:
+            rc = ff_fwd_open(&fw, &o)
+        _check(rc, "open forwarder")
+        self._fw = fw
+        self._state = OPEN
+        return self
+
+    @property
+    def tun_name(self):
+        self._alive()
+        return ff_fwd_tun_name(self._fw).decode()
+
+    @property
+    def port(self):
+        self._alive()
+        return ff_fwd_port(self._fw)
+
+    @property
+    def running(self):
+        return self._running
+
+    def start(self):
+        """Start the two worker threads."""
+        self._alive()
+        if self._running:
+            raise RuntimeError("Forwarder is already running")
+        _check(ff_fwd_start(self._fw), "start forwarder")
+        self._running = True
+
+    def stop(self):
+        """Stop and join the workers (idempotent); counters and routes are kept."""
+        self._alive()
+        with nogil:
+            ff_fwd_stop(self._fw)
+        self._running = False
+
+    def close(self):
+        """Stop, close the TUN and socket, free everything. Idempotent."""
+        if self._fw != NULL:
+            with nogil:
+                ff_fwd_close(self._fw)
+            self._fw = NULL
+        self._running = False
+        self._state = CLOSED
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def add_route(self, subnet, peer_ip, int peer_port=DEFAULT_PORT):
+        """Route `subnet` ("10.10.16.0/20") to the peer at peer_ip:peer_port (add or update)."""
+        self._alive()
+        cdef ff_route r
+        r.net, r.prefix = _subnet(subnet)
+        r.peer_ip = _ip(peer_ip)
+        if not 0 < peer_port <= 65535:
+            raise ValueError("peer_port out of range")
+        r.peer_port = peer_port
+        cdef int rc
+        with nogil:
+            rc = ff_fwd_add_route(self._fw, &r)
+        _check(rc, "add route")
+
+    def remove_route(self, subnet):
+        """Remove the route for exactly `subnet`; KeyError if there is none."""
+        self._alive()
+        cdef uint32_t net
+        cdef uint8_t prefix
+        net, prefix = _subnet(subnet)
+        cdef int rc
+        with nogil:
+            rc = ff_fwd_remove_route(self._fw, net, prefix)
+        if rc == -ENOENT:
+            raise KeyError(subnet)
+        _check(rc, "remove route")
+
+    def replace_routes(self, routes):
+        """Publish a whole new table built from an array (or buffer) of ROUTE_DTYPE."""
+        self._alive()
+        cdef size_t n = 0
+        cdef ff_route *r = _routes_to_c(routes, &n)
+        cdef int rc
+        try:
+            with nogil:
+                rc = ff_fwd_replace_routes(self._fw, r, n)
+        finally:
+            free(r)
+        _check(rc, "replace routes")
+
+    def routes(self):
+        """The current table as a ROUTE_DTYPE array sorted by (net, prefix)."""
+        self._alive()
+        cdef long n = ff_fwd_route_count(self._fw)
+        cdef ff_route *r = <ff_route *>malloc((n if n > 0 else 1) * sizeof(ff_route))
+        if r == NULL:
+            raise MemoryError()
+        try:
+            n = min(n, ff_fwd_routes(self._fw, r, n))
+            return _routes_from_c(r, n)
+        finally:
+            free(r)
+
+    def stats_array(self):
+        """Counters as a uint64 array in STAT_NAMES order (summed over workers)."""
+        self._alive()
+        out = _np.zeros(FF_ST__COUNT, dtype=_np.uint64)
+        cdef uint64_t[::1] v = out
+        ff_fwd_stats(self._fw, &v[0])
+        return out
+
+    def stats(self):
+        """Counters as a dict {name: int}."""
+        return dict(zip(STAT_NAMES, (int(x) for x in self.stats_array())))

@@ -1,0 +1,37 @@
+# C declarations for csrc/ff_fwd.h (the forwarder); no logic here.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from ff_table cimport ff_route
+
+cdef extern from "ff_fwd.h" nogil:
+    enum:
+        FF_F_ANTI_SPOOF
+        FF_ST__COUNT
+        FF_MAX_BATCH
+
+    const char *const ff_stat_names[]
+
+    struct ff_opts:
+        const char *tun_name
+        int tun_fd
+        uint32_t bind_ip
+        uint16_t port
+        uint32_t tun_ip
+        uint32_t mtu
+        uint32_t batch
+        uint32_t flags
+
+    struct ff_fwd:
+        pass
+
+    int ff_fwd_open(ff_fwd **out, const ff_opts *o)
+    const char *ff_fwd_tun_name(const ff_fwd *fw)
+    uint16_t ff_fwd_port(const ff_fwd *fw)
+    int ff_fwd_start(ff_fwd *fw)
+    int ff_fwd_stop(ff_fwd *fw)
+    void ff_fwd_close(ff_fwd *fw)
+    int ff_fwd_replace_routes(ff_fwd *fw, const ff_route *routes, size_t n)
+    int ff_fwd_add_route(ff_fwd *fw, const ff_route *r)
+    int ff_fwd_remove_route(ff_fwd *fw, uint32_t net, uint8_t prefix)
+    long ff_fwd_routes(ff_fwd *fw, ff_route *out, size_t cap)
+    long ff_fwd_route_count(ff_fwd *fw)
+    void ff_fwd_stats(const ff_fwd *fw, uint64_t *out)

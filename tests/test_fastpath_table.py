@@ -1,0 +1,189 @@
+"""The C route table and packet transforms against the pure-Python twin (fastpath/reference.py)."""
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from fastflannel import fastpath as fp
+from fastflannel.fastpath import reference as ref
+
+LENS = (0, 8, 16, 20, 24, 32)
+
+
+def _rand_net(rng: random.Random, prefix: int) -> int:
+    # a narrow space (10.0.0.0/12-ish) so inserts, removes and lookups collide often
+    return (0x0A000000 | rng.getrandbits(20) << 4 | rng.getrandbits(4)) & ref.prefix_mask(prefix)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_table_differential_random_ops(seed):
+    """>= 100k random insert/remove/lookup/has_peer operations; every answer must agree."""
+    rng = random.Random(seed)
+    c, r = fp.RouteTable(), ref.RouteTable()
+    peers = [0xC0000200 + i for i in range(1, 40)]
+    live: list[tuple[int, int]] = []
+    for op in range(120_000):
+        k = rng.random()
+        if k < 0.35:
+            prefix = rng.choice(LENS[1:]) if rng.random() > 0.01 else 0
+            net = _rand_net(rng, prefix)
+            peer, port = rng.choice(peers), rng.randrange(1, 65536)
+            c.insert(net, prefix, peer, port)
+            r.insert(net, prefix, peer, port)
+            live.append((net, prefix))
+        elif k < 0.6:
+            if live and rng.random() < 0.8:
+                net, prefix = live.pop(rng.randrange(len(live)))
+            else:
+                prefix = rng.choice(LENS)
+                net = _rand_net(rng, prefix)
+            exp = None
+            try:
+                r.remove(net, prefix)
+            except KeyError as e:
+                exp = e
+            if exp is None:
+                c.remove(net, prefix)
+            else:
+                with pytest.raises(KeyError):
+                    c.remove(net, prefix)
+        elif k < 0.97:
+            dst = 0x0A000000 | rng.getrandbits(24) if rng.random() < 0.9 else rng.getrandbits(32)
+            assert c.lookup(dst) == r.lookup(dst), (op, hex(dst))
+        else:
+            ip = rng.choice(peers) if rng.random() < 0.7 else rng.getrandbits(32)
+            assert c.has_peer(ip) == r.has_peer(ip), (op, hex(ip))
+        assert len(c) == len(r)
+    got = [tuple(int(x) for x in row) for row in c.routes()]
+    assert got == r.routes()
+
+
+def test_table_probe_length_bounded_for_sequential_subnets():
+    t = fp.RouteTable()
+    for i in range(10_000):
+        t.insert(0x0A000000 + (i << 12), 20, 0xC0000200 + i % 250, 8285)
+    assert len(t) == 10_000
+    assert t.max_probe() <= 32
+    assert t.lookup(0x0A000000 + (9_999 << 12) + 5) == (0xC0000200 + 9_999 % 250, 8285)
+
+
+def test_table_rejects_bad_prefix():
+    with pytest.raises(ValueError):
+        fp.RouteTable().insert(0, 33, 1, 1)
+    with pytest.raises(KeyError):
+        fp.RouteTable().remove(0x0A000000, 8)
+
+
+# ---- packet transforms ------------------------------------------------------------------------
+
+def _packet(rng: random.Random, total: int, proto: int, ttl: int, frag: int = 0) -> bytes:
+    ihl = rng.choice([5, 5, 5, 6, 15])
+    total = max(total, ihl * 4)
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, rng.getrandbits(8), total,
+                                rng.getrandbits(16), frag, ttl, proto, 0,
+                                rng.getrandbits(32).to_bytes(4, "big"),
+                                rng.getrandbits(32).to_bytes(4, "big")))
+    hdr += bytes(rng.getrandbits(8) for _ in range(ihl * 4 - 20))
+    struct.pack_into("!H", hdr, 10, ref.checksum(bytes(hdr)))
+    return bytes(hdr) + bytes(rng.getrandbits(8) for _ in range(total - ihl * 4))
+
+
+def test_transform_differential_on_valid_packets():
+    rng = random.Random(7)
+    for _ in range(5_000):
+        proto = rng.choice([1, 6, 17, 47])
+        frag = rng.choice([0, 0, 0x4000, 0x2000, 0x2001, 0x00B9])
+        pkt = _packet(rng, rng.randrange(20, 200), proto, rng.randrange(0, 256), frag)
+        assert fp.ipv4_validate(pkt) == ref.validate(pkt) == ref.PKT_OK
+        assert fp.ipv4_dec_ttl(pkt) == ref.dec_ttl(pkt)
+        tun_ip = rng.getrandbits(32)
+        got = fp.icmp_net_unreach(pkt, tun_ip)
+        assert got == ref.icmp_net_unreach(pkt, tun_ip)
+        if got is not None:
+            assert ref.checksum(got[:20]) == 0 and ref.checksum(got[20:]) == 0
+            assert got[8] == 8 and got[20:22] == b"\x03\x00" and got[28:] == pkt[:len(got) - 28]
+
+
+def test_validate_differential_on_random_bytes():
+    rng = random.Random(11)
+    seen = set()
+    for _ in range(50_000):
+        b = bytearray(rng.getrandbits(8) for _ in range(rng.randrange(0, 64)))
+        if b and rng.random() < 0.6:
+            b[0] = 0x40 | (b[0] & 0x0F)
+        if len(b) >= 4 and rng.random() < 0.5:
+            b[2:4] = struct.pack("!H", rng.randrange(0, 80))
+        v = fp.ipv4_validate(bytes(b))
+        assert v == ref.validate(bytes(b)), bytes(b).hex()
+        seen.add(v)
+    assert seen == {ref.PKT_OK, ref.PKT_SHORT, ref.PKT_BAD_HEADER, ref.PKT_BAD_LENGTH}
+
+
+def test_crafted_invalid_packets():
+    good = _packet(random.Random(3), 40, 6, 64)
+    assert fp.ipv4_validate(good[:19]) == fp.PKT_SHORT
+    assert fp.ipv4_validate(b"\x60" + good[1:]) == fp.PKT_BAD_HEADER          # IPv6 version
+    assert fp.ipv4_validate(good[:39]) in (fp.PKT_BAD_LENGTH, fp.PKT_BAD_HEADER)
+    with pytest.raises(ValueError):
+        fp.ipv4_dec_ttl(good[:10])
+    with pytest.raises(ValueError):
+        fp.icmp_net_unreach(good[:10], 1)
+
+
+# ---- the Forwarder's own table (needs a TUN, so root) ------------------------------------------
+
+@pytest.fixture
+def forwarder(netns_required):
+    with fp.Forwarder() as fw:
+        fw.open(tun="fftbl%d", bind_ip="127.0.0.1", port=0, tun_ip="10.10.0.0")
+        yield fw
+
+
+def test_forwarder_routes_roundtrip(forwarder):
+    rng = np.random.default_rng(5)
+    arr = np.zeros(10_000, dtype=fp.ROUTE_DTYPE)
+    arr["net"] = 0x0A000000 + (np.arange(10_000, dtype=np.uint32) << 12)
+    arr["prefix"] = 20
+    arr["peer_ip"] = rng.integers(1, 2**32, 10_000, dtype=np.uint32)
+    arr["peer_port"] = 8285
+    forwarder.replace_routes(arr)
+    assert np.array_equal(forwarder.routes(), np.sort(arr, order=["net", "prefix"]))
+    forwarder.replace_routes(arr.tobytes())                 # any buffer of the layout
+    assert len(forwarder.routes()) == 10_000
+    forwarder.add_route("10.200.0.0/16", "192.0.2.99", 9000)
+    forwarder.remove_route("10.0.0.0/20")
+    with pytest.raises(KeyError):
+        forwarder.remove_route("10.0.0.0/20")
+    with pytest.raises(ValueError):
+        forwarder.add_route("10.200.0.1/16", "192.0.2.99", 9000)   # host bits set
+    with pytest.raises(ValueError):
+        forwarder.replace_routes(b"\0" * 12)                       # not a multiple of 11
+    r = forwarder.routes()
+    assert len(r) == 10_000
+    assert (0x0AC80000, 16, 0xC0000263, 9000) in [tuple(int(x) for x in row) for row in r]
+
+
+def test_forwarder_lifecycle(netns_required):
+    fw = fp.Forwarder()
+    with pytest.raises(RuntimeError):
+        fw.start()
+    fw.open(tun="fftbl%d", bind_ip="127.0.0.1", port=0)
+    assert fw.tun_name.startswith("fftbl") and fw.port > 0
+    fw.start()
+    with pytest.raises(RuntimeError):
+        fw.start()
+    fw.stop()
+    fw.stop()
+    fw.start()                                  # restart after stop is allowed
+    assert set(fw.stats()) == set(fp.STAT_NAMES)
+    assert fw.stats_array().dtype == np.uint64
+    fw.close()
+    fw.close()
+    for call in (fw.start, fw.stats, fw.routes, lambda: fw.add_route("10.0.0.0/8", "1.2.3.4")):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+    with pytest.raises(RuntimeError):
+        fw.open()
