@@ -98,6 +98,11 @@ def _rpc_reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _is_auth_error(e: BaseException) -> bool:
+    return isinstance(e, grpc.RpcError) and hasattr(e, "code") and \
+        e.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def _is_unreachable(e: BaseException) -> bool:
     if isinstance(e, _UNREACHABLE_EXC):
         return True
@@ -114,6 +119,7 @@ class EtcdRegistry:
         self._subnets_prefix = f"{root}/subnets/"
         self._client: Optional[etcd3.MultiEndpointEtcd3Client] = None
         self._url: Optional[str] = None
+        self._warned_http = False
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -121,7 +127,9 @@ class EtcdRegistry:
         o = self.opts
         if not (o.keyfile and o.certfile):
             # flannel: without a client key pair it connects with plain http, cafile or not.
-            log.warning("no certificate provided: connecting to etcd with http. This is insecure")
+            if not self._warned_http:      # once: the daemon retries connect() every second
+                log.warning("no certificate provided: connecting to etcd with http. This is insecure")
+                self._warned_http = True
             return None
         ca = open(o.cafile, "rb").read() if o.cafile else None
         return grpc.ssl_channel_credentials(ca, open(o.keyfile, "rb").read(),
@@ -133,12 +141,17 @@ class EtcdRegistry:
                             opts=_GRPC_OPTIONS)
         try:
             # Authenticates here when username/password are set.
-            return etcd3.MultiEndpointEtcd3Client(endpoints=[ep], timeout=self.opts.timeout_s,
-                                                  user=self.opts.username,
-                                                  password=self.opts.password)
+            client = etcd3.MultiEndpointEtcd3Client(endpoints=[ep], timeout=self.opts.timeout_s,
+                                                    user=self.opts.username,
+                                                    password=self.opts.password)
         except BaseException:
             ep.close()
             raise
+        if creds is None:
+            # etcd3 sends the token twice, as metadata and as call credentials; grpc refuses call
+            # credentials on a plain channel ("does not have a sufficient security level").
+            client.call_credentials = None
+        return client
 
     def connect(self) -> None:
         """Use the first endpoint, in order, that answers a read; EtcdUnreachable if none does."""
@@ -174,7 +187,14 @@ class EtcdRegistry:
         if client is None:
             raise RegistryError("etcd registry is not connected")
         try:
-            return fn(client)
+            try:
+                return fn(client)
+            except grpc.RpcError as e:
+                # etcd's simple tokens expire after 5 idle minutes and etcd3 never renews them;
+                # a daemon that renews once a day would be locked out for good.
+                if not (_is_auth_error(e) and self._reauthenticate(client)):
+                    raise
+                return fn(client)
         except RegistryError:
             raise
         except Exception as e:  # noqa: BLE001 - etcd3 raises grpc, etcd3 and ValueError types
@@ -182,6 +202,21 @@ class EtcdRegistry:
                 raise EtcdUnreachable(f"cannot reach etcd at {self._url} ({what}): "
                                       f"{_rpc_reason(e)}") from None
             raise RegistryError(f"etcd {what} failed: {_rpc_reason(e)}") from None
+
+    def _reauthenticate(self, client) -> bool:
+        """Fetch a fresh auth token into `client`; False when no credentials are configured."""
+        o = self.opts
+        if o.username is None or o.password is None:
+            return False
+        try:
+            resp = client.authstub.Authenticate(
+                etcdrpc.AuthenticateRequest(name=o.username, password=o.password), o.timeout_s)
+        except grpc.RpcError as e:
+            log.warning("re-authenticating to etcd at %s failed: %s", self._url, _rpc_reason(e))
+            return False
+        client.metadata = (("token", resp.token),)
+        log.info("re-authenticated to etcd at %s", self._url)
+        return True
 
     # ---- config ----------------------------------------------------------------------------
 
@@ -295,26 +330,31 @@ class EtcdRegistry:
         next_rev = revision + 1
         backoff = BACKOFF_MIN_S
         relist = False
+        compactions = 0          # in a row, without a watch response in between
         while not stop.is_set():
             try:
                 if relist:
                     leases, rev = self.list_leases()
-                    relist, next_rev, backoff = False, rev + 1, BACKOFF_MIN_S
+                    relist, next_rev = False, rev + 1
                     yield WatchBatch(snapshot=leases, events=[], revision=rev)
                     continue
                 with closing(self._watch_stream(next_rev, stop)) as stream:
                     for batch in stream:
-                        next_rev, backoff = batch.revision + 1, BACKOFF_MIN_S
+                        next_rev, backoff, compactions = batch.revision + 1, BACKOFF_MIN_S, 0
                         if batch.events:
                             yield batch
                 if stop.is_set():
                     return
                 raise RegistryError("watch stream closed by etcd")
             except Compacted as e:
-                # Re-list at once: the new revision cannot be compacted again before we watch it
-                # (etcd never compacts past its current revision), so this cannot spin.
+                # Re-list, then watch from the listing's revision. etcd never compacts past its
+                # current revision, so that cannot be compacted already; should it happen anyway,
+                # back off rather than spin (flannel #2470 spun here on the stale revision).
                 log.warning("%s; re-listing leases", e)
-                relist = True
+                relist, compactions = True, compactions + 1
+                if compactions > 1:
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
             except RegistryError as e:
                 if stop.is_set():
                     return
@@ -361,6 +401,10 @@ class EtcdRegistry:
                     raise Compacted(f"watch from revision {start_rev}: required revision has been "
                                     f"compacted (compacted at {resp.compact_revision})")
                 if resp.canceled:
+                    # An expired token shows up here as "permission denied" (etcd checks the
+                    # watch's permission when it is created).
+                    if "permission denied" in resp.cancel_reason or "auth" in resp.cancel_reason:
+                        self._reauthenticate(client)
                     raise RegistryError(f"etcd canceled the watch: {resp.cancel_reason or 'no reason'}")
                 if resp.events:
                     cache: dict[int, Optional[float]] = {}
@@ -374,6 +418,8 @@ class EtcdRegistry:
         except grpc.RpcError as e:
             if stop.is_set():
                 return
+            if _is_auth_error(e):
+                self._reauthenticate(client)
             raise RegistryError(f"watch stream from {self._url}: {_rpc_reason(e)}") from None
         except RegistryError:
             raise

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import etcdctl
 from fastflannel.agent import lab as labmod
-from fastflannel.agent.errors import EtcdUnreachable, SubnetExists
+from fastflannel.agent.errors import EtcdUnreachable, RegistryError, SubnetExists
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent, encode_attrs
 from fastflannel.agent.registry import EtcdOptions, EtcdRegistry, WatchBatch
 
@@ -372,7 +372,9 @@ def test_watch_resumes_after_etcd_restart(restartable_etcd):
         r.create_lease(NET, VX, DAY_S)
         assert w.events(1)[0].lease.subnet == NET
         e.stop()
-        time.sleep(1)
+        with pytest.raises(EtcdUnreachable, match=e.url):    # e.g. a renewal during the outage
+            r.get_lease(NET)
+        time.sleep(0.5)
         e.start()
         _ok(etcdctl(e.url, "put", _key(NET2), encode_attrs(UDP).decode()))
         (ev,) = w.events(1, timeout=20)
@@ -381,4 +383,34 @@ def test_watch_resumes_after_etcd_restart(restartable_etcd):
         assert w.close() < 1.0
     finally:
         w.close()
+        r.close()
+
+
+# ---- authentication --------------------------------------------------------------------------
+
+def test_username_password_and_token_renewal(restartable_etcd):
+    url = restartable_etcd.url
+    for args in (("user", "add", "root:rootpw"), ("role", "add", "root"),
+                 ("user", "grant-role", "root", "root"), ("auth", "enable")):
+        _ok(etcdctl(url, *args))
+    with pytest.raises(RegistryError, match="authentication failed") as ei:
+        EtcdRegistry(EtcdOptions(endpoints=[url], username="root", password="wrong")).connect()
+    assert not isinstance(ei.value, EtcdUnreachable)
+    r = EtcdRegistry(EtcdOptions(endpoints=[url], username="root", password="rootpw"))
+    r.connect()
+    try:
+        r.create_lease(NET, VX, DAY_S)
+        # etcd's simple tokens expire after 5 idle minutes: a stale token must not lock us out.
+        r._client.metadata = (("token", "expired.1"),)
+        assert r.get_lease(NET).attrs == VX
+        _, rev = r.list_leases()
+        r._client.metadata = (("token", "expired.2"),)
+        w = WatchThread(r, rev)
+        try:
+            _ok(etcdctl(url, "--user", "root:rootpw", "put", _key(NET2), encode_attrs(UDP).decode()))
+            (ev,) = w.events(1)
+            assert ev.lease.subnet == NET2 and ev.lease.attrs == UDP
+        finally:
+            assert w.close() < 1.0
+    finally:
         r.close()
