@@ -193,6 +193,9 @@ class LeaseKeeper:
             if ev.lease.subnet != subnet or self._lost is not None:
                 return
             if ev.kind == LeaseEvent.ADDED:
+                if ev.lease.attrs is None:
+                    self.log.warning("Ignoring added event without attributes for our subnet %s", subnet)
+                    return
                 holder = ev.lease.public_ip
                 if holder == self.manager.public_ip:
                     # Our own renewal (or the admin touched it): take the new expiration.

@@ -399,3 +399,33 @@ def test_keeper_threaded_stop_and_lost():
     stop.set()
     t.join(2)
     assert not t.is_alive()
+
+
+# -- randomized: the interval walk equals flannel's naive candidate loop -------------------------
+
+def _naive_candidates(cfg, taken, limit=100):
+    out, ip, size = [], int(cfg.subnet_min), cfg.subnet_size
+    while ip <= int(cfg.subnet_max) and len(out) < limit:
+        cand = N((ip, cfg.subnet_len))
+        if not any(cand.overlaps(t) for t in taken):
+            out.append(cand)
+        ip += size
+    return out
+
+
+def test_free_candidates_match_naive_loop():
+    from fastflannel.agent.subnets import _free_candidates
+    rnd = random.Random(11)
+    for _ in range(300):
+        plen = rnd.randint(8, 26)
+        base = rnd.getrandbits(32) & ~((1 << (32 - plen)) - 1)
+        network = N((base, plen))
+        sl = rnd.randint(plen + 2, min(30, plen + 10))
+        cfg = parse_config('{"Network":"%s","SubnetLen":%d}' % (network, sl))
+        taken = []
+        for _ in range(rnd.randint(0, 30)):
+            tl = rnd.randint(max(0, plen - 2), 32)
+            off = rnd.getrandbits(32 - plen) if rnd.random() < 0.9 else rnd.getrandbits(32)
+            taken.append(N(((base + off) & 0xFFFFFFFF, tl), strict=False))
+        limit = rnd.choice([1, 5, 100])
+        assert _free_candidates(cfg, taken, limit) == _naive_candidates(cfg, taken, limit)
