@@ -1,0 +1,136 @@
+/* Internet checksum (RFC 1071), incremental update (RFC 1624), IPv4 pseudo-header (RFC 793/768).
+ *
+ * The ones' complement sum is byte-order independent (RFC 1071 §2(B)): we add native-endian
+ * 32-bit loads into 64-bit accumulators (no carry can be lost before 2^32 additions), fold, and
+ * byte-swap once at the end on little-endian hosts. Four independent accumulators keep the
+ * adds off one dependency chain; wireguard-go's unrolled/add-with-carry work (895d6c2, b82c016)
+ * is the same idea. */
+#include <string.h>
+#include <arpa/inet.h>
+
+#include "ff_offload.h"
+
+#if !defined(__BYTE_ORDER__) || \
+    (__BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ && __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__)
+#error "unknown byte order"
+#endif
+
+static inline uint32_t ld32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint64_t ld64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* Reduce to 32 bits without changing the value mod 0xffff. */
+static inline uint64_t fold32(uint64_t a)
+{
+    a = (a & 0xffffffffu) + (a >> 32);
+    return (a & 0xffffffffu) + (a >> 32);
+}
+
+uint64_t ff_ck_add(uint64_t acc, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    uint64_t a0 = fold32(acc), a1 = 0, a2 = 0, a3 = 0;
+
+    /* 64 bytes per iteration, each 8-byte word split into two 32-bit halves. At most 65535/64
+     * iterations per call in practice; the accumulators are folded every 2^24 bytes anyway. */
+    while (len >= 64) {
+        size_t chunk = len < (1u << 24) ? len & ~(size_t)63 : (1u << 24);
+        for (const uint8_t *end = p + chunk; p < end; p += 64) {
+            uint64_t w0 = ld64(p), w1 = ld64(p + 8), w2 = ld64(p + 16), w3 = ld64(p + 24);
+            uint64_t w4 = ld64(p + 32), w5 = ld64(p + 40), w6 = ld64(p + 48), w7 = ld64(p + 56);
+            a0 += (w0 & 0xffffffffu) + (w0 >> 32) + (w4 & 0xffffffffu) + (w4 >> 32);
+            a1 += (w1 & 0xffffffffu) + (w1 >> 32) + (w5 & 0xffffffffu) + (w5 >> 32);
+            a2 += (w2 & 0xffffffffu) + (w2 >> 32) + (w6 & 0xffffffffu) + (w6 >> 32);
+            a3 += (w3 & 0xffffffffu) + (w3 >> 32) + (w7 & 0xffffffffu) + (w7 >> 32);
+        }
+        len -= chunk;
+        a0 = fold32(a0) + fold32(a1) + fold32(a2) + fold32(a3);
+        a1 = a2 = a3 = 0;
+    }
+    while (len >= 4) {
+        a0 += ld32(p);
+        p += 4;
+        len -= 4;
+    }
+    if (len >= 2) {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        a0 += v;
+        p += 2;
+        len -= 2;
+    }
+    if (len) {
+        /* Odd trailing byte is the high byte of a zero-padded big-endian word. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        a0 += p[0];
+#else
+        a0 += (uint32_t)p[0] << 8;
+#endif
+    }
+    return a0;
+}
+
+uint64_t ff_ck_add16(uint64_t acc, uint16_t host)
+{
+    return acc + htons(host);
+}
+
+uint64_t ff_ck_add32(uint64_t acc, uint32_t host)
+{
+    return acc + htonl(host);
+}
+
+uint16_t ff_ck_fold(uint64_t acc)
+{
+    acc = fold32(acc);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    return ntohs((uint16_t)acc);
+}
+
+uint16_t ff_ck(const void *p, size_t len)
+{
+    return (uint16_t)~ff_ck_fold(ff_ck_add(0, p, len));
+}
+
+uint64_t ff_ck_pseudo4(const uint8_t *iph, uint8_t proto, uint16_t l4len)
+{
+    uint64_t acc = (uint64_t)ld32(iph + 12) + ld32(iph + 16);
+    acc = ff_ck_add16(acc, proto);
+    return ff_ck_add16(acc, l4len);
+}
+
+/* HC' = ~(~HC + ~m + m') — RFC 1624 eqn. 3; avoids the -0 problem of eqn. 2. */
+uint16_t ff_ck_update16(uint16_t csum, uint16_t old, uint16_t new_)
+{
+    uint32_t s = (uint32_t)(uint16_t)~csum + (uint16_t)~old + new_;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+uint16_t ff_ck_update32(uint16_t csum, uint32_t old, uint32_t new_)
+{
+    csum = ff_ck_update16(csum, (uint16_t)(old >> 16), (uint16_t)(new_ >> 16));
+    return ff_ck_update16(csum, (uint16_t)old, (uint16_t)new_);
+}
+
+void ff_ipv4_set_csum(uint8_t *iph)
+{
+    size_t ihl = (size_t)(iph[0] & 0x0f) * 4;
+    iph[10] = iph[11] = 0;
+    uint16_t c = ff_ck(iph, ihl);
+    iph[10] = (uint8_t)(c >> 8);
+    iph[11] = (uint8_t)c;
+}

@@ -1,0 +1,338 @@
+/* Userspace GRO before the TUN write (PERF.md §1.2 "TUN write path"): coalesce a batch of
+ * decapsulated IPv4 TCP (optionally UDP) packets into GSO superframes the kernel accepts with a
+ * virtio_net_hdr (CHECKSUM_PARTIAL). Merge rules follow wireguard-go handleGRO and the kernel's
+ * tcp_gro_receive (tools/testing/selftests/net/gro.c):
+ *   IPv4 without options, not a fragment, total length == buffer length, valid IP and L4
+ *   checksums (UDP checksum 0 counts as valid, PERF.md §1.4); TCP flags ACK or ACK|PSH only,
+ *   payload > 0; same (src, dst, sport, dport) and ack number, same TOS/TTL/frag field and TCP
+ *   option bytes; sequence exactly adjacent (append only); segment <= the head's payload
+ *   (gso_size), a shorter one or one with PSH closes the item; total <= 65535.
+ * Ordering: for each 4-tuple only the newest item may grow, and any packet of that 4-tuple
+ * (merge candidate or not) becomes the newest, so no packet overtakes another of its flow.
+ * Zero-copy: items are lists of pointers into the caller's buffers, written with writev. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ff_offload.h"
+
+#define P_TCP 6
+#define P_UDP 17
+#define TCP_ACK 0x10
+#define TCP_PSH 0x08
+#define MAX_TAILS (FF_GRO_MAX_IOV - 2)
+
+enum { K_PASS = 0, K_TCP = 1, K_UDP = 2 };
+
+struct seg {                 /* one input packet */
+    uint8_t *p;              /* payload to append (tails) or the whole packet (heads) */
+    uint16_t n;
+    int32_t next;            /* next tail of the same item, -1 at the end */
+};
+
+struct item {
+    struct virtio_net_hdr vh;
+    uint8_t kind, closed, psh, proto;
+    uint16_t hdrl, gso;      /* header length and head payload (gso_size) of a candidate */
+    uint32_t len;            /* merged packet length */
+    uint32_t next_seq;
+    uint32_t src, dst, ports;
+    int32_t head, last;      /* seg indices */
+    int32_t ntail;
+};
+
+struct slot { uint32_t gen; int32_t item; };
+
+struct ff_gro {
+    unsigned flags;
+    int cap, nseg, nitem, finished;
+    uint32_t gen, hmask;
+    struct seg *segs;
+    struct item *items;
+    struct slot *hash;
+};
+
+static inline uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t ld32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void st16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+struct ff_gro *ff_gro_new(int cap, unsigned flags)
+{
+    if (cap < 1 || cap > 4096)
+        return NULL;
+    uint32_t hs = 1;
+    while (hs < 2u * (uint32_t)cap)
+        hs <<= 1;
+    struct ff_gro *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    g->segs = calloc((size_t)cap, sizeof *g->segs);
+    g->items = calloc((size_t)cap, sizeof *g->items);
+    g->hash = calloc(hs, sizeof *g->hash);
+    if (!g->segs || !g->items || !g->hash) {
+        ff_gro_free(g);
+        return NULL;
+    }
+    g->cap = cap;
+    g->flags = flags;
+    g->hmask = hs - 1;
+    g->gen = 1;
+    return g;
+}
+
+void ff_gro_free(struct ff_gro *g)
+{
+    if (!g)
+        return;
+    free(g->segs);
+    free(g->items);
+    free(g->hash);
+    free(g);
+}
+
+void ff_gro_reset(struct ff_gro *g)
+{
+    g->nseg = g->nitem = g->finished = 0;
+    if (++g->gen == 0) {     /* generation wrapped: stale slots could look current */
+        memset(g->hash, 0, (size_t)(g->hmask + 1) * sizeof *g->hash);
+        g->gen = 1;
+    }
+}
+
+/* What ff_gro_add learns about a packet. */
+struct info {
+    int kind;                /* K_PASS, K_TCP, K_UDP: merge candidate of that kind */
+    int keyed;               /* has a 4-tuple (IPv4 TCP/UDP, first bytes present, no fragment) */
+    int frag;                /* IPv4 fragment (or MF) of any protocol */
+    uint8_t proto;
+    uint32_t src, dst, ports;
+    uint16_t hdrl, pay;
+};
+
+static int l4_csum_ok(const uint8_t *p, size_t len, uint8_t proto)
+{
+    uint64_t acc = ff_ck_pseudo4(p, proto, (uint16_t)(len - 20));
+    return ff_ck_fold(ff_ck_add(acc, p + 20, len - 20)) == 0xffff;
+}
+
+static void classify(const struct ff_gro *g, const uint8_t *p, size_t len, struct info *in)
+{
+    memset(in, 0, sizeof *in);
+    if (len < 20 || (p[0] >> 4) != 4)
+        return;
+    size_t ihl = (size_t)(p[0] & 0x0f) * 4;
+    if (ihl < 20 || ihl > len)
+        return;
+    in->src = ld32(p + 12);
+    in->dst = ld32(p + 16);
+    in->proto = p[9];
+    uint16_t frag = ld16(p + 6);
+    if (frag & 0x3fff) {
+        in->frag = 1;
+        return;
+    }
+    if ((in->proto != P_TCP && in->proto != P_UDP) || ihl + 4 > len)
+        return;
+    in->keyed = 1;
+    in->ports = ld32(p + ihl);
+    /* Candidate checks: no options, exact length, no evil/reserved bit. */
+    if (ihl != 20 || ld16(p + 2) != len || (frag & 0x8000) || ff_ck(p, 20) != 0)
+        return;
+    if (in->proto == P_TCP) {
+        if ((g->flags & FF_GRO_NO_TCP) || len < 40)
+            return;
+        size_t thl = (size_t)(p[32] >> 4) * 4;
+        uint8_t fl = p[33];
+        if (thl < 20 || 20 + thl >= len || (p[32] & 0x0f) || !(fl & TCP_ACK) ||
+            (fl & ~(TCP_ACK | TCP_PSH)))
+            return;
+        if (!l4_csum_ok(p, len, P_TCP))
+            return;
+        in->hdrl = (uint16_t)(20 + thl);
+        in->kind = K_TCP;
+    } else {
+        if (!(g->flags & FF_GRO_UDP) || len <= 28 || ld16(p + 24) != len - 20)
+            return;
+        if (ld16(p + 26) != 0 && !l4_csum_ok(p, len, P_UDP))
+            return;
+        in->hdrl = 28;
+        in->kind = K_UDP;
+    }
+    in->pay = (uint16_t)(len - in->hdrl);
+}
+
+static struct slot *lookup(struct ff_gro *g, const struct info *in)
+{
+    uint32_t h = in->src * 0x9e3779b1u ^ in->dst * 0x85ebca77u ^ in->ports * 0xc2b2ae3du ^ in->proto;
+    h ^= h >> 15;
+    h *= 0x2c1b3c6du;
+    h ^= h >> 13;
+    for (uint32_t i = h & g->hmask;; i = (i + 1) & g->hmask) {
+        struct slot *s = &g->hash[i];
+        if (s->gen != g->gen)
+            return s;   /* free: the table is >= 2x the item count, so one always exists */
+        const struct item *it = &g->items[s->item];
+        if (it->src == in->src && it->dst == in->dst && it->ports == in->ports &&
+            it->proto == in->proto)
+            return s;
+    }
+}
+
+/* Can packet p (candidate of kind in->kind) be appended to item it? */
+static int can_merge(const struct ff_gro *g, const struct item *it, const uint8_t *p,
+                     const struct info *in)
+{
+    const uint8_t *h = g->segs[it->head].p;
+    if (it->kind != in->kind || it->closed || in->pay > it->gso || it->ntail >= MAX_TAILS ||
+        it->len + in->pay > FF_IP_MAXPACKET)
+        return 0;
+    if (h[1] != p[1] || h[8] != p[8] || h[6] != p[6] || h[7] != p[7])
+        return 0;   /* TOS, TTL, DF */
+    if (in->kind == K_UDP)
+        return 1;
+    return in->hdrl == it->hdrl && ld32(p + 24) == it->next_seq &&
+           memcmp(h + 28, p + 28, 4) == 0 &&                         /* ack */
+           memcmp(h + 40, p + 40, (size_t)in->hdrl - 40) == 0;       /* options */
+}
+
+static void close_frag_flows(struct ff_gro *g, const struct info *in)
+{
+    for (int i = 0; i < g->nitem; i++)
+        if (g->items[i].src == in->src && g->items[i].dst == in->dst &&
+            g->items[i].proto == in->proto)
+            g->items[i].closed = 1;
+}
+
+int ff_gro_add(struct ff_gro *g, uint8_t *p, size_t len)
+{
+    if (len > FF_IP_MAXPACKET)
+        return -EINVAL;
+    if (g->nseg >= g->cap || g->finished)
+        return -ENOSPC;
+    struct info in;
+    classify(g, p, len, &in);
+    if (in.frag)
+        close_frag_flows(g, &in);
+    struct slot *s = in.keyed ? lookup(g, &in) : NULL;
+    if (in.kind != K_PASS && s && s->gen == g->gen) {
+        struct item *it = &g->items[s->item];
+        if (can_merge(g, it, p, &in)) {
+            int32_t k = g->nseg++;
+            g->segs[k] = (struct seg){ p + in.hdrl, in.pay, -1 };
+            g->segs[it->last].next = k;
+            it->last = k;
+            it->ntail++;
+            it->len += in.pay;
+            it->next_seq += in.pay;
+            if (in.pay < it->gso)
+                it->closed = 1;
+            if (in.kind == K_TCP && (p[33] & TCP_PSH))
+                it->closed = it->psh = 1;
+            return 1;
+        }
+    }
+    int32_t k = g->nseg++, n = g->nitem++;
+    g->segs[k] = (struct seg){ p, (uint16_t)len, -1 };
+    struct item *it = &g->items[n];
+    memset(it, 0, sizeof *it);
+    it->kind = (uint8_t)in.kind;
+    it->proto = in.proto;
+    it->src = in.src;
+    it->dst = in.dst;
+    it->ports = in.ports;
+    it->head = it->last = k;
+    it->len = (uint32_t)len;
+    it->hdrl = in.hdrl;
+    it->gso = in.pay;
+    if (in.kind == K_TCP) {
+        it->next_seq = ld32(p + 24) + in.pay;
+        if (p[33] & TCP_PSH)
+            it->closed = 1;   /* PSH may only end an item */
+    }
+    if (s) {
+        s->gen = g->gen;
+        s->item = n;
+    }
+    return 0;
+}
+
+static void finish_item(struct ff_gro *g, struct item *it)
+{
+    memset(&it->vh, 0, sizeof it->vh);
+    if (it->ntail == 0)
+        return;
+    uint8_t *p = g->segs[it->head].p;
+    st16(p + 2, (uint16_t)it->len);
+    ff_ipv4_set_csum(p);
+    uint16_t l4len = (uint16_t)(it->len - 20);
+    uint16_t at;
+    if (it->kind == K_TCP) {
+        if (it->psh)
+            p[33] |= TCP_PSH;
+        at = 16;
+        it->vh.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+    } else {
+        st16(p + 24, l4len);
+        at = 6;
+        it->vh.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+    }
+    /* CHECKSUM_PARTIAL: the field holds the folded, uncomplemented pseudo-header sum. */
+    st16(p + 20 + at, ff_ck_fold(ff_ck_pseudo4(p, it->proto, l4len)));
+    it->vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    it->vh.hdr_len = it->hdrl;
+    it->vh.gso_size = it->gso;
+    it->vh.csum_start = 20;
+    it->vh.csum_offset = at;
+}
+
+int ff_gro_finish(struct ff_gro *g)
+{
+    if (!g->finished) {
+        for (int i = 0; i < g->nitem; i++)
+            finish_item(g, &g->items[i]);
+        g->finished = 1;
+    }
+    return g->nitem;
+}
+
+int ff_gro_item_iov(const struct ff_gro *g, int i, struct iovec *iov, int iov_cap)
+{
+    if (i < 0 || i >= g->nitem || !g->finished)
+        return -ERANGE;
+    const struct item *it = &g->items[i];
+    if (iov_cap < 2 + it->ntail)
+        return -ENOSPC;
+    const struct seg *h = &g->segs[it->head];
+    iov[0] = (struct iovec){ (void *)&it->vh, FF_VNET_HDR_LEN };
+    iov[1] = (struct iovec){ h->p, h->n };
+    int n = 2;
+    for (int32_t k = h->next; k >= 0; k = g->segs[k].next)
+        iov[n++] = (struct iovec){ g->segs[k].p, g->segs[k].n };
+    return n;
+}
+
+int ff_gro_item_copy(const struct ff_gro *g, int i, uint8_t *out, size_t cap)
+{
+    struct iovec iov[FF_GRO_MAX_IOV];
+    int n = ff_gro_item_iov(g, i, iov, FF_GRO_MAX_IOV);
+    if (n < 0)
+        return n;
+    size_t off = 0;
+    for (int k = 0; k < n; k++) {
+        if (iov[k].iov_len > cap - off)
+            return -ENOSPC;
+        memcpy(out + off, iov[k].iov_base, iov[k].iov_len);
+        off += iov[k].iov_len;
+    }
+    return (int)off;
+}
+
+int ff_gro_item_segs(const struct ff_gro *g, int i)
+{
+    if (i < 0 || i >= g->nitem)
+        return -ERANGE;
+    return 1 + g->items[i].ntail;
+}
