@@ -47,6 +47,13 @@ def _ci_lookup(obj: dict, name: str, default: Any = None) -> Any:
     return default
 
 
+def ci_get(obj: dict, name: str, default: Any = None) -> Any:
+    """A key of a JSON object matched like Go (exact first, then case-insensitive); `default`
+    when absent or null. For backends that get the raw Backend dict."""
+    value = _ci_lookup(obj, name, None) if isinstance(obj, dict) else None
+    return default if value is None else value
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     network: IPv4Network
@@ -71,8 +78,7 @@ class NetworkConfig:
     def backend_option(self, name: str, default: Any = None) -> Any:
         """A key of the Backend object, matched like Go (exact first, then case-insensitive);
         `default` when absent or JSON null."""
-        value = _ci_lookup(self.backend, name, None)
-        return default if value is None else value
+        return ci_get(self.backend, name, default)
 
     def subnet_compatible(self, subnet: IPv4Network) -> bool:
         """flannel's isSubnetConfigCompat: the subnet IP lies in [SubnetMin, SubnetMax] and its
