@@ -32,7 +32,7 @@ DRIVER = r"""
 import ipaddress, json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
 from fastflannel.agent.iface import choose_external_interface
-from fastflannel.agent.lease import LeaseAttrs
+from fastflannel.agent.lease import Lease, LeaseAttrs
 from fastflannel.agent.backends.vxlan import VxlanBackend
 from fastflannel.agent.backends.hostgw import HostGwBackend
 

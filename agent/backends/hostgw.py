@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from .. import netlink
 from ..lease import Lease, LeaseAttrs
@@ -71,17 +71,18 @@ class HostGwBackend:
             for sn in [s for s in self.routes if s not in wanted]:
                 self.remove_peer(Lease(sn, None))
             self.routes.update(wanted)
+            table = self._routes_by_dst()
             for sn, gw in wanted.items():
-                self._ensure_route(sn, gw)
+                self._ensure_route(sn, gw, table)
             self._prune()
 
     def check(self) -> None:
         with self._lock:
-            present = {(r.dst, r.gateway) for r in netlink.route_list(self.ext.name)}
+            table = self._routes_by_dst()
             for sn, gw in self.routes.items():
-                if (sn, gw) not in present:
+                if not any(self._identical(r, gw) for r in table.get(sn, ())):
                     log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
-                    self._ensure_route(sn, gw)
+                    self._ensure_route(sn, gw, table)
 
     def close(self) -> None:
         pass          # flannel leaves its routes in place
@@ -97,14 +98,23 @@ class HostGwBackend:
             return False
         return True
 
-    def _ensure_route(self, sn: IPv4Network, gw) -> None:
-        """Add `sn via gw dev ext`; delete conflicting routes to sn first, skip an identical one."""
+    def _routes_by_dst(self) -> Dict[IPv4Network, List[netlink.Route]]:
+        table: Dict[IPv4Network, List[netlink.Route]] = {}
+        for r in netlink.route_list():
+            table.setdefault(r.dst, []).append(r)
+        return table
+
+    def _identical(self, r: netlink.Route, gw) -> bool:
+        return r.gateway == gw and r.oif == self.ext.index
+
+    def _ensure_route(self, sn: IPv4Network, gw, table=None) -> None:
+        """Add `sn via gw dev ext`; delete conflicting routes to sn first, skip an identical one.
+        `table` is one route dump shared by a whole sync/check pass."""
         try:
+            existing = (table if table is not None else self._routes_by_dst()).get(sn, [])
             identical = False
-            for r in netlink.route_list():
-                if r.dst != sn:
-                    continue
-                if r.gateway == gw and r.oif == self.ext.index and not identical:
+            for r in existing:
+                if self._identical(r, gw) and not identical:
                     identical = True
                 else:
                     log.warning("replacing route %s via %s dev %s with via %s dev %s",
