@@ -201,6 +201,7 @@ class LeaseKeeper:
                     # Our own renewal (or the admin touched it): take the new expiration.
                     self._lease = Lease(subnet, self._attrs, ev.lease.expiration, ev.lease.revision)
                     self._removed = False
+                    self._retry_at = None       # a PUT that timed out client-side may have landed
                 else:
                     self._lost = self._lost_error(subnet, holder)
             elif ev.kind == LeaseEvent.REMOVED:

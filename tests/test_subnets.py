@@ -429,3 +429,14 @@ def test_free_candidates_match_naive_loop():
             taken.append(N(((base + off) & 0xFFFFFFFF, tl), strict=False))
         limit = rnd.choice([1, 5, 100])
         assert _free_candidates(cfg, taken, limit) == _naive_candidates(cfg, taken, limit)
+
+
+def test_keeper_event_after_failed_renewal_cancels_the_retry():
+    h = Harness(max_waits=3)
+    h.reg.fail("update_lease", RegistryError("timeout"))
+    exp = h.reg.clock() + 2 * SUBNET_TTL_S
+    h.hooks[1] = lambda: h.keeper.on_event(h.event(LeaseEvent.ADDED, ME, exp))   # the PUT landed after all
+    h.run()
+    assert h.waits[:2] == [SUBNET_TTL_S - 3600, RENEW_RETRY_S]
+    assert h.waits[2] == exp - h.reg.clock() - 3600
+    assert h.reg.names().count("update_lease") == 1
