@@ -120,6 +120,7 @@ class EtcdRegistry:
         self._client: Optional[etcd3.MultiEndpointEtcd3Client] = None
         self._url: Optional[str] = None
         self._warned_http = False
+        self._lock = threading.Lock()        # guards switching _client/_url
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -153,31 +154,65 @@ class EtcdRegistry:
             client.call_credentials = None
         return client
 
+    def _probe(self, url: str, creds) -> etcd3.MultiEndpointEtcd3Client:
+        """A client for `url` that has answered one read (raises what the client raised)."""
+        _parse_endpoint(url)
+        client = self._make_client(url, creds)
+        try:
+            client.get_response(self._config_key, count_only=True)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
     def connect(self) -> None:
         """Use the first endpoint, in order, that answers a read; EtcdUnreachable if none does."""
         creds = self._credentials()
         failures = []
         for url in self.opts.endpoints:
-            _parse_endpoint(url)
-            client = None
             try:
-                client = self._make_client(url, creds)
-                client.get_response(self._config_key, count_only=True)
+                client = self._probe(url, creds)
+            except RegistryError:
+                raise
             except Exception as e:  # noqa: BLE001 - every failure is reported in one line
-                if client is not None:
-                    client.close()
                 if not _is_unreachable(e):
                     raise RegistryError(f"etcd at {url} refused us: {_rpc_reason(e)}") from None
                 failures.append(f"{url}: {_rpc_reason(e)}")
                 continue
-            self.close()
-            self._client, self._url = client, url
+            with self._lock:
+                old, self._client, self._url = self._client, client, url
+            if old is not None:
+                old.close()
             log.info("connected to etcd at %s", url)
             return
         raise EtcdUnreachable("cannot reach etcd at " + "; ".join(failures))
 
+    def _failover(self, failed) -> None:
+        """After `failed` stopped answering, move to the first other endpoint that answers.
+
+        flannel's clientv3 balances over all endpoints; without this a cluster member that
+        dies for good would cut us off although the rest of the cluster is fine."""
+        if len(self.opts.endpoints) < 2:
+            return
+        with self._lock:
+            if self._client is not failed:      # another thread has already moved on
+                return
+            creds = self._credentials()
+            for url in self.opts.endpoints:
+                if url == self._url:
+                    continue
+                try:
+                    client = self._probe(url, creds)
+                except Exception:  # noqa: BLE001 - try the next one; the caller reports its error
+                    continue
+                log.warning("etcd at %s is not answering; switched to %s", self._url, url)
+                self._client, self._url = client, url
+                failed.close()     # calls still running on it fail, and their callers retry
+                return
+
     def close(self) -> None:
-        client, self._client = self._client, None
+        with self._lock:
+            client, self._client = self._client, None
         if client is not None:
             client.close()
 
@@ -199,7 +234,9 @@ class EtcdRegistry:
             raise
         except Exception as e:  # noqa: BLE001 - etcd3 raises grpc, etcd3 and ValueError types
             if _is_unreachable(e):
-                raise EtcdUnreachable(f"cannot reach etcd at {self._url} ({what}): "
+                url = self._url
+                self._failover(client)   # no retry here: a create that did land must not repeat
+                raise EtcdUnreachable(f"cannot reach etcd at {url} ({what}): "
                                       f"{_rpc_reason(e)}") from None
             raise RegistryError(f"etcd {what} failed: {_rpc_reason(e)}") from None
 
@@ -367,7 +404,7 @@ class EtcdRegistry:
 
         The etcd3 watcher is bypassed (see module docstring); a helper thread cancels the call
         when `stop` is set, which makes the blocked response iterator raise at once."""
-        client = self._client
+        client, url = self._client, self._url
         if client is None:
             raise RegistryError("etcd registry is not connected")
         prefix = self._subnets_prefix.encode()
@@ -420,11 +457,13 @@ class EtcdRegistry:
                 return
             if _is_auth_error(e):
                 self._reauthenticate(client)
-            raise RegistryError(f"watch stream from {self._url}: {_rpc_reason(e)}") from None
+            elif _is_unreachable(e):
+                self._failover(client)
+            raise RegistryError(f"watch stream from {url}: {_rpc_reason(e)}") from None
         except RegistryError:
             raise
         except Exception as e:  # noqa: BLE001 - e.g. a lease TTL lookup failing mid-batch
-            raise RegistryError(f"watch stream from {self._url}: {_rpc_reason(e)}") from None
+            raise RegistryError(f"watch stream from {url}: {_rpc_reason(e)}") from None
         finally:
             done.set()
             call.cancel()

@@ -414,3 +414,32 @@ def test_username_password_and_token_renewal(restartable_etcd):
             assert w.close() < 1.0
     finally:
         r.close()
+
+
+# ---- several endpoints -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_fails_over_to_the_next_endpoint(etcd_server, restartable_etcd):
+    first = restartable_etcd
+    r = EtcdRegistry(EtcdOptions(endpoints=[first.url, etcd_server], timeout_s=2))
+    r.connect()
+    w = None
+    try:
+        _ok(etcdctl(first.url, "put", f"{PREFIX}/config", "first"))
+        for _ in range(5):   # two separate servers: keep the second one's revision ahead
+            _ok(etcdctl(etcd_server, "put", f"{PREFIX}/config", "second"))
+        assert r.get_network_config() == "first"
+        w = WatchThread(r, r.list_leases()[1])
+        first.stop()
+        try:                     # whichever of the watch or this call notices first switches
+            r.get_network_config()
+        except EtcdUnreachable as e:
+            assert first.url in str(e)
+        assert r.get_network_config() == "second"
+        _ok(etcdctl(etcd_server, "put", _key(NET), encode_attrs(VX).decode()))
+        (ev,) = w.events(1)                                       # the watch moved over too
+        assert ev.kind == LeaseEvent.ADDED and ev.lease.subnet == NET
+    finally:
+        if w is not None:
+            assert w.close() < 1.0
+        r.close()
