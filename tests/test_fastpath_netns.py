@@ -1,0 +1,315 @@
+"""Two Forwarders in two namespaces, joined by the lab's underlay bridge (192.0.2.0/24).
+
+Each host namespace runs NODE (below) with `ip netns exec`: it opens a Forwarder on flannel0,
+configures the TUN as flannel's udp backend does (<lease IP>/32, MTU 1472, route 10.0.0.0/8),
+adds its peer's route and writes its counters as JSON every 100 ms and on SIGTERM. Traffic goes
+only between addresses inside the namespaces made here; the lab fixture deletes them all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import time
+
+import pytest
+
+from fastflannel.agent import lab as labmod
+from fastflannel.fastpath import reference as ref
+
+pytestmark = pytest.mark.netns
+
+PORT = 8285
+MB = 1 << 20
+LEASE = {"h1": "10.10.16.0", "h2": "10.10.32.0"}   # lease IPs (subnets are /20)
+
+NODE = r"""
+import json, os, signal, sys, threading, time
+import numpy as np
+from fastflannel.fastpath import Forwarder, ROUTE_DTYPE
+from fastflannel.agent.lab import run
+
+cfg = json.loads(sys.argv[1])
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: done.set())
+replacements = 0
+
+def write_stats(fw, path):
+    s = dict(fw.stats(), replacements=replacements, tun=fw.tun_name, port=fw.port)
+    with open(path + ".tmp", "w") as f:
+        json.dump(s, f)
+    os.replace(path + ".tmp", path)
+
+def churn(fw):
+    # whole-table replacement with 10k routes; the real peer routes stay in every version
+    global replacements
+    tables = []
+    for base in (0x0B000000, 0x0C000000):
+        a = np.zeros(10_000, dtype=ROUTE_DTYPE)
+        a["net"] = base + (np.arange(10_000, dtype=np.uint32) << 12)
+        a["prefix"], a["peer_ip"], a["peer_port"] = 20, 0xC00002FE, 8285
+        a[:len(keep)] = keep
+        tables.append(a)
+    while not done.is_set():
+        fw.replace_routes(tables[replacements % 2])
+        replacements += 1
+        time.sleep(cfg["churn_interval"])
+
+with Forwarder() as fw:
+    fw.open(tun="flannel%d", bind_ip=cfg["bind_ip"], port=cfg["port"], tun_ip=cfg["tun_ip"],
+            anti_spoof=cfg["anti_spoof"])
+    dev = fw.tun_name
+    run(["ip", "addr", "add", cfg["tun_ip"] + "/32", "dev", dev])
+    run(["ip", "link", "set", dev, "mtu", "1472", "up"])
+    run(["ip", "route", "add", "10.0.0.0/8", "dev", dev])
+    for subnet, peer in cfg["routes"]:
+        fw.add_route(subnet, peer, cfg["port"])
+    keep = fw.routes()
+    fw.start()
+    if cfg["churn"]:
+        threading.Thread(target=churn, args=(fw,), daemon=True).start()
+    while not done.wait(0.1):
+        write_stats(fw, cfg["stats"])
+    fw.stop()
+    write_stats(fw, cfg["stats"])
+"""
+
+SERVER = r"""
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(60)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(60)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+CLIENT = r"""
+import random, socket, sys, time
+data = random.Random(int(sys.argv[4])).randbytes(int(sys.argv[3]))
+deadline = time.monotonic() + 10
+while True:
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); break
+    except OSError:
+        if time.monotonic() > deadline: raise
+        time.sleep(0.1)
+c.settimeout(60); c.sendall(data); c.close()
+"""
+
+
+class Overlay:
+    """Two hosts with a Forwarder each, routes to one another."""
+
+    def __init__(self, lab: labmod.Lab, anti_spoof: bool = True, churn: bool = False):
+        self.lab = lab
+        self.h = {n: lab.add_host(n) for n in ("h1", "h2")}
+        self.script = os.path.join(lab.tmp, "node.py")
+        with open(self.script, "w") as f:
+            f.write(NODE)
+        peers = {"h1": "h2", "h2": "h1"}
+        for name, host in self.h.items():
+            other = peers[name]
+            cfg = {"bind_ip": host.ip, "port": PORT, "tun_ip": LEASE[name], "anti_spoof": anti_spoof,
+                   "routes": [[LEASE[other] + "/20", self.h[other].ip]], "churn": churn,
+                   "churn_interval": 0.005, "stats": self.stats_path(name)}
+            lab.spawn(host.ns, [sys.executable, self.script, json.dumps(cfg)], f"node-{name}.log")
+        for name in self.h:
+            self.wait_for(lambda n=name: os.path.exists(self.stats_path(n)), f"{name} forwarder up")
+
+    def stats_path(self, name: str) -> str:
+        return os.path.join(self.lab.tmp, f"stats-{name}.json")
+
+    def stats(self, name: str) -> dict:
+        for _ in range(50):
+            try:
+                with open(self.stats_path(name)) as f:
+                    return json.load(f)
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.02)
+        pytest.fail(f"no stats from {name}: {self.lab.log(f'node-{name}.log')[-2000:]}")
+
+    def wait_for(self, cond, what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.05)
+        logs = "\n".join(self.lab.log(f"node-{n}.log")[-1500:] for n in self.h)
+        pytest.fail(f"timed out waiting for {what}\n{logs}")
+
+    def py(self, name: str, code: str, *args: str, timeout: float = 60):
+        return labmod.run(self.lab.ns_cmd(self.h[name].ns, sys.executable, "-c", code, *args),
+                          check=False, timeout=timeout)
+
+    def tcp_transfer(self, nbytes: int, seed: int, port: int = 5001, timeout: float = 90) -> None:
+        """h1 -> h2 over the overlay; asserts the bytes arrive exactly."""
+        srv = self.lab.spawn(self.h["h2"].ns, [sys.executable, "-c", SERVER, LEASE["h2"], str(port)],
+                             f"srv{port}.log")
+        self.wait_for(lambda: "listening" in self.lab.log(f"srv{port}.log"), "tcp server")
+        cli = self.py("h1", CLIENT, LEASE["h2"], str(port), str(nbytes), str(seed), timeout=timeout)
+        assert cli.returncode == 0, cli.stderr
+        srv.wait(timeout)
+        want = hashlib.sha256(__import__("random").Random(seed).randbytes(nbytes)).hexdigest()
+        assert self.lab.log(f"srv{port}.log").split() == ["listening", str(nbytes), want]
+
+
+def _pcap_udp_payloads(path: str):
+    """(src, dst, sport, dport, payload) of every Ethernet/IPv4/UDP frame in a classic pcap file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = struct.unpack_from("<I", data)[0]
+    end = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from(end + "I", data, off + 8)[0]
+        frame = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 15) * 4
+        sport, dport, ulen = struct.unpack_from("!HHH", ip, ihl)
+        yield ip[12:16], ip[16:20], sport, dport, ip[ihl + 8:ihl + ulen]
+
+
+def test_tcp_transfer_and_wire_format(lab):
+    ov = Overlay(lab)
+    h1, h2 = ov.h["h1"], ov.h["h2"]
+    pcap = os.path.join(lab.tmp, "wire.pcap")
+    lab.spawn(h2.ns, ["tcpdump", "-i", "eth0", "-n", "-U", "-c", "4", "-w", pcap,
+                      f"udp dst port {PORT} and src host {h1.ip}"], "tcpdump.log")
+    ov.wait_for(lambda: "listening on" in lab.log("tcpdump.log"), "tcpdump", timeout=10)
+    ping = lab.sh(h1.ns, f"ping -c 4 -i 0.2 -W 2 -t 50 -s 100 {LEASE['h2']}", check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    ov.wait_for(lambda: os.path.exists(pcap) and os.path.getsize(pcap) > 24 * 4, "capture")
+    time.sleep(0.3)
+    frames = list(_pcap_udp_payloads(pcap))
+    assert frames, lab.log("tcpdump.log")
+    for src, dst, sport, dport, inner in frames:
+        assert (src, dst, sport, dport) == (bytes(map(int, h1.ip.split("."))),
+                                           bytes(map(int, h2.ip.split("."))), PORT, PORT)
+        # flannel's wire format: the payload is exactly the inner IPv4 packet, nothing before it
+        assert ref.validate(inner) == ref.PKT_OK and struct.unpack_from("!H", inner, 2)[0] == len(inner)
+        assert inner[9] == 1 and inner[20] == 8                   # ICMP echo request
+        assert inner[8] == 49                                     # ping -t 50, forwarder TTL-1
+        assert ref.checksum(inner[:20]) == 0
+        assert inner[12:16] == bytes([10, 10, 16, 0]) and inner[16:20] == bytes([10, 10, 32, 0])
+        assert len(inner) == 20 + 8 + 100
+    ov.tcp_transfer(10 * MB, seed=1)
+    ov.wait_for(lambda: ov.stats("h2")["tun_tx_bytes"] > 10 * MB, "counters (written every 100 ms)")
+    s1, s2 = ov.stats("h1"), ov.stats("h2")
+    assert s1["udp_tx_bytes"] > 10 * MB and s1["tun_rx_bytes"] >= s1["udp_tx_bytes"]
+    for s in (s1, s2):
+        for k in ("no_route", "short", "bad_header", "bad_length", "unknown_sender", "spoofed",
+                  "send_error", "tun_error"):
+            assert s[k] == 0, (k, s)
+
+
+PROBE = r"""
+import socket, sys
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)   # sees ICMP errors
+raw.settimeout(3)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"probe", (sys.argv[1], 9))
+while True:
+    pkt = raw.recv(2048)
+    if pkt[20] == 3:
+        print(pkt.hex()); break
+"""
+
+
+def test_icmp_net_unreachable_for_unknown_subnet(lab):
+    ov = Overlay(lab)
+    # flannel sources the reply from the TUN's own address; the kernel drops a packet arriving
+    # with a local source address as martian unless accept_local is set on the receiving device.
+    lab.sh(ov.h["h1"].ns, f"sysctl -qw net.ipv4.conf.{ov.stats('h1')['tun']}.accept_local=1")
+    p = ov.py("h1", PROBE, "10.50.0.1", timeout=20)
+    assert p.returncode == 0, p.stderr
+    icmp = bytes.fromhex(p.stdout.strip())
+    assert ref.validate(icmp) == ref.PKT_OK and ref.checksum(icmp[:20]) == 0
+    assert icmp[8] == 8 and icmp[9] == 1                                   # flannel: TTL 8, ICMP
+    assert icmp[12:16] == bytes([10, 10, 16, 0]) and icmp[16:20] == bytes([10, 10, 16, 0])
+    assert icmp[20:22] == b"\x03\x00" and ref.checksum(icmp[20:]) == 0    # net unreachable
+    quoted = icmp[28:]
+    assert len(quoted) == 28 and quoted[9] == 17 and quoted[16:20] == bytes([10, 50, 0, 1])
+    # never an ICMP error about an ICMP packet (flannel proxy_amd64.c)
+    ping = lab.sh(ov.h["h1"].ns, "ping -c 1 -W 1 10.50.0.2", check=False)
+    assert ping.returncode != 0 and "Unreachable" not in ping.stdout
+    ov.wait_for(lambda: ov.stats("h1")["no_route"] >= 2, "no_route counter")
+    s = ov.stats("h1")
+    assert s["no_route"] == 2 and s["icmp_sent"] == 1 and s["udp_tx_packets"] == 0
+
+
+ATTACK = r"""
+import socket, struct, sys
+target, port, forged = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def inner(src, total=60, first=0x45):
+    h = struct.pack("!BBHHHBBH4s4s", first, 0, total, 0, 0, 64, 17, 0,
+                    socket.inet_aton(src), socket.inet_aton("10.10.32.0"))
+    return h + bytes(total - 20)
+
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(5): u.sendto(b"\x45" * 10, (target, port))                   # short
+for _ in range(4): u.sendto(inner("10.10.16.9", first=0x65), (target, port))  # version 6
+for _ in range(3): u.sendto(inner("10.10.16.9")[:50], (target, port))       # total 60 > 50 bytes
+for _ in range(2): u.sendto(inner("10.10.16.9"), (target, port))            # sender is no peer
+
+# a peer's address forged (raw socket, IP_HDRINCL) with an inner source outside its subnet
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(2):
+    payload = inner("10.99.0.7")
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp) + len(payload), 1, 0, 64, 17, 0,
+                     socket.inet_aton(forged), socket.inet_aton(target))
+    r.sendto(ip + udp + payload, (target, 0))
+print("sent")
+"""
+
+
+def test_malformed_and_spoofed_are_dropped_and_counted(lab):
+    ov = Overlay(lab)
+    attacker = lab.add_host("h3")
+    before = ov.stats("h2")
+    p = labmod.run(lab.ns_cmd(attacker.ns, sys.executable, "-c", ATTACK, ov.h["h2"].ip, str(PORT),
+                              ov.h["h1"].ip), check=False)
+    assert p.returncode == 0 and "sent" in p.stdout, p.stderr
+    ov.wait_for(lambda: ov.stats("h2")["udp_rx_packets"] - before["udp_rx_packets"] >= 16, "datagrams")
+    ov.tcp_transfer(2 * MB, seed=3)        # forwarding continues
+    after = ov.stats("h2")
+    delta = {k: after[k] - before[k] for k in ("short", "bad_header", "bad_length",
+                                               "unknown_sender", "spoofed", "ttl", "tun_error")}
+    assert delta == {"short": 5, "bad_header": 4, "bad_length": 3, "unknown_sender": 2,
+                     "spoofed": 2, "ttl": 0, "tun_error": 0}
+
+
+def test_anti_spoof_off_accepts_any_sender(lab):
+    ov = Overlay(lab, anti_spoof=False)
+    attacker = lab.add_host("h3")
+    p = labmod.run(lab.ns_cmd(attacker.ns, sys.executable, "-c", ATTACK, ov.h["h2"].ip, str(PORT),
+                              ov.h["h1"].ip), check=False)
+    assert p.returncode == 0, p.stderr
+    ov.wait_for(lambda: ov.stats("h2")["udp_rx_packets"] >= 16, "datagrams")
+    s = ov.stats("h2")
+    assert (s["short"], s["bad_header"], s["bad_length"]) == (5, 4, 3)
+    assert s["unknown_sender"] == 0 and s["spoofed"] == 0
+    ov.wait_for(lambda: ov.stats("h2")["tun_tx_packets"] >= 4, "accepted datagrams written")
+
+
+def test_routes_replaced_under_load(lab):
+    ov = Overlay(lab, churn=True)
+    ov.wait_for(lambda: ov.stats("h1")["replacements"] > 5, "churn running")
+    before = {n: ov.stats(n) for n in ov.h}
+    ov.tcp_transfer(20 * MB, seed=2)
+    after = {n: ov.stats(n) for n in ov.h}
+    for n in ov.h:
+        assert after[n]["replacements"] - before[n]["replacements"] >= 20, after[n]
+        assert after[n]["no_route"] == 0 and after[n]["send_error"] == 0, after[n]
