@@ -31,6 +31,7 @@ AF_BRIDGE = 7
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
+RTPROT_BOOT = 3                 # what `ip route` and flannel's netlink library use
 RTNH_F_ONLINK = 4
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
@@ -357,9 +358,12 @@ def route_list(dev: Optional[str] = None) -> List[Route]:
     return out
 
 
-def _route_spec(dst: IPv4Network, gateway, dev, onlink: bool, blackhole: bool) -> Dict[str, Any]:
+def _route_spec(dst: IPv4Network, gateway, dev, onlink: bool, blackhole: bool,
+                delete: bool = False) -> Dict[str, Any]:
     dst = IPv4Network(str(dst))
     spec: Dict[str, Any] = dict(dst=str(dst), family=AF_INET, table=RT_TABLE_MAIN)
+    if not delete:
+        spec["proto"] = RTPROT_BOOT        # pyroute2 would say "static"; flannel's routes are "boot"
     if blackhole:
         spec["type"] = "blackhole"
     if gateway is not None:
@@ -384,7 +388,7 @@ def route_delete(dst: IPv4Network, gateway: Optional[AddrLike] = None,
     """Delete the matching route; False when there was none (or `dev` is gone)."""
     if isinstance(dev, str) and link_index(dev) is None:
         return False
-    spec = _route_spec(dst, gateway, dev, False, blackhole)
+    spec = _route_spec(dst, gateway, dev, False, blackhole, delete=True)
     desc = f"delete route {dst}" + (f" via {gateway}" if gateway else "") + (f" dev {dev}" if dev else "")
     return _ignore((_errno.ESRCH, _errno.ENOENT), desc, lambda i: i.route("del", **spec))
 

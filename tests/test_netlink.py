@@ -109,7 +109,8 @@ def test_ensure_single_address(lab, ns):
 def test_routes(lab, ns):
     assert netlink.default_route_iface() == "eth0"
     netlink.route_replace(N("10.10.16.0/20"), "192.0.2.11", "eth0")
-    assert "10.10.16.0/20 via 192.0.2.11 dev eth0" in sh(lab, ns, "ip route")
+    # proto boot, like `ip route` and flannel: iproute2 prints no "proto" for it
+    assert "10.10.16.0/20 via 192.0.2.11 dev eth0 \n" in sh(lab, ns, "ip route")
     netlink.route_replace(N("10.10.16.0/20"), "192.0.2.12", "eth0")      # replace, not add
     assert sh(lab, ns, "ip route show 10.10.16.0/20").count("via") == 1
     sh(lab, ns, "ip link add flannel.1 type vxlan id 1 dstport 8472 && ip link set flannel.1 up")
