@@ -64,7 +64,7 @@ def parse_subnet_key(key: str) -> IPv4Network:
     if not m:
         raise LeaseFormatError(f"bad subnet key {key!r}")
     plen = int(m.group(2))
-    if plen > 32:
+    if plen > 31:   # flannel parses the length with a 5-bit limit
         raise LeaseFormatError(f"bad prefix length in subnet key {key!r}")
     try:
         return ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)

@@ -132,7 +132,7 @@ else:
         assert subnet_key(n) == key.rsplit("/", 1)[-1].split("&")[0]
 
     @settings(max_examples=200, deadline=None)
-    @given(st.ip_addresses(v=4), st.integers(0, 32))
+    @given(st.ip_addresses(v=4), st.integers(0, 31))
     def test_key_roundtrip(ip, plen):
         n = N((ip, plen), strict=False)
         assert parse_subnet_key(subnet_key(n)) == n
@@ -151,3 +151,9 @@ else:
         except LeaseFormatError:
             return
         assert decode_attrs(encode_attrs(a)) == a
+
+
+def test_prefix_32_key_rejected_like_flannel():
+    # flannel parses the key's prefix length with a 5-bit limit: /32 is not a lease key.
+    with pytest.raises(LeaseFormatError):
+        parse_subnet_key("10.1.2.3-32")

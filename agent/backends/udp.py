@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .. import netlink
+from ..config import ci_get
 from ..lease import Lease, LeaseAttrs
 from .base import BackendError
 
@@ -24,15 +25,6 @@ ENCAP_OVERHEAD = 28          # bytes: outer IPv4 (20) + UDP (8) headers
 TUN_TEMPLATE = "flannel%d"
 
 
-def _ci(d: dict, key: str, default):
-    if key in d:
-        return d[key]
-    for k, v in d.items():
-        if k.lower() == key.lower():
-            return v
-    return default
-
-
 class UdpBackend:
     name = "udp"
 
@@ -40,9 +32,9 @@ class UdpBackend:
                  workers: int = 1, offload: bool = False):
         self.ext = ext
         try:
-            self.port = int(_ci(backend_cfg, "Port", 0) or DEFAULT_PORT)
+            self.port = int(ci_get(backend_cfg, "Port", 0) or DEFAULT_PORT)
         except (TypeError, ValueError):
-            raise BackendError(f"udp backend: bad Port {backend_cfg.get('Port')!r}") from None
+            raise BackendError(f"udp backend: bad Port {ci_get(backend_cfg, 'Port')!r}") from None
         if not 0 < self.port < 65536:
             raise BackendError(f"udp backend: Port {self.port} out of range")
         self.batch, self.anti_spoof = batch, anti_spoof
