@@ -13,5 +13,5 @@ if [ -n "$missing" ]; then
 fi
 python3 -m pip install -q --disable-pip-version-check \
   "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.24" "pyroute2>=0.7" "python3-etcd3>=0.13" \
-  "pytest>=7" "pytest-benchmark>=4" pytest-timeout matplotlib
+  "pytest>=7" "pytest-benchmark>=4" pytest-timeout hypothesis matplotlib
 python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e .
