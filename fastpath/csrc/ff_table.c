@@ -15,7 +15,7 @@ static inline uint32_t slot_hash(uint32_t key, uint8_t plen1)
 static uint32_t cap_for(uint32_t n)
 {
     uint32_t cap = FF_TABLE_MIN_CAP;
-    while (cap < 2u * n && cap < (1u << 30))
+    while (cap < 4u * n && cap < (1u << 30))
         cap <<= 1;
     return cap;
 }
@@ -136,7 +136,7 @@ int ff_table_insert(struct ff_table *t, const struct ff_route *r)
         t->slots[i] = s;
         return 0;
     }
-    if (2u * (t->count + 1) > t->cap && (rc = grow(t)) < 0)
+    if (4u * (t->count + 1) > t->cap && (rc = grow(t)) < 0)
         return rc;
     place(t->slots, t->cap, &s);
     t->count++;
