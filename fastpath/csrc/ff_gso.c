@@ -133,11 +133,11 @@ int ff_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
     if (max_segs < 1)
         return -ENOSPC;
     if (h->gso_type == VIRTIO_NET_HDR_GSO_NONE) {
-        if (len > out_cap || len > 0xffff)
-            return -ENOSPC;
         int rc = ff_gso_count(h, pkt, len);
         if (rc < 0)
             return rc;
+        if (len > out_cap || len > 0xffff)
+            return -ENOSPC;
         memcpy(out[0], pkt, len);
         seg_lens[0] = (uint16_t)len;
         return ff_vnet_csum_finish(h, out[0], len) < 0 ? -EINVAL : 1;
