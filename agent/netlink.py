@@ -81,7 +81,9 @@ def _handle() -> IPRoute:
     global _ipr, _ipr_pid
     if _ipr is None or _ipr_pid != os.getpid():   # a forked child must not share the socket
         try:
-            _ipr = IPRoute(netns=_netns, flags=0) if _netns else IPRoute()
+            # groups=0: a request-only socket. pyroute2 subscribes to link/address/route events
+            # by default; unread, they would fill the receive buffer of a long-running daemon.
+            _ipr = IPRoute(netns=_netns, flags=0, groups=0) if _netns else IPRoute(groups=0)
         except (OSError, _PyrNetlinkError) as e:
             raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: {e}",
                                getattr(e, "errno", None) or getattr(e, "code", None)) from None
