@@ -109,6 +109,11 @@ class Node:
         return {"subnet": str(self.subnet), "ip": self.attrs["PublicIP"], "type": self.attrs.get("BackendType"),
                 "data": self.attrs.get("BackendData")}
 
+    def lease_of(self, backend_type: str):
+        """This node's lease as a peer would see it after switching to `backend_type`."""
+        data = {"VNI": 100, "VtepMAC": "0a:00:00:00:00:16"} if backend_type == "vxlan" else None
+        return {"subnet": str(self.subnet), "ip": self.ip, "type": backend_type, "data": data}
+
     def setup(self):
         return self.call("setup", lease=self.lease(), network=NETWORK)
 
@@ -284,6 +289,13 @@ def test_vxlan_non_vxlan_and_own_leases_ignored(nodes):
     h1.call("add_peer", lease=h1.lease())
     assert h1.sh("ip route show dev flannel.100").strip() == ""
     assert h1.sh("ip neigh show dev flannel.100").strip() == ""
+    # a programmed peer that switches to another backend loses its vxlan state
+    h1.call("add_peer", lease=h2.lease_of("vxlan"))
+    assert "10.10.16.0/20" in h1.sh("ip route show dev flannel.100")
+    h1.call("add_peer", lease=h2.lease_of("host-gw"))
+    assert h1.sh("ip route show dev flannel.100").strip() == ""
+    assert h1.sh("ip neigh show dev flannel.100").strip() == ""
+    assert "dst 192.0.2.11" not in h1.sh("bridge fdb show dev flannel.100")
     assert "ignoring non-vxlan v4 subnet(10.10.48.0/20): type=host-gw" in h1.stop()
 
 
@@ -433,6 +445,10 @@ def test_hostgw_sync_prunes_and_ignores_other_types(nodes):
     assert "10.10.16.0/20 via 192.0.2.11 dev eth0" in routes
     assert "10.10.96.0/20" not in routes and "10.10.32.0/20" not in routes
     assert "172.16.0.0/16 via 192.0.2.1" in routes            # outside Network: not ours
+    # the peer switches to vxlan: its host-gw route goes
+    h1.call("add_peer", lease={"subnet": "10.10.16.0/20", "ip": "192.0.2.11", "type": "vxlan",
+                               "data": {"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"}})
+    assert "10.10.16.0/20" not in h1.sh("ip route")
 
 
 def test_hostgw_refuses_nat():

@@ -51,6 +51,8 @@ class HostGwBackend:
             if self._accept(lease):
                 self.routes[lease.subnet] = lease.attrs.public_ip
                 self._ensure_route(lease.subnet, lease.attrs.public_ip)
+            elif lease.subnet in self.routes and lease.attrs is not None:
+                self.remove_peer(Lease(lease.subnet, None))         # the peer switched backends
 
     def remove_peer(self, lease: Lease) -> None:
         with self._lock:

@@ -274,6 +274,8 @@ class VxlanBackend:
 
     def _add(self, lease: Lease) -> None:
         if not self._accept(lease):
+            if lease.subnet in self.peers and lease.attrs is not None:
+                self._remove(self.peers[lease.subnet].lease)     # the peer switched backends
             return
         direct = self._direct(lease)
         mac = None if direct else str(_ci(lease.attrs.backend_data, "VtepMAC", "")).lower()
