@@ -1,8 +1,8 @@
 """Two Forwarders in two namespaces, joined by the lab's underlay bridge (192.0.2.0/24).
 
-Each host namespace runs NODE (below) with `ip netns exec`: it opens a Forwarder on flannel0,
-configures the TUN as flannel's udp backend does (<lease IP>/32, MTU 1472, route 10.0.0.0/8),
-adds its peer's route and writes its counters as JSON every 100 ms and on SIGTERM. Traffic goes
+Each host namespace runs fastflannel.fastpath.node with `ip netns exec`: it opens a Forwarder on
+flannel0, configures the TUN as flannel's udp backend does (<lease IP>/32, MTU 1472, route
+10.0.0.0/8), adds its peer's route and writes its counters as JSON every 100 ms and on SIGTERM. Traffic goes
 only between addresses inside the namespaces made here; the lab fixture deletes them all.
 """
 from __future__ import annotations
@@ -24,57 +24,6 @@ pytestmark = pytest.mark.netns
 PORT = 8285
 MB = 1 << 20
 LEASE = {"h1": "10.10.16.0", "h2": "10.10.32.0"}   # lease IPs (subnets are /20)
-
-NODE = r"""
-import json, os, signal, sys, threading, time
-import numpy as np
-from fastflannel.fastpath import Forwarder, ROUTE_DTYPE
-from fastflannel.agent.lab import run
-
-cfg = json.loads(sys.argv[1])
-done = threading.Event()
-signal.signal(signal.SIGTERM, lambda *a: done.set())
-replacements = 0
-
-def write_stats(fw, path):
-    s = dict(fw.stats(), replacements=replacements, tun=fw.tun_name, port=fw.port)
-    with open(path + ".tmp", "w") as f:
-        json.dump(s, f)
-    os.replace(path + ".tmp", path)
-
-def churn(fw):
-    # whole-table replacement with 10k routes; the real peer routes stay in every version
-    global replacements
-    tables = []
-    for base in (0x0B000000, 0x0C000000):
-        a = np.zeros(10_000, dtype=ROUTE_DTYPE)
-        a["net"] = base + (np.arange(10_000, dtype=np.uint32) << 12)
-        a["prefix"], a["peer_ip"], a["peer_port"] = 20, 0xC00002FE, 8285
-        a[:len(keep)] = keep
-        tables.append(a)
-    while not done.is_set():
-        fw.replace_routes(tables[replacements % 2])
-        replacements += 1
-        time.sleep(cfg["churn_interval"])
-
-with Forwarder() as fw:
-    fw.open(tun="flannel%d", bind_ip=cfg["bind_ip"], port=cfg["port"], tun_ip=cfg["tun_ip"],
-            anti_spoof=cfg["anti_spoof"])
-    dev = fw.tun_name
-    run(["ip", "addr", "add", cfg["tun_ip"] + "/32", "dev", dev])
-    run(["ip", "link", "set", dev, "mtu", "1472", "up"])
-    run(["ip", "route", "add", "10.0.0.0/8", "dev", dev])
-    for subnet, peer in cfg["routes"]:
-        fw.add_route(subnet, peer, cfg["port"])
-    keep = fw.routes()
-    fw.start()
-    if cfg["churn"]:
-        threading.Thread(target=churn, args=(fw,), daemon=True).start()
-    while not done.wait(0.1):
-        write_stats(fw, cfg["stats"])
-    fw.stop()
-    write_stats(fw, cfg["stats"])
-"""
 
 SERVER = r"""
 import hashlib, socket, sys
@@ -111,16 +60,14 @@ class Overlay:
     def __init__(self, lab: labmod.Lab, anti_spoof: bool = True, churn: bool = False):
         self.lab = lab
         self.h = {n: lab.add_host(n) for n in ("h1", "h2")}
-        self.script = os.path.join(lab.tmp, "node.py")
-        with open(self.script, "w") as f:
-            f.write(NODE)
         peers = {"h1": "h2", "h2": "h1"}
         for name, host in self.h.items():
             other = peers[name]
             cfg = {"bind_ip": host.ip, "port": PORT, "tun_ip": LEASE[name], "anti_spoof": anti_spoof,
                    "routes": [[LEASE[other] + "/20", self.h[other].ip]], "churn": churn,
                    "churn_interval": 0.005, "stats": self.stats_path(name)}
-            lab.spawn(host.ns, [sys.executable, self.script, json.dumps(cfg)], f"node-{name}.log")
+            lab.spawn(host.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(cfg)],
+                      f"node-{name}.log")
         for name in self.h:
             self.wait_for(lambda n=name: os.path.exists(self.stats_path(n)), f"{name} forwarder up")
 

@@ -1,0 +1,83 @@
+"""Throughput through two Forwarders (no daemon, no etcd): iperf3 between the TUN addresses.
+
+    sudo python3 bench/bench_fastpath_iperf.py [--seconds 5] [--batches 1,64]
+
+Two lab namespaces on the underlay bridge, each running fastflannel.fastpath.node; iperf3 from
+h1's lease IP to h2's. Modes: one TCP stream, four TCP streams, per batch size (batch 1 is one
+packet per syscall, flannel's proxy design). Prints a table and the forwarders' drop counters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fastflannel.agent.lab import Lab, cleanup_stale, have_netns_privileges, run  # noqa: E402
+
+LEASE = {"h1": "10.10.16.0", "h2": "10.10.32.0"}
+DROPS = ("no_route", "ttl", "short", "bad_header", "bad_length", "unknown_sender", "spoofed",
+         "send_error", "tun_error")
+
+
+def wait_file(path: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def measure(batch: int, seconds: int) -> dict:
+    with Lab(prefix="ffbfp") as lab:
+        hosts = {n: lab.add_host(n) for n in ("h1", "h2")}
+        other = {"h1": "h2", "h2": "h1"}
+        stats = {}
+        for n, h in hosts.items():
+            stats[n] = os.path.join(lab.tmp, f"stats-{n}.json")
+            cfg = {"bind_ip": h.ip, "tun_ip": LEASE[n], "batch": batch, "stats": stats[n],
+                   "routes": [[LEASE[other[n]] + "/20", hosts[other[n]].ip]]}
+            lab.spawn(h.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(cfg)], f"{n}.log")
+        for p in stats.values():
+            wait_file(p)
+        lab.spawn(hosts["h2"].ns, ["iperf3", "-s", "-B", LEASE["h2"]], "iperf3-s.log")
+        time.sleep(0.5)
+        out = {}
+        for label, streams in (("tcp1", 1), ("tcp4", 4)):
+            p = run(lab.ns_cmd(hosts["h1"].ns, "iperf3", "-c", LEASE["h2"], "-B", LEASE["h1"], "-J",
+                               "-t", str(seconds), "-P", str(streams)), timeout=seconds + 30)
+            end = json.loads(p.stdout)["end"]
+            out[label] = end["sum_received"]["bits_per_second"] / 1e9
+            out[label + "_retr"] = end["sum_sent"].get("retransmits", 0)
+        time.sleep(0.3)
+        for n, p in stats.items():
+            with open(p) as f:
+                s = json.load(f)
+            out[n + "_drops"] = {k: s[k] for k in DROPS if s[k]}
+        return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--batches", default="1,64")
+    args = ap.parse_args()
+    reason = have_netns_privileges()
+    if reason:
+        print("skipped:", reason)
+        return 0
+    cleanup_stale("ffbfp")
+    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, iperf3 -t {args.seconds}")
+    print(f"{'batch':>5} {'TCP x1 Gbit/s':>14} {'retr':>6} {'TCP x4 Gbit/s':>14} {'retr':>6}  drops")
+    for b in (int(x) for x in args.batches.split(",")):
+        r = measure(b, args.seconds)
+        print(f"{b:>5} {r['tcp1']:>14.2f} {r['tcp1_retr']:>6} {r['tcp4']:>14.2f} {r['tcp4_retr']:>6}  "
+              f"h1={r['h1_drops']} h2={r['h2_drops']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

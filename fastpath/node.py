@@ -1,0 +1,84 @@
+"""Run one Forwarder on its own, configured as flannel's udp backend would be (tests, benchmarks).
+
+    python3 -m fastflannel.fastpath.node '{"bind_ip": "192.0.2.10", "tun_ip": "10.10.16.0",
+        "routes": [["10.10.32.0/20", "192.0.2.11"]], "stats": "/tmp/stats.json"}'
+
+Opens flannel%d, gives it <tun_ip>/32, MTU, txqueuelen, link up and a route for `network` (iproute2, as the
+agent does with netlink), adds the routes, starts, and writes the counters as JSON to `stats`
+every 100 ms and once more after SIGTERM. With "churn": true a thread replaces the whole table
+(10k dummy routes plus the real ones) every `churn_interval` seconds, counting "replacements".
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+from . import ROUTE_DTYPE, Forwarder
+
+# txqueuelen: the TUN's default 500 overflows under a single TCP stream (each drop a TCP
+# retransmit; PERF.md 5.1); 5000 removed every drop in bench/bench_fastpath_iperf.py.
+DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True, "batch": 64,
+            "routes": [], "churn": False, "churn_interval": 0.005}
+CHURN_ROUTES = 10_000
+
+
+class Node:
+    def __init__(self, cfg: dict):
+        self.cfg = dict(DEFAULTS, **cfg)
+        self.done = threading.Event()
+        self.replacements = 0
+        self.fw = Forwarder()
+
+    def setup(self) -> None:
+        c, fw = self.cfg, self.fw
+        fw.open(tun="flannel%d", bind_ip=c["bind_ip"], port=c["port"], tun_ip=c["tun_ip"],
+                mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"])
+        dev = fw.tun_name
+        for cmd in (f"ip addr add {c['tun_ip']}/32 dev {dev}", f"ip link set {dev} mtu {c['mtu']} txqueuelen {c['txqueuelen']} up",
+                    f"ip route add {c['network']} dev {dev}"):
+            subprocess.run(cmd.split(), check=True, capture_output=True)
+        for subnet, peer in c["routes"]:
+            fw.add_route(subnet, peer, c["port"])
+
+    def write_stats(self) -> None:
+        path = self.cfg["stats"]
+        s = dict(self.fw.stats(), replacements=self.replacements, tun=self.fw.tun_name, port=self.fw.port)
+        with open(path + ".tmp", "w") as f:
+            json.dump(s, f)
+        os.replace(path + ".tmp", path)
+
+    def churn(self, keep: np.ndarray) -> None:
+        tables = []
+        for base in (0x0B000000, 0x0C000000):       # two dummy sets, so every swap changes the table
+            a = np.zeros(CHURN_ROUTES, dtype=ROUTE_DTYPE)
+            a["net"] = base + (np.arange(CHURN_ROUTES, dtype=np.uint32) << 12)
+            a["prefix"], a["peer_ip"], a["peer_port"] = 20, 0xC00002FE, self.cfg["port"]
+            a[:len(keep)] = keep
+            tables.append(a)
+        while not self.done.is_set():
+            self.fw.replace_routes(tables[self.replacements % 2])
+            self.replacements += 1
+            self.done.wait(self.cfg["churn_interval"])
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *a: self.done.set())
+        signal.signal(signal.SIGINT, lambda *a: self.done.set())
+        with self.fw:
+            self.setup()
+            self.fw.start()
+            if self.cfg["churn"]:
+                threading.Thread(target=self.churn, args=(self.fw.routes(),), daemon=True).start()
+            while not self.done.wait(0.1):
+                self.write_stats()
+            self.fw.stop()
+            self.write_stats()
+
+
+if __name__ == "__main__":
+    Node(json.loads(sys.argv[1])).run()
