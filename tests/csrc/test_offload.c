@@ -222,6 +222,39 @@ static void test_csum_finish(void)
     CHECK_EQ(ff_vnet_csum_finish(&h, small, 36), -EINVAL);
 }
 
+/* A UDP datagram whose checksum computes to 0 must carry 0xffff (RFC 768). */
+static size_t mk_udp_zero_sum(uint8_t *p)
+{
+    uint8_t pay[100];
+    memset(pay, 0x5a, sizeof pay);
+    pay[98] = pay[99] = 0;
+    size_t len = mk_udp(p, pay, sizeof pay, 1, 1);
+    uint32_t s = naive_sum(0, p + 12, 8) + 17 + (uint32_t)(len - 20);
+    uint16_t x = (uint16_t)~naive_fold(naive_sum(s, p + 20, len - 20));
+    st16(p + len - 2, x);    /* now the sum is 0xffff, the checksum 0 */
+    return len;
+}
+
+static void test_udp_zero_result(void)
+{
+    uint8_t p[200];
+    size_t len = mk_udp_zero_sum(p);
+    make_partial(p, len, 6);
+    struct virtio_net_hdr h = { .flags = VIRTIO_NET_HDR_F_NEEDS_CSUM, .csum_start = 20, .csum_offset = 6 };
+    uint8_t *d = dup_exact(p, len);
+    CHECK_EQ(ff_vnet_csum_finish(&h, d, len), 0);
+    CHECK_EQ(ld16(d + 26), 0xffff);
+    CHECK(naive_l4_ok(d, len));
+    free(d);
+    uint8_t seg[300], *outs[1] = { seg };
+    uint16_t sl;
+    h.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+    h.gso_size = 1000;
+    CHECK_EQ(ff_gso_split(&h, p, len, outs, sizeof seg, &sl, 1), 1);
+    CHECK_EQ(ld16(seg + 26), 0xffff);
+    CHECK(naive_l4_ok(seg, sl));
+}
+
 /* ================================================================ TSO / USO split === */
 #define MAXSEG 128
 #define SEGCAP 2048
@@ -533,7 +566,7 @@ static void test_gro_rules(void)
         { "seq gap", 3 }, { "other port", 3 }, { "other ack", 3 }, { "bad tcp csum", 3 },
         { "bad ip csum", 3 }, { "SYN", 3 }, { "FIN", 3 }, { "URG", 3 }, { "RST", 3 }, { "no ACK", 3 },
         { "options differ", 3 }, { "TOS differs", 3 }, { "TTL differs", 3 }, { "DF differs", 3 },
-        { "IP options", 3 }, { "fragment", 3 }, { "len != totlen", 3 }, { "larger segment", 2 },
+        { "IP options", 3 }, { "fragment (MF on all)", 3 }, { "len != totlen", 3 }, { "larger segment", 2 },
         { "PSH middle", 2 }, { "short middle", 2 }, { "no payload", 3 }, { "CWR", 3 },
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
@@ -558,7 +591,7 @@ static void test_gro_rules(void)
             memmove(m, m + 4, 20); m[0] = 0x46; memset(m + 20, 1, 4);
             st16(m + 2, (uint16_t)pl[1]); ff_ipv4_set_csum(m);
             break;   /* TCP csum unchanged: pseudo-header does not cover IP options */
-        case 15: m[6] |= 0x20; RECSUM(m); break;
+        case 15: for (int i = 0; i < 3; i++) { b[i][6] |= 0x20; RECSUM(b[i]); } break;   /* MF */
         case 16: pl[1] += 1; break;
         case 17: /* 1001-byte middle segment */
             pl[1] = mk_tcp(m, pay + 1000, 1001, 6000, TCP_ACK, 0, 1);
@@ -628,7 +661,11 @@ static void test_gro_rules(void)
     pl[1] = mk_udp(b[1], pay, 100, 9, 0);
     b[1][6] = 0x20; ff_ipv4_set_csum(b[1]);
     b[1][9] = 6; ff_ipv4_set_csum(b[1]);
+    pl[2] = mk_tcp(b[2], pay + 1000, 1000, 6000, TCP_ACK, 0, 2);   /* adjacent to the first */
     CHECK_EQ(gro_run(g, pk, pl, 3, NULL), 3);
+    pl[1] = mk_udp(b[1], pay, 100, 9, 0);   /* an unrelated packet in between does not split */
+    pl[0] = mk_tcp(b[0], pay, 1000, 5000, TCP_ACK, 0, 0);
+    CHECK_EQ(gro_run(g, pk, pl, 3, NULL), 2);
     /* Total length limit: 60 segments of 1100 B fit the iovecs but exceed 65535. */
     {
         struct ff_gro *g2 = ff_gro_new(64, 0);
@@ -962,6 +999,7 @@ int main(int argc, char **argv)
     int iters = argc > 1 ? atoi(argv[1]) : 100000;
     test_csum();
     test_csum_finish();
+    test_udp_zero_result();
     test_split();
     test_split_reject();
     test_gro_roundtrip();
