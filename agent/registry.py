@@ -117,10 +117,19 @@ class EtcdRegistry:
         root = opts.prefix.rstrip("/")      # Go path.Join: a trailing slash is harmless
         self._config_key = f"{root}/config"
         self._subnets_prefix = f"{root}/subnets/"
-        self._client: Optional[etcd3.MultiEndpointEtcd3Client] = None
-        self._url: Optional[str] = None
+        # (client, url), swapped as one so a caller never pairs a client with another's URL.
+        self._conn: tuple[Optional[etcd3.MultiEndpointEtcd3Client], Optional[str]] = (None, None)
         self._warned_http = False
         self._lock = threading.Lock()        # guards switching _client/_url
+        self._retired: list = []             # clients left behind by _failover, closed later
+
+    @property
+    def _client(self) -> Optional[etcd3.MultiEndpointEtcd3Client]:
+        return self._conn[0]
+
+    @property
+    def _url(self) -> Optional[str]:
+        return self._conn[1]
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -180,7 +189,7 @@ class EtcdRegistry:
                 failures.append(f"{url}: {_rpc_reason(e)}")
                 continue
             with self._lock:
-                old, self._client, self._url = self._client, client, url
+                old, self._conn = self._conn[0], (client, url)
             if old is not None:
                 old.close()
             log.info("connected to etcd at %s", url)
@@ -194,31 +203,37 @@ class EtcdRegistry:
         dies for good would cut us off although the rest of the cluster is fine."""
         if len(self.opts.endpoints) < 2:
             return
+        retired = []
         with self._lock:
-            if self._client is not failed:      # another thread has already moved on
+            if self._conn[0] is not failed:     # another thread has already moved on
                 return
             creds = self._credentials()
             for url in self.opts.endpoints:
-                if url == self._url:
+                if url == self._conn[1]:
                     continue
                 try:
                     client = self._probe(url, creds)
                 except Exception:  # noqa: BLE001 - try the next one; the caller reports its error
                     continue
-                log.warning("etcd at %s is not answering; switched to %s", self._url, url)
-                self._client, self._url = client, url
-                failed.close()     # calls still running on it fail, and their callers retry
-                return
+                log.warning("etcd at %s is not answering; switched to %s", self._conn[1], url)
+                self._conn = (client, url)
+                # Calls may still be running on it: close it at the next switch, not now, so
+                # they end with their own error instead of "Channel closed".
+                retired, self._retired = self._retired, [failed]
+                break
+        for old in retired:
+            old.close()
 
     def close(self) -> None:
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+            client, self._conn = self._conn[0], (None, None)
+            retired, self._retired = self._retired, []
+        for c in retired + ([client] if client is not None else []):
+            c.close()
 
     def _call(self, what: str, fn: Callable[[etcd3.MultiEndpointEtcd3Client], T]) -> T:
         """Run one etcd request; every client error becomes a RegistryError subclass."""
-        client = self._client
+        client, url = self._conn
         if client is None:
             raise RegistryError("etcd registry is not connected")
         try:
@@ -234,7 +249,6 @@ class EtcdRegistry:
             raise
         except Exception as e:  # noqa: BLE001 - etcd3 raises grpc, etcd3 and ValueError types
             if _is_unreachable(e):
-                url = self._url
                 self._failover(client)   # no retry here: a create that did land must not repeat
                 raise EtcdUnreachable(f"cannot reach etcd at {url} ({what}): "
                                       f"{_rpc_reason(e)}") from None
@@ -404,7 +418,7 @@ class EtcdRegistry:
 
         The etcd3 watcher is bypassed (see module docstring); a helper thread cancels the call
         when `stop` is set, which makes the blocked response iterator raise at once."""
-        client, url = self._client, self._url
+        client, url = self._conn
         if client is None:
             raise RegistryError("etcd registry is not connected")
         prefix = self._subnets_prefix.encode()
