@@ -163,6 +163,8 @@ class _RuleSet:
         if len(missing) < len(self.rules()):
             log.warning("Some %s rules are missing (%d of %d); deleting and recreating them",
                         self.what, len(missing), len(self.rules()))
+        else:
+            log.info("Setting up %s rules", self.what)
         self._delete_jumps()
         self.ipt.restore(restore_payload(self.rules(), self.chains))
         return True
