@@ -38,10 +38,17 @@ cdef class Forwarder:
         return 0
 
     def open(self, tun="flannel%d", *, tun_fd=None, bind_ip="0.0.0.0", port=DEFAULT_PORT,
-             tun_ip="0.0.0.0", mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True):
-        """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket; no threads yet."""
+             tun_ip="0.0.0.0", mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True, workers=1,
+             offload=False):
+        """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket; no threads yet.
+
+        workers/offload name the later tiers (IFF_MULTI_QUEUE workers; TUN TSO/GRO + UDP GSO/GRO);
+        this build has one worker per direction and no offloads, and says so rather than ignore them.
+        """
         if self._state != NEW:
             raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
+        if workers != 1 or offload:
+            raise ValueError("this fast path build supports workers=1 and offload=False only")
         if not 1 <= batch <= FF_MAX_BATCH:
             raise ValueError(f"batch must be in 1..{FF_MAX_BATCH}")
         if not 0 <= port <= 65535 or not 68 <= mtu <= 65535:

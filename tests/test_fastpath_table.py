@@ -187,3 +187,31 @@ def test_forwarder_lifecycle(netns_required):
             call()
     with pytest.raises(RuntimeError):
         fw.open()
+
+
+def test_forwarder_adopts_a_tun_fd(netns_required):
+    """tun_fd=: the forwarder dups a TUN fd opened elsewhere and reports the device's name."""
+    import fcntl
+    import os
+
+    TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"ffadopt%d", IFF_TUN | IFF_NO_PI))
+        with fp.Forwarder() as fw:
+            fw.open(tun_fd=fd, bind_ip="127.0.0.1", port=0)
+            assert fw.tun_name.startswith("ffadopt")
+            fw.start()
+        os.fstat(fd)                           # still ours after the forwarder closed its dup
+    finally:
+        os.close(fd)
+
+
+def test_forwarder_rejects_bad_options(netns_required):
+    for kw in ({"batch": 0}, {"batch": 5000}, {"port": 70000}, {"workers": 2}, {"offload": True},
+               {"bind_ip": "not-an-ip"}, {"tun": "x" * 20}):
+        with pytest.raises(ValueError):
+            fp.Forwarder().open(**{"tun": "fftbl%d", **kw})
+    with pytest.raises(OSError) as e:             # a kernel refusal keeps its errno
+        fp.Forwarder().open(tun="fftbl%d", bind_ip="192.0.2.200", port=0)   # not a local address
+    assert e.value.errno == 99                     # EADDRNOTAVAIL
