@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 from .lab import Container, Host, Lab, LabError, read_subnet_env, stop_process, wait_for
@@ -29,7 +30,7 @@ class Cluster:
         self.hosts: Dict[str, Host] = {h: lab.add_host(h) for h in hosts}
         self.daemons: Dict[str, subprocess.Popen] = {}
         self.containers: Dict[str, Container] = {}
-        self._starts = 0
+        self._started_ns: Dict[str, int] = {}
 
     # -- etcd -----------------------------------------------------------------------------------
     def put_config(self, config_json: str) -> None:
@@ -54,7 +55,8 @@ class Cluster:
                 *self.extra_flags, *extra]
 
     def start(self, name: str, extra: Sequence[str] = (), env: Optional[dict] = None) -> subprocess.Popen:
-        self._starts += 1
+        # A restarted daemon rewrites subnet.env; wait_subnet() waits for a file newer than this.
+        self._started_ns[name] = time.time_ns()
         e = dict(os.environ, FASTFLANNEL_STATE_DIR=self.host_dir(name), **(env or {}))
         p = self.lab.spawn(self.hosts[name].ns, self.daemon_argv(name, extra), f"{name}.log", env=e)
         self.daemons[name] = p
@@ -82,7 +84,10 @@ class Cluster:
         def ready():
             if p is not None and p.poll() is not None:
                 raise LabError(f"daemon on {name} exited rc={p.returncode}:\n{self.lab.log(name + '.log')[-3000:]}")
-            return os.path.exists(path)
+            try:
+                return os.stat(path).st_mtime_ns >= self._started_ns.get(name, 0)
+            except FileNotFoundError:
+                return False
         if not wait_for(ready, timeout):
             raise LabError(f"no subnet.env on {name} after {timeout}s:\n{self.lab.log(name + '.log')[-3000:]}")
         return read_subnet_env(path)

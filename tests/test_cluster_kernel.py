@@ -37,9 +37,10 @@ def _lease_json(cluster, subnet):
 
 def _vxlan_peer_state(lab, ns, peer_subnet, peer_mac, peer_ip):
     """(neighbour ok, fdb ok, route ok) for one peer on flannel.100 in namespace ns."""
-    neigh = lab.sh(ns, "ip neigh show dev flannel.100").stdout
-    fdb = lab.sh(ns, "bridge fdb show dev flannel.100").stdout
-    route = lab.sh(ns, f"ip route show {peer_subnet}").stdout
+    # check=False: while a deleted device is being recreated these commands fail; that is "not yet".
+    neigh = lab.sh(ns, "ip neigh show dev flannel.100", check=False).stdout
+    fdb = lab.sh(ns, "bridge fdb show dev flannel.100", check=False).stdout
+    route = lab.sh(ns, f"ip route show {peer_subnet}", check=False).stdout
     return (f"{peer_subnet.network_address} lladdr {peer_mac} PERMANENT" in neigh,
             bool(re.search(rf"{peer_mac} dst {peer_ip} self permanent", fdb)),
             f"{peer_subnet} via {peer_subnet.network_address} dev flannel.100 onlink" in route)
@@ -69,7 +70,7 @@ def test_vxlan_seed_config_three_hosts(lab):
                                                       cluster.hosts[peer].ip)), 10), (h, peer)
     cluster.add_containers()
     # Capture on the underlay while traffic crosses: VXLAN on UDP 8472 with VNI 100.
-    cap = subprocess.Popen(lab.ns_cmd(cluster.hosts["h2"].ns, "tcpdump", "-ni", "eth0", "-c", "3", "-v",
+    cap = subprocess.Popen(lab.ns_cmd(cluster.hosts["h2"].ns, "tcpdump", "-ni", "eth0", "-c", "3", "-v", "-T", "vxlan",
                                       "udp port 8472"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                            text=True)
     time.sleep(0.5)
