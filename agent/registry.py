@@ -11,6 +11,9 @@ etcd3 (python3-etcd3 0.13) quirks worked around here:
 * Its `Watcher` thread calls the unimported `six` when the stream breaks, so callbacks never
   hear about the error and a watch iterator hangs forever. We drive the Watch stream directly.
 * `grpc_options` is passed straight to grpc, which wants a list of pairs, not a dict.
+* With username/password it sends the token also as call credentials, which grpc refuses on a
+  plain channel; and it never renews the token (etcd's simple tokens expire after 5 idle
+  minutes). We drop the call credentials on http and re-authenticate on UNAUTHENTICATED.
 """
 from __future__ import annotations
 
@@ -333,24 +336,32 @@ class EtcdRegistry:
         return self._call("get lease", run)
 
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
-        """flannel's createSubnet: grant, then put only if the key has never existed (Version 0)."""
+        """flannel's createSubnet: grant, then put only if the key does not exist (Version == 0).
+        ttl_s == 0 creates a key without lease (a reservation)."""
+        if ttl_s < 0:
+            raise ValueError(f"ttl_s must be >= 0, not {ttl_s}")
         key, value = self._key(subnet), encode_attrs(attrs)
-        grant = self._call("lease grant", lambda c: c.lease(ttl_s))
+        grant = self._call("lease grant", lambda c: c.lease(ttl_s)) if ttl_s else None
 
         def txn(c):
             t = c.transactions
             return c.transaction(compare=[t.version(key) == 0],
-                                 success=[t.put(key, value, lease=grant.id)], failure=[])
+                                 success=[t.put(key, value, lease=grant.id if grant else None)],
+                                 failure=[])
         try:
             ok, responses = self._call("create lease", txn)
         except RegistryError:
-            self._revoke(grant.id)
+            # As flannel: revoke even if the txn may have landed (its key then goes too), so a
+            # failed create never leaves a key behind that the caller does not know about.
+            if grant:
+                self._revoke(grant.id)
             raise
         if not ok:
-            self._revoke(grant.id)
+            if grant:
+                self._revoke(grant.id)
             raise SubnetExists(f"subnet already exists: {subnet}")
         rev = responses[0].response_put.header.revision if responses else 0
-        return Lease(subnet, attrs, time.time() + grant.ttl, rev)
+        return Lease(subnet, attrs, time.time() + grant.ttl if grant else None, rev)
 
     def _revoke(self, lease_id: int) -> None:
         try:

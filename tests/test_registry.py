@@ -182,6 +182,14 @@ def test_update_with_ttl_zero_keeps_a_reservation(etcd_server, reg):
     assert reg.get_lease(NET).expiration is None
 
 
+def test_create_with_ttl_zero_makes_a_reservation(etcd_server, reg):
+    lease = reg.create_lease(NET, UDP, 0)
+    assert lease.expiration is None and _key_lease_id(etcd_server, _key(NET)) == 0
+    assert _lease_ids(etcd_server) == set()
+    with pytest.raises(SubnetExists):
+        reg.create_lease(NET, VX, 0)
+
+
 def test_get_and_delete_lease(reg):
     assert reg.get_lease(NET) is None
     reg.create_lease(NET, VX, DAY_S)
