@@ -190,9 +190,12 @@ def test_icmp_net_unreachable_for_unknown_subnet(lab):
     # never an ICMP error about an ICMP packet (flannel proxy_amd64.c)
     ping = lab.sh(ov.h["h1"].ns, "ping -c 1 -W 1 10.50.0.2", check=False)
     assert ping.returncode != 0 and "Unreachable" not in ping.stdout
-    ov.wait_for(lambda: ov.stats("h1")["no_route"] >= 2, "no_route counter")
+    # TTL 1 reaches 0 at the forwarder: dropped silently and counted (flannel sends no Time Exceeded)
+    ping = lab.sh(ov.h["h1"].ns, f"ping -c 1 -W 1 -t 1 {LEASE['h2']}", check=False)
+    assert ping.returncode != 0
+    ov.wait_for(lambda: ov.stats("h1")["ttl"] >= 1, "ttl counter")
     s = ov.stats("h1")
-    assert s["no_route"] == 2 and s["icmp_sent"] == 1 and s["udp_tx_packets"] == 0
+    assert s["no_route"] == 2 and s["icmp_sent"] == 1 and s["ttl"] == 1 and s["udp_tx_packets"] == 0
 
 
 ATTACK = r"""
