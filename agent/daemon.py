@@ -18,7 +18,7 @@ from .backends.base import BackendError
 from .config import ConfigError, NetworkConfig, parse_config
 from .lease import Lease, LeaseEvent
 from .peers import PeerTracker
-from .subnetfile import read_prev_subnet, write_subnet_file
+from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_subnet_file
 from .subnets import LeaseKeeper, SubnetManager
 
 log = logging.getLogger("fastflannel")
@@ -181,14 +181,27 @@ class Daemon:
             return False
 
     def _setup_rules(self, cfg: NetworkConfig) -> None:
-        from .ipmasq import ForwardRules, IPMasq
+        from .ipmasq import ForwardRules, IPMasq, remove_old_masq_rules
         if self.opts.ip_masq:
+            self._remove_stale_masq(cfg, remove_old_masq_rules)
             self.masq = IPMasq(cfg.network, self.lease.subnet,
                                random_fully=not self.opts.ip_masq_fully_random_disable)
             self.masq.ensure_rules()
         if self.opts.iptables_forward_rules:
             self.fwd_rules = ForwardRules(cfg.network)
             self.fwd_rules.ensure_rules()
+
+    def _remove_stale_masq(self, cfg: NetworkConfig, remove) -> None:
+        """flannel deletes the masq rules built from the previous subnet.env when its values changed."""
+        old = read_subnet_env(self.opts.subnet_file)
+        try:
+            old_net = parse_cidr(old["FLANNEL_NETWORK"])
+            old_sub = parse_cidr(old["FLANNEL_SUBNET"])
+        except (KeyError, ValueError):
+            return
+        if (old_net, old_sub) != (cfg.network, self.lease.subnet):
+            log.info("Removing masquerade rules of the previous network %s / subnet %s", old_net, old_sub)
+            self._guarded(lambda: remove(old_net, old_sub), "removing old masquerade rules")
 
     # -- running --------------------------------------------------------------------------------
     def _spawn(self, name: str, fn, *args) -> None:
