@@ -78,7 +78,8 @@ int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
  * (+i*gso_size), FIN/PSH only on the last, CWR only on the first; UDP length; full L4 checksum
  * (a UDP result of 0 is sent as 0xffff). hdr_len from the kernel is ignored (it may cover the
  * whole first packet on FORWARD paths); the header length is IHL*4 + doff*4 (or + 8).
- * GSO_NONE is handled too: one segment, L4 checksum finished if NEEDS_CSUM.
+ * GSO_NONE is handled too: one segment (a copy), L4 checksum finished if NEEDS_CSUM (so do not
+ * also call ff_vnet_csum_finish on the same packet: finishing twice corrupts the checksum).
  * Returns the segment count; -EINVAL for malformed/unsupported frames (ECN bit, IPv6, UFO,
  * gso_size 0, csum_start != IHL*4, fragments, headers beyond len, protocol mismatch, no
  * payload); -ENOSPC when more than max_segs segments or a segment larger than out_cap. */

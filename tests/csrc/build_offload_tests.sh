@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build and run the offload tests under ASan+UBSan, standalone (no CMake):
+# Build and run the offload tests (test_offload, test_offload_tun) under ASan+UBSan, no CMake:
 #   tests/csrc/build_offload_tests.sh [fuzz-iterations]      (default 100000)
 # Also checks the sources under the extension's flags (setup.py) and runs the benchmark
 # (-O2, no sanitizers) when BENCH=1.
@@ -14,6 +14,12 @@ done
 gcc -O1 -g -Wall -Wextra -Werror -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all \
     -fno-omit-frame-pointer -Ifastpath/csrc $SRC tests/csrc/test_offload.c -o "$OUT/test_offload"
 "$OUT/test_offload" "${1:-100000}"
+# Against the real kernel (TUN + netns); exit 77 = skipped (no privilege).
+gcc -O1 -g -Wall -Wextra -Werror -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all \
+    -fno-omit-frame-pointer -Ifastpath/csrc $SRC tests/csrc/test_offload_tun.c -o "$OUT/test_offload_tun"
+rc=0
+"$OUT/test_offload_tun" || rc=$?
+if [ "$rc" = 77 ]; then echo "test_offload_tun: SKIPPED (needs root)"; elif [ "$rc" != 0 ]; then exit "$rc"; fi
 if [ "${BENCH:-0}" = 1 ]; then
     gcc -O2 -Wall -Wextra -Werror -std=gnu11 -Ifastpath/csrc $SRC tests/csrc/bench_offload.c -o "$OUT/bench_offload"
     "$OUT/bench_offload"
