@@ -1,4 +1,9 @@
 # The Forwarder: lifecycle NEW -> OPEN (-> running -> stopped)* -> CLOSED.
+# Thread safety: route updates and stats may come from any thread (the C writer lock serializes
+# updates); start/stop/close are serialized by _life, and close() waits for calls that are
+# inside C without the GIL (_inflight) before freeing anything.
+import threading as _threading
+import time as _time
 from libc.errno cimport ENOENT
 from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port, ff_fwd_start,
                      ff_fwd_stop, ff_fwd_close, ff_fwd_replace_routes, ff_fwd_add_route,
@@ -20,11 +25,15 @@ cdef class Forwarder:
     cdef ff_fwd *_fw
     cdef _State _state
     cdef bint _running
+    cdef int _inflight          # calls running in C without the GIL (protected by the GIL)
+    cdef object _life           # serializes open/start/stop/close
 
     def __cinit__(self):
         self._fw = NULL
         self._state = NEW
         self._running = False
+        self._inflight = 0
+        self._life = _threading.Lock()
 
     def __dealloc__(self):
         if self._fw != NULL:
@@ -35,6 +44,12 @@ cdef class Forwarder:
     cdef int _alive(self) except -1:
         if self._state != OPEN:
             raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is not open")
+        return 0
+
+    cdef int _enter(self) except -1:
+        """_alive() and count a call that is about to leave the GIL; pair with _inflight -= 1."""
+        self._alive()
+        self._inflight += 1
         return 0
 
     def open(self, tun="flannel%d", *, tun_fd=None, bind_ip="0.0.0.0", port=DEFAULT_PORT,
@@ -65,11 +80,14 @@ cdef class Forwarder:
         o.flags = FF_F_ANTI_SPOOF if anti_spoof else 0
         cdef ff_fwd *fw = NULL
         cdef int rc
-        with nogil:
-            rc = ff_fwd_open(&fw, &o)
-        _check(rc, "open forwarder")
-        self._fw = fw
-        self._state = OPEN
+        with self._life:
+            if self._state != NEW:
+                raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
+            with nogil:
+                rc = ff_fwd_open(&fw, &o)
+            _check(rc, "open forwarder")
+            self._fw = fw
+            self._state = OPEN
         return self
 
     @property
@@ -88,27 +106,32 @@ cdef class Forwarder:
 
     def start(self):
         """Start the two worker threads."""
-        self._alive()
-        if self._running:
-            raise RuntimeError("Forwarder is already running")
-        _check(ff_fwd_start(self._fw), "start forwarder")
-        self._running = True
+        with self._life:
+            self._alive()
+            if self._running:
+                raise RuntimeError("Forwarder is already running")
+            _check(ff_fwd_start(self._fw), "start forwarder")
+            self._running = True
 
     def stop(self):
         """Stop and join the workers (idempotent); counters and routes are kept."""
-        self._alive()
-        with nogil:
-            ff_fwd_stop(self._fw)
-        self._running = False
+        with self._life:
+            self._alive()
+            with nogil:
+                ff_fwd_stop(self._fw)
+            self._running = False
 
     def close(self):
         """Stop, close the TUN and socket, free everything. Idempotent."""
-        if self._fw != NULL:
-            with nogil:
-                ff_fwd_close(self._fw)
-            self._fw = NULL
-        self._running = False
-        self._state = CLOSED
+        with self._life:
+            self._state = CLOSED            # new calls fail from here on
+            while self._inflight:           # route updates still inside C finish first
+                _time.sleep(0.001)
+            if self._fw != NULL:
+                with nogil:
+                    ff_fwd_close(self._fw)
+                self._fw = NULL
+            self._running = False
 
     def __enter__(self):
         return self
@@ -126,8 +149,12 @@ cdef class Forwarder:
             raise ValueError("peer_port out of range")
         r.peer_port = peer_port
         cdef int rc
-        with nogil:
-            rc = ff_fwd_add_route(self._fw, &r)
+        self._enter()
+        try:
+            with nogil:
+                rc = ff_fwd_add_route(self._fw, &r)
+        finally:
+            self._inflight -= 1
         _check(rc, "add route")
 
     def remove_route(self, subnet):
@@ -137,8 +164,12 @@ cdef class Forwarder:
         cdef uint8_t prefix
         net, prefix = _subnet(subnet)
         cdef int rc
-        with nogil:
-            rc = ff_fwd_remove_route(self._fw, net, prefix)
+        self._enter()
+        try:
+            with nogil:
+                rc = ff_fwd_remove_route(self._fw, net, prefix)
+        finally:
+            self._inflight -= 1
         if rc == -ENOENT:
             raise KeyError(subnet)
         _check(rc, "remove route")
@@ -150,8 +181,12 @@ cdef class Forwarder:
         cdef ff_route *r = _routes_to_c(routes, &n)
         cdef int rc
         try:
-            with nogil:
-                rc = ff_fwd_replace_routes(self._fw, r, n)
+            self._enter()
+            try:
+                with nogil:
+                    rc = ff_fwd_replace_routes(self._fw, r, n)
+            finally:
+                self._inflight -= 1
         finally:
             free(r)
         _check(rc, "replace routes")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -215,3 +216,47 @@ def test_forwarder_rejects_bad_options(netns_required):
     with pytest.raises(OSError) as e:             # a kernel refusal keeps its errno
         fp.Forwarder().open(tun="fftbl%d", bind_ip="192.0.2.200", port=0)   # not a local address
     assert e.value.errno == 99                     # EADDRNOTAVAIL
+
+
+def test_forwarder_concurrent_updates_then_close(netns_required):
+    """Route updates from several threads while the workers run; close() waits for them, after
+    which every call raises RuntimeError. Must neither crash nor leave a table half-published."""
+    import threading
+
+    arr = np.zeros(10_000, dtype=fp.ROUTE_DTYPE)
+    arr["net"] = 0x0A000000 + (np.arange(10_000, dtype=np.uint32) << 12)
+    arr["prefix"], arr["peer_ip"], arr["peer_port"] = 20, 0xC000020B, 8285
+    fw = fp.Forwarder()
+    fw.open(tun="fftbl%d", bind_ip="127.0.0.1", port=0)
+    fw.start()
+    errors: list[BaseException] = []
+    counts = [0, 0, 0]
+
+    def worker(k: int) -> None:
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                if k == 0:
+                    fw.replace_routes(arr)
+                else:
+                    fw.add_route(f"10.{200 + k}.0.0/16", "192.0.2.11", 8285)
+                    try:
+                        fw.remove_route(f"10.{200 + k}.0.0/16")
+                    except KeyError:        # a whole-table replacement came in between
+                        pass
+                counts[k] += 1
+        except RuntimeError as e:
+            assert "closed" in str(e)
+        except BaseException as e:      # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert len(fw.routes()) >= 10_000
+    fw.close()
+    for t in threads:
+        t.join(15)
+    assert not errors and all(not t.is_alive() for t in threads)
+    assert all(c > 0 for c in counts), counts

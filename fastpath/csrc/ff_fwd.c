@@ -22,6 +22,7 @@
 #define FF_SEND_RETRIES 8            /* per batch, each waiting FF_POLLOUT_MS for room */
 #define FF_TUN_WRITE_RETRIES 3
 #define FF_POLLOUT_MS 5
+#define FF_ERROR_BACKOFF_NS (10 * 1000 * 1000)
 
 const char *const ff_stat_names[FF_ST__COUNT] = {
     "tun_rx_packets", "tun_rx_bytes", "udp_tx_packets", "udp_tx_bytes",
@@ -418,6 +419,8 @@ static void *worker_main(void *arg)
         {.fd = tun_side ? fw->tun_fd : fw->sock_fd, .events = POLLIN},
         {.fd = fw->wake_fd, .events = POLLIN},
     };
+    struct timespec backoff = {0, FF_ERROR_BACKOFF_NS};
+    uint32_t n, got;
 
     while (!stopping(fw)) {
         if (poll(pfd, 2, -1) < 0) {
@@ -428,8 +431,13 @@ static void *worker_main(void *arg)
         if (pfd[1].revents)
             break;
         /* drain until EAGAIN before going back to poll (flannel's "optimistic reads") */
-        while (!stopping(fw) && (tun_side ? tun_to_udp_batch(w) : udp_to_tun_batch(w)) > 0)
-            ;
+        n = 0;
+        while (!stopping(fw) && (got = tun_side ? tun_to_udp_batch(w) : udp_to_tun_batch(w)) > 0)
+            n += got;
+        /* a persistent error condition (e.g. a detached TUN) keeps poll returning at once with
+         * nothing to read: back off instead of spinning on a core */
+        if (n == 0 && (pfd[0].revents & (POLLERR | POLLHUP | POLLNVAL)))
+            nanosleep(&backoff, NULL);
     }
     return NULL;
 }
