@@ -167,6 +167,29 @@ def test_forwarder_routes_roundtrip(forwarder):
     assert (0x0AC80000, 16, 0xC0000263, 9000) in [tuple(int(x) for x in row) for row in r]
 
 
+def test_forwarder_single_updates_match_reference(forwarder):
+    """add_route/remove_route (copy + modify + publish in C) against the twin, 3k random ops."""
+    rng = random.Random(9)
+    twin = ref.RouteTable()
+    for _ in range(3_000):
+        prefix = rng.choice((16, 20, 24))
+        net = _rand_net(rng, prefix) & 0xFF0FFFFF
+        cidr = f"{net >> 24}.{net >> 16 & 255}.{net >> 8 & 255}.{net & 255}/{prefix}"
+        if rng.random() < 0.6:
+            peer = rng.randrange(1, 250)
+            forwarder.add_route(cidr, f"192.0.2.{peer}", 8285)
+            twin.insert(net, prefix, 0xC0000200 + peer, 8285)
+        else:
+            try:
+                twin.remove(net, prefix)
+            except KeyError:
+                with pytest.raises(KeyError):
+                    forwarder.remove_route(cidr)
+            else:
+                forwarder.remove_route(cidr)
+    assert [tuple(int(x) for x in row) for row in forwarder.routes()] == twin.routes()
+
+
 def test_forwarder_lifecycle(netns_required):
     fw = fp.Forwarder()
     with pytest.raises(RuntimeError):
