@@ -1,6 +1,7 @@
 #!/bin/sh
-# Build and run the offload tests (test_offload, test_offload_tun) under ASan+UBSan, no CMake:
+# Build and run the offload tests (test_offload, test_offload_gro, test_offload_tun) under ASan+UBSan, no CMake:
 #   tests/csrc/build_offload_tests.sh [fuzz-iterations]      (default 100000)
+# Every test exits nonzero on a failed check; test_offload_tun exits 77 when it cannot run.
 # Also checks the sources under the extension's flags (setup.py) and runs the benchmark
 # (-O2, no sanitizers) when BENCH=1.
 set -eu
@@ -14,6 +15,9 @@ done
 gcc -O1 -g -Wall -Wextra -Werror -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all \
     -fno-omit-frame-pointer -Ifastpath/csrc $SRC tests/csrc/test_offload.c -o "$OUT/test_offload"
 "$OUT/test_offload" "${1:-100000}"
+gcc -O1 -g -Wall -Wextra -Werror -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all \
+    -fno-omit-frame-pointer -Ifastpath/csrc $SRC tests/csrc/test_offload_gro.c -o "$OUT/test_offload_gro"
+"$OUT/test_offload_gro"
 # Against the real kernel (TUN + netns); exit 77 = skipped (no privilege).
 gcc -O1 -g -Wall -Wextra -Werror -std=gnu11 -fsanitize=address,undefined -fno-sanitize-recover=all \
     -fno-omit-frame-pointer -Ifastpath/csrc $SRC tests/csrc/test_offload_tun.c -o "$OUT/test_offload_tun"

@@ -366,8 +366,8 @@ int main(void)
 {
     for (size_t i = 0; i < sizeof g_data; i++)
         g_data[i] = (uint8_t)(i * 2654435761u >> 13);
-    int tun;
-    unsigned offl;
+    int tun = -1;
+    unsigned offl = 0;
     int rc = setup(&tun, &offl);
     if (rc == -EPERM || rc == -EACCES || rc == -ENOENT || rc == -ENODEV) {
         printf("test_offload_tun: skipped (%s)\n", strerror(-rc));
