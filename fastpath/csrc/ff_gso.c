@@ -79,20 +79,38 @@ static int parse_sf(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t l
     s->paylen = len - s->hdrl;
     s->gso = h->gso_size;
     s->nsegs = (unsigned)((s->paylen + s->gso - 1) / s->gso);
+    if (s->hdrl + (s->paylen < s->gso ? s->paylen : s->gso) > 0xffff)
+        return -EINVAL;   /* a segment would not fit an IPv4 total length */
     return 0;
 }
 
-int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
+int ff_gso_info(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                struct ff_gso_info *info)
 {
     if (h->gso_type == VIRTIO_NET_HDR_GSO_NONE) {
         if ((h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
             ((size_t)h->csum_start >= len || (size_t)h->csum_start + h->csum_offset + 2 > len))
             return -EINVAL;
-        return 1;
+        if (len > 0xffff)
+            return -EINVAL;
+        *info = (struct ff_gso_info){ 1, 0, (uint16_t)len, (uint16_t)len };
+        return 0;
     }
     struct sf s;
     int rc = parse_sf(h, pkt, len, &s);
-    return rc < 0 ? rc : (int)s.nsegs;
+    if (rc < 0)
+        return rc;
+    size_t first = s.hdrl + (s.paylen < s.gso ? s.paylen : s.gso);
+    size_t last = s.hdrl + (s.paylen - (size_t)(s.nsegs - 1) * s.gso);
+    *info = (struct ff_gso_info){ (int)s.nsegs, (uint16_t)s.hdrl, (uint16_t)first, (uint16_t)last };
+    return 0;
+}
+
+int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
+{
+    struct ff_gso_info info;
+    int rc = ff_gso_info(h, pkt, len, &info);
+    return rc < 0 ? rc : info.nsegs;
 }
 
 /* Write segment i (payload pay[0..n)) of superframe s into o. */
@@ -156,6 +174,31 @@ int ff_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
         build_seg(&s, pkt, i, n, i + 1 == s.nsegs, out[i]);
         seg_lens[i] = (uint16_t)(s.hdrl + n);
     }
+    return (int)s.nsegs;
+}
+
+int ff_gso_split_contig(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                        uint8_t *out, size_t out_cap, size_t *out_len)
+{
+    if (h->gso_type == VIRTIO_NET_HDR_GSO_NONE) {
+        uint16_t l;
+        int rc = ff_gso_split(h, pkt, len, &out, out_cap, &l, 1);
+        if (rc > 0)
+            *out_len = l;
+        return rc;
+    }
+    struct sf s;
+    int rc = parse_sf(h, pkt, len, &s);
+    if (rc < 0)
+        return rc;
+    if (len + (size_t)(s.nsegs - 1) * s.hdrl > out_cap)
+        return -ENOSPC;
+    size_t seg = s.hdrl + s.gso;
+    for (unsigned i = 0; i < s.nsegs; i++) {
+        size_t n = s.paylen - (size_t)i * s.gso < s.gso ? s.paylen - (size_t)i * s.gso : s.gso;
+        build_seg(&s, pkt, i, n, i + 1 == s.nsegs, out + (size_t)i * seg);
+    }
+    *out_len = len + (size_t)(s.nsegs - 1) * s.hdrl;
     return (int)s.nsegs;
 }
 

@@ -71,6 +71,16 @@ int ff_vnet_csum_finish(const struct virtio_net_hdr *h, uint8_t *pkt, size_t len
  * -EINVAL for a frame it would reject. Lets the loop make room before splitting. */
 int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len);
 
+/* Shape of the split, for laying out send buffers: returns 0 or -EINVAL (as ff_gso_count). */
+struct ff_gso_info {
+    int nsegs;          /* segments the split produces (>= 1) */
+    uint16_t hdr_len;   /* IP + TCP/UDP header bytes copied into every segment; 0 for GSO_NONE */
+    uint16_t seg_len;   /* length of every segment but the last (hdr_len + gso_size) */
+    uint16_t last_len;  /* length of the last segment (<= seg_len) */
+};
+int ff_gso_info(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                struct ff_gso_info *info);
+
 /* Split a TSO (GSO_TCPV4) or USO (GSO_UDP_L4 over IPv4) superframe of len bytes (the bytes
  * after the vnet hdr) into segments of h->gso_size payload bytes, segment i written to out[i]
  * (capacity out_cap each) with its length in seg_lens[i]; out[] may point straight into
@@ -85,6 +95,14 @@ int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
  * payload); -ENOSPC when more than max_segs segments or a segment larger than out_cap. */
 int ff_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
                  uint8_t *const out[], size_t out_cap, uint16_t seg_lens[], int max_segs);
+
+/* As ff_gso_split, but segment i is written at out + i * info.seg_len: the buffer is then
+ * exactly the payload of one UDP_SEGMENT sendmsg with gso_size = seg_len (flannel's wire format
+ * is one inner packet per datagram), or of several when nsegs exceeds UDP_MAX_SEGMENTS (cut at
+ * multiples of seg_len). *out_len receives the total. Returns nsegs, -EINVAL, or -ENOSPC when
+ * out_cap is too small. */
+int ff_gso_split_contig(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                        uint8_t *out, size_t out_cap, size_t *out_len);
 
 /* ------------------------------------------- UDP socket side: GSO / GRO (ff_gso.c) --- */
 
@@ -167,7 +185,8 @@ void ff_gro_reset(struct ff_gro *g);
  * and untouched until ff_gro_reset. A packet that cannot be merged (not a candidate, bad
  * checksum, different flow, gap...) becomes its own item and is written unchanged.
  * Returns 1 if merged into an earlier item, 0 if it started a new item, -ENOSPC when the batch
- * already holds cap items (finish, write and reset, then offer it again), -EINVAL if len > 65535. */
+ * already holds cap packets or was finished (write the items, reset, then offer it again),
+ * -EINVAL if len > 65535. */
 int ff_gro_add(struct ff_gro *g, uint8_t *pkt, size_t len);
 
 /* Finalize the batch: rewrite merged heads (IPv4 total length and checksum, TCP/UDP checksum =

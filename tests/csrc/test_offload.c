@@ -135,6 +135,24 @@ static void test_udp_zero_result(void)
     CHECK(naive_l4_ok(seg, sl));
 }
 
+/* ff_gso_info and ff_gso_split_contig agree with the n segments now in g_outs/g_lens. */
+static void check_contig(const struct virtio_net_hdr *h, const uint8_t *sf, size_t len, int n)
+{
+    static uint8_t contig[MAXSEG * SEGCAP];
+    struct ff_gso_info info;
+    CHECK_EQ(ff_gso_info(h, sf, len, &info), 0);
+    CHECK_EQ(info.nsegs, n);
+    CHECK_EQ(info.seg_len, g_lens[0]);
+    CHECK_EQ(info.last_len, g_lens[n - 1]);
+    size_t total = 0, ol = 0;
+    for (int i = 0; i < n; i++) total += g_lens[i];
+    CHECK_EQ(ff_gso_split_contig(h, sf, len, contig, total, &ol), n);
+    CHECK_EQ(ol, total);
+    for (int i = 0; i < n; i++)
+        CHECK(memcmp(contig + (size_t)i * info.seg_len, g_outs[i], g_lens[i]) == 0);
+    CHECK_EQ(ff_gso_split_contig(h, sf, len, contig, total - 1, &ol), -ENOSPC);
+}
+
 static void check_tso(const uint8_t *pay, size_t paylen, uint16_t gso, uint8_t flags, size_t optlen)
 {
     struct virtio_net_hdr h;
@@ -164,6 +182,8 @@ static void check_tso(const uint8_t *pay, size_t paylen, uint16_t gso, uint8_t f
         off += pl;
     }
     CHECK_EQ(off, paylen);
+    if (n > 0)
+        check_contig(&h, sf, len, n);
     /* Too few output slots, too small slots. */
     if (want > 1)
         CHECK_EQ(ff_gso_split(&h, sf, len, g_outs, SEGCAP, g_lens, want - 1), -ENOSPC);
@@ -198,6 +218,8 @@ static void check_uso(const uint8_t *pay, size_t paylen, uint16_t gso, int zero)
         off += pl;
     }
     CHECK_EQ(off, paylen);
+    if (n > 0)
+        check_contig(&h, sf, len, n);
     free(sf);
 }
 
@@ -234,6 +256,11 @@ static void test_split(void)
     CHECK_EQ(g_lens[0], len);
     CHECK_EQ(ld16(g_outs[0] + 36), want);
     CHECK_EQ(ff_gso_split(&h, tmp, len, g_outs, len - 1, g_lens, 1), -ENOSPC);
+    make_partial(tmp, len, 16);
+    size_t ol = 0;
+    CHECK_EQ(ff_gso_split_contig(&h, tmp, len, g_outs[1], SEGCAP, &ol), 1);
+    CHECK_EQ(ol, len);
+    CHECK_EQ(ld16(g_outs[1] + 36), want);
 }
 
 static void test_split_reject(void)
@@ -455,6 +482,13 @@ static void test_fuzz(int iters)
         }
         uint8_t *p = dup_exact(tmp, len);
         int cnt = ff_gso_count(&h, p, len);
+        {
+            static uint8_t contig[MAXSEG * SEGCAP];
+            size_t ol = 0;
+            int nc = ff_gso_split_contig(&h, p, len, contig, sizeof contig, &ol);
+            CHECK(nc == cnt || (nc == -ENOSPC && cnt > 0));
+            CHECK(nc < 0 || ol <= sizeof contig);
+        }
         int n = ff_gso_split(&h, p, len, g_outs, SEGCAP, g_lens, MAXSEG);
         CHECK(n == cnt || (n == -ENOSPC && cnt > 0));
         if (n > 0 && h.gso_type != VIRTIO_NET_HDR_GSO_NONE)

@@ -2,7 +2,9 @@
  * private network namespace (unshare), with kernel TCP/UDP sockets at the other end.
  *   1. TSO read: a kernel TCP sender's superframe is split by ff_gso_split; every segment's
  *      checksums verify and the bytes equal what the socket sent. Partial checksums of plain
- *      reads are finished by ff_vnet_csum_finish.
+ *      reads are finished by ff_vnet_csum_finish. Each read is also relayed the way the fast
+ *      path will: ff_gso_split_contig -> one UDP_SEGMENT sendmsg over lo -> a UDP_GRO socket ->
+ *      ff_udp_gro_cmsg_size + the iterator, datagram by datagram equal to the segments.
  *   2. GRO write: a handshake played from user space, then ff_gro coalesces 10 segments into one
  *      GSO_TCPV4 item written with writev; the kernel socket receives the exact bytes.
  *   3. USO (if TUN_F_USO4|6 is accepted): a UDP_SEGMENT send (ff_udp_gso_cmsg) is read as one
@@ -156,12 +158,62 @@ static int setup(int *tunfd, unsigned *offl)
     CHECK(ioctl(s, SIOCSIFNETMASK, &ifr) == 0);
     ifr.ifr_flags = IFF_UP | IFF_RUNNING;
     CHECK(ioctl(s, SIOCSIFFLAGS, &ifr) == 0);
+    struct ifreq lo = { .ifr_name = "lo", .ifr_flags = IFF_UP | IFF_RUNNING };
+    CHECK(ioctl(s, SIOCSIFFLAGS, &lo) == 0);
     close(s);
     *tunfd = fd;
     return 0;
 }
 
 static uint8_t g_data[200000];
+
+/* The tun->udp fast path in miniature: split a superframe contiguously, send it as one
+ * UDP_SEGMENT sendmsg over loopback, receive with UDP_GRO and walk the datagrams; each must
+ * equal the corresponding segment of ff_gso_split. Returns the datagrams received. */
+static int relay_udp(int tx, int rx, const struct virtio_net_hdr *h, const uint8_t *p, size_t n,
+                     uint8_t seg[][2048], const uint16_t *lens)
+{
+    static uint8_t buf[70000], got[70000];
+    struct ff_gso_info info;
+    size_t total = 0;
+    CHECK_EQ(ff_gso_info(h, p, n, &info), 0);
+    int k = ff_gso_split_contig(h, p, n, buf, sizeof buf, &total);
+    CHECK_EQ(k, info.nsegs);
+    if (k < 1)
+        return 0;
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(7000), .sin_addr.s_addr = htonl(0x7f000001) };
+    union { struct cmsghdr c; uint8_t b[FF_UDP_GSO_CMSG_SPACE]; } ctl;
+    struct iovec iov = { buf, total };
+    struct msghdr m = { .msg_name = &to, .msg_namelen = sizeof to, .msg_iov = &iov, .msg_iovlen = 1 };
+    if (k > 1) {
+        m.msg_control = ctl.b;
+        m.msg_controllen = (size_t)ff_udp_gso_cmsg(ctl.b, sizeof ctl.b, info.seg_len);
+    }
+    CHECK_EQ(sendmsg(tx, &m, 0), (ssize_t)total);
+    int got_dg = 0;
+    while (got_dg < k) {
+        struct pollfd pfd = { rx, POLLIN, 0 };
+        if (poll(&pfd, 1, 2000) != 1)
+            break;
+        union { struct cmsghdr c; uint8_t b[64]; } rc;
+        struct iovec ri = { got, sizeof got };
+        struct msghdr rm = { .msg_iov = &ri, .msg_iovlen = 1, .msg_control = rc.b, .msg_controllen = sizeof rc.b };
+        ssize_t r = recvmsg(rx, &rm, 0);
+        if (r <= 0)
+            break;
+        struct ff_gro_iter it;
+        const uint8_t *dg;
+        size_t dl;
+        ff_udp_gro_iter_init(&it, got, (size_t)r, ff_udp_gro_cmsg_size(&rm));
+        while (ff_udp_gro_next(&it, &dg, &dl) && got_dg < k) {
+            CHECK_EQ(dl, lens[got_dg]);
+            CHECK(memcmp(dg, seg[got_dg], dl) == 0);
+            got_dg++;
+        }
+    }
+    CHECK_EQ(got_dg, k);
+    return got_dg;
+}
 
 /* 1. The kernel sends; we answer the handshake and read TSO superframes. */
 static void test_tso_read(int tun)
@@ -185,13 +237,19 @@ static void test_tso_read(int tun)
     CHECK(sent > 20000);
     /* Read until we have seen a superframe (the final ACK of the handshake comes first). */
     uint32_t next = cisn + 1;
-    int supers = 0, segs_total = 0;
+    int supers = 0, segs_total = 0, relayed = 0, one = 1;
+    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in lo = { .sin_family = AF_INET, .sin_port = htons(7000), .sin_addr.s_addr = htonl(0x7f000001) };
+    CHECK(bind(rx, (struct sockaddr *)&lo, sizeof lo) == 0);
+    CHECK(setsockopt(rx, SOL_UDP, UDP_GRO, &one, sizeof one) == 0);
     while (next - (cisn + 1) < 14600 && (n = tun_read(tun, p, sizeof p, &h, 6)) > 0) {
         uint8_t *outs[64];
         uint16_t lens[64];
         for (int i = 0; i < 64; i++) outs[i] = seg[i];
         int k = ff_gso_split(&h, p, (size_t)n, outs, sizeof seg[0], lens, 64);
         CHECK(k >= 1);
+        if (k >= 1)
+            relayed += relay_udp(tx, rx, &h, p, (size_t)n, seg, lens);
         if (h.gso_type == VIRTIO_NET_HDR_GSO_TCPV4) {
             if (!supers++)
                 printf("TSO read: first superframe %d B, gso_size %u, hdr_len %u, csum_start %u, "
@@ -213,8 +271,11 @@ static void test_tso_read(int tun)
     }
     printf("TSO read: %d superframe(s), %d data segments, %u bytes verified\n", supers, segs_total,
            next - cisn - 1);
+    printf("TSO read -> UDP_SEGMENT send -> UDP_GRO receive over lo: %d datagrams matched\n", relayed);
     CHECK(supers >= 1);
     CHECK(next - (cisn + 1) >= 14600);
+    close(tx);
+    close(rx);
     close(c);
 }
 
