@@ -206,6 +206,43 @@ static void close_frag_flows(struct ff_gro *g, const struct info *in)
             g->items[i].closed = 1;
 }
 
+/* Append candidate p to item it (can_merge said yes). */
+static void append(struct ff_gro *g, struct item *it, uint8_t *p, const struct info *in)
+{
+    int32_t k = g->nseg++;
+    g->segs[k] = (struct seg){ p + in->hdrl, in->pay, -1 };
+    g->segs[it->last].next = k;
+    it->last = k;
+    it->ntail++;
+    it->len += in->pay;
+    it->next_seq += in->pay;
+    if (in->pay < it->gso)
+        it->closed = 1;   /* a shorter segment can only be the last */
+    if (in->kind == K_TCP && (p[33] & TCP_PSH))
+        it->closed = it->psh = 1;
+}
+
+/* Start a new item with p as its head; it becomes the newest item of its flow (slot s). */
+static void new_item(struct ff_gro *g, uint8_t *p, size_t len, const struct info *in,
+                     struct slot *s)
+{
+    int32_t k = g->nseg++, n = g->nitem++;
+    g->segs[k] = (struct seg){ p, (uint16_t)len, -1 };
+    struct item *it = &g->items[n];
+    *it = (struct item){ .kind = (uint8_t)in->kind, .proto = in->proto, .src = in->src,
+                         .dst = in->dst, .ports = in->ports, .head = k, .last = k,
+                         .len = (uint32_t)len, .hdrl = in->hdrl, .gso = in->pay };
+    if (in->kind == K_TCP) {
+        it->next_seq = ld32(p + 24) + in->pay;
+        if (p[33] & TCP_PSH)
+            it->closed = 1;   /* PSH may only end an item */
+    }
+    if (s) {
+        s->gen = g->gen;
+        s->item = n;
+    }
+}
+
 int ff_gro_add(struct ff_gro *g, uint8_t *p, size_t len)
 {
     if (len > FF_IP_MAXPACKET)
@@ -215,47 +252,13 @@ int ff_gro_add(struct ff_gro *g, uint8_t *p, size_t len)
     struct info in;
     classify(g, p, len, &in);
     if (in.frag)
-        close_frag_flows(g, &in);
+        close_frag_flows(g, &in);   /* nothing of these hosts may overtake the fragment */
     struct slot *s = in.keyed ? lookup(g, &in) : NULL;
-    if (in.kind != K_PASS && s && s->gen == g->gen) {
-        struct item *it = &g->items[s->item];
-        if (can_merge(g, it, p, &in)) {
-            int32_t k = g->nseg++;
-            g->segs[k] = (struct seg){ p + in.hdrl, in.pay, -1 };
-            g->segs[it->last].next = k;
-            it->last = k;
-            it->ntail++;
-            it->len += in.pay;
-            it->next_seq += in.pay;
-            if (in.pay < it->gso)
-                it->closed = 1;
-            if (in.kind == K_TCP && (p[33] & TCP_PSH))
-                it->closed = it->psh = 1;
-            return 1;
-        }
+    if (in.kind != K_PASS && s && s->gen == g->gen && can_merge(g, &g->items[s->item], p, &in)) {
+        append(g, &g->items[s->item], p, &in);
+        return 1;
     }
-    int32_t k = g->nseg++, n = g->nitem++;
-    g->segs[k] = (struct seg){ p, (uint16_t)len, -1 };
-    struct item *it = &g->items[n];
-    memset(it, 0, sizeof *it);
-    it->kind = (uint8_t)in.kind;
-    it->proto = in.proto;
-    it->src = in.src;
-    it->dst = in.dst;
-    it->ports = in.ports;
-    it->head = it->last = k;
-    it->len = (uint32_t)len;
-    it->hdrl = in.hdrl;
-    it->gso = in.pay;
-    if (in.kind == K_TCP) {
-        it->next_seq = ld32(p + 24) + in.pay;
-        if (p[33] & TCP_PSH)
-            it->closed = 1;   /* PSH may only end an item */
-    }
-    if (s) {
-        s->gen = g->gen;
-        s->item = n;
-    }
+    new_item(g, p, len, &in, s);
     return 0;
 }
 
