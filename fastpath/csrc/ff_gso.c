@@ -84,8 +84,8 @@ static int parse_sf(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t l
     return 0;
 }
 
-int ff_gso_info(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
-                struct ff_gso_info *info)
+int ff_gso_parse(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                 struct ff_gso_info *info)
 {
     if (h->gso_type == VIRTIO_NET_HDR_GSO_NONE) {
         if ((h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
@@ -109,7 +109,7 @@ int ff_gso_info(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
 int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
 {
     struct ff_gso_info info;
-    int rc = ff_gso_info(h, pkt, len, &info);
+    int rc = ff_gso_parse(h, pkt, len, &info);
     return rc < 0 ? rc : info.nsegs;
 }
 

@@ -78,8 +78,8 @@ struct ff_gso_info {
     uint16_t seg_len;   /* length of every segment but the last (hdr_len + gso_size) */
     uint16_t last_len;  /* length of the last segment (<= seg_len) */
 };
-int ff_gso_info(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
-                struct ff_gso_info *info);
+int ff_gso_parse(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                 struct ff_gso_info *info);
 
 /* Split a TSO (GSO_TCPV4) or USO (GSO_UDP_L4 over IPv4) superframe of len bytes (the bytes
  * after the vnet hdr) into segments of h->gso_size payload bytes, segment i written to out[i]

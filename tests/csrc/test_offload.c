@@ -135,12 +135,12 @@ static void test_udp_zero_result(void)
     CHECK(naive_l4_ok(seg, sl));
 }
 
-/* ff_gso_info and ff_gso_split_contig agree with the n segments now in g_outs/g_lens. */
+/* ff_gso_parse and ff_gso_split_contig agree with the n segments now in g_outs/g_lens. */
 static void check_contig(const struct virtio_net_hdr *h, const uint8_t *sf, size_t len, int n)
 {
     static uint8_t contig[MAXSEG * SEGCAP];
     struct ff_gso_info info;
-    CHECK_EQ(ff_gso_info(h, sf, len, &info), 0);
+    CHECK_EQ(ff_gso_parse(h, sf, len, &info), 0);
     CHECK_EQ(info.nsegs, n);
     CHECK_EQ(info.seg_len, g_lens[0]);
     CHECK_EQ(info.last_len, g_lens[n - 1]);

@@ -176,7 +176,7 @@ static int relay_udp(int tx, int rx, const struct virtio_net_hdr *h, const uint8
     static uint8_t buf[70000], got[70000];
     struct ff_gso_info info;
     size_t total = 0;
-    CHECK_EQ(ff_gso_info(h, p, n, &info), 0);
+    CHECK_EQ(ff_gso_parse(h, p, n, &info), 0);
     int k = ff_gso_split_contig(h, p, n, buf, sizeof buf, &total);
     CHECK_EQ(k, info.nsegs);
     if (k < 1)
