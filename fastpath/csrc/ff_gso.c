@@ -214,8 +214,8 @@ int ff_udp_gso_plan(const uint64_t peer[], const uint32_t len[], int n, int max_
         uint32_t gso = len[i];
         uint64_t bytes = gso;
         int j = i + 1;
-        /* A zero-length datagram cannot be a gso_size; a datagram alone needs no cmsg. */
-        while (gso && j < n && j - i < max_segs && peer[j] == peer[i] && len[j] <= gso &&
+        /* gso_size is a u16 and cannot be 0; a datagram alone needs no cmsg. */
+        while (gso && gso <= 0xffff && j < n && j - i < max_segs && peer[j] == peer[i] && len[j] <= gso &&
                bytes + len[j] <= max_bytes) {
             bytes += len[j];
             if (len[j++] < gso)

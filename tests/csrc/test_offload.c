@@ -349,6 +349,10 @@ static void test_gso_plan(void)
     CHECK_EQ(ff_udp_gso_plan(peer, len, 50, 128, 65000, gr, 300), 2);
     CHECK_EQ(gr[0].count, 46);
     CHECK_EQ(gr[1].count, 4);
+    /* A datagram longer than a u16 gso_size never heads a group, whatever max_bytes says. */
+    for (int i = 0; i < 3; i++) { peer[i] = A; len[i] = 70000; }
+    CHECK_EQ(ff_udp_gso_plan(peer, len, 3, 64, 1u << 30, gr, 300), 3);
+    CHECK_EQ(gr[0].gso_size, 0);
     /* Random property test: coverage, rules, and maximality. */
     for (int t = 0; t < 3000; t++) {
         n = (int)(rnd() % 256);
