@@ -64,6 +64,11 @@ int main(void)
     printf("(split gives %d segments)\n", nseg);
     BEST("TSO split 64 KiB -> 1448 B segments", 20000, len, g_sink += (uint64_t)ff_gso_split(&h, sf, len, outs, 2048, lens, 64));
 
+    static uint8_t contig[70000];
+    size_t clen;
+    BEST("TSO split 64 KiB, contiguous (UDP_SEGMENT)", 20000, len,
+         g_sink += (uint64_t)ff_gso_split_contig(&h, sf, len, contig, sizeof contig, &clen));
+
     /* GRO: the 46 segments back into one item (copies of the segments, heads rewritten). */
     static uint8_t pk[64][2048];
     struct ff_gro *g = ff_gro_new(64, 0);
