@@ -69,6 +69,7 @@ cdef extern from "ff_offload.h" nogil:
     ff_gro *ff_gro_new(int cap, unsigned flags)
     void ff_gro_free(ff_gro *g)
     void ff_gro_reset(ff_gro *g)
+    void ff_gro_set_flags(ff_gro *g, unsigned flags)
     int ff_gro_add(ff_gro *g, uint8_t *pkt, size_t len)
     int ff_gro_finish(ff_gro *g)
     int ff_gro_item_iov(const ff_gro *g, int i, iovec *iov, int iov_cap)

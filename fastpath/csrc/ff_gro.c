@@ -102,6 +102,11 @@ void ff_gro_reset(struct ff_gro *g)
     }
 }
 
+void ff_gro_set_flags(struct ff_gro *g, unsigned flags)
+{
+    g->flags = flags;
+}
+
 /* What ff_gro_add learns about a packet. */
 struct info {
     int kind;                /* K_PASS, K_TCP, K_UDP: merge candidate of that kind */

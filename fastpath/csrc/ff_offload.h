@@ -179,6 +179,9 @@ struct ff_gro *ff_gro_new(int cap, unsigned flags);
 void ff_gro_free(struct ff_gro *g);
 /* Forget the current batch (call after the items were written). */
 void ff_gro_reset(struct ff_gro *g);
+/* Change the FF_GRO_* flags from the next packet on (runtime kill switches, PERF.md §7): e.g.
+ * set FF_GRO_NO_TCP after a GSO write to the TUN fails with EINVAL. */
+void ff_gro_set_flags(struct ff_gro *g, unsigned flags);
 
 /* Offer one decapsulated IPv4 packet. The coalescer keeps pointers into pkt (no copy) and may
  * rewrite its IPv4/TCP/UDP header in place when it heads a merged item, so pkt must stay valid

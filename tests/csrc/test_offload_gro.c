@@ -255,9 +255,15 @@ static void test_gro_rules(void)
         CHECK_EQ(ff_gro_add(g2, bp[0], 70000), -EINVAL);
         ff_gro_free(g2);
     }
-    /* Kill switch. */
+    /* Kill switch, at creation and at run time. */
     {
         struct ff_gro *g2 = ff_gro_new(8, FF_GRO_NO_TCP);
+        BUILD3(0);
+        CHECK_EQ(gro_run(g2, pk, pl, 3, NULL), 3);
+        ff_gro_set_flags(g2, 0);
+        BUILD3(0);
+        CHECK_EQ(gro_run(g2, pk, pl, 3, NULL), 1);
+        ff_gro_set_flags(g2, FF_GRO_NO_TCP);
         BUILD3(0);
         CHECK_EQ(gro_run(g2, pk, pl, 3, NULL), 3);
         ff_gro_free(g2);
