@@ -1,10 +1,11 @@
 """Throughput through two Forwarders (no daemon, no etcd): iperf3 between the TUN addresses.
 
-    sudo python3 bench/bench_fastpath_iperf.py [--seconds 5] [--batches 1,64]
+    sudo python3 bench/bench_fastpath_iperf.py [--seconds 5] [--modes batch1,batch64,offload]
 
 Two lab namespaces on the underlay bridge, each running fastflannel.fastpath.node; iperf3 from
-h1's lease IP to h2's. Modes: one TCP stream, four TCP streams, per batch size (batch 1 is one
-packet per syscall, flannel's proxy design). Prints a table and the forwarders' drop counters.
+h1's lease IP to h2's: one TCP stream, four TCP streams, per mode: batch1 (one packet per
+syscall, flannel's proxy design), batch64 (tier 1), offload (batch 64 + TUN TSO split in user
+space + UDP_SEGMENT sends). Prints a table and the forwarders' drop counters.
 """
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ def wait_file(path: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def measure(batch: int, seconds: int) -> dict:
+def measure(batch: int, offload: bool, seconds: int) -> dict:
     with Lab(prefix="ffbfp") as lab:
         hosts = {n: lab.add_host(n) for n in ("h1", "h2")}
         other = {"h1": "h2", "h2": "h1"}
         stats = {}
         for n, h in hosts.items():
             stats[n] = os.path.join(lab.tmp, f"stats-{n}.json")
-            cfg = {"bind_ip": h.ip, "tun_ip": LEASE[n], "batch": batch, "stats": stats[n],
+            cfg = {"bind_ip": h.ip, "tun_ip": LEASE[n], "batch": batch, "stats": stats[n], "offload": offload,
                    "routes": [[LEASE[other[n]] + "/20", hosts[other[n]].ip]]}
             lab.spawn(h.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(cfg)], f"{n}.log")
         for p in stats.values():
@@ -63,7 +64,7 @@ def measure(batch: int, seconds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--modes", default="batch1,batch64,offload")
     args = ap.parse_args()
     reason = have_netns_privileges()
     if reason:
@@ -71,10 +72,11 @@ def main() -> int:
         return 0
     cleanup_stale("ffbfp")
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, iperf3 -t {args.seconds}")
-    print(f"{'batch':>5} {'TCP x1 Gbit/s':>14} {'retr':>6} {'TCP x4 Gbit/s':>14} {'retr':>6}  drops")
-    for b in (int(x) for x in args.batches.split(",")):
-        r = measure(b, args.seconds)
-        print(f"{b:>5} {r['tcp1']:>14.2f} {r['tcp1_retr']:>6} {r['tcp4']:>14.2f} {r['tcp4_retr']:>6}  "
+    modes = {"batch1": (1, False), "batch64": (64, False), "offload": (64, True)}
+    print(f"{'mode':>8} {'TCP x1 Gbit/s':>14} {'retr':>6} {'TCP x4 Gbit/s':>14} {'retr':>6}  drops")
+    for mode in args.modes.split(","):
+        r = measure(*modes[mode], args.seconds)
+        print(f"{mode:>8} {r['tcp1']:>14.2f} {r['tcp1_retr']:>6} {r['tcp4']:>14.2f} {r['tcp4_retr']:>6}  "
               f"h1={r['h1_drops']} h2={r['h2_drops']}")
     return 0
 

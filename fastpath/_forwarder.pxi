@@ -8,7 +8,7 @@ from libc.errno cimport ENOENT
 from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port, ff_fwd_start,
                      ff_fwd_stop, ff_fwd_close, ff_fwd_replace_routes, ff_fwd_add_route,
                      ff_fwd_remove_route, ff_fwd_routes, ff_fwd_route_count, ff_fwd_stats,
-                     ff_stat_names, FF_ST__COUNT, FF_F_ANTI_SPOOF, FF_MAX_BATCH)
+                     ff_stat_names, FF_ST__COUNT, FF_F_ANTI_SPOOF, FF_F_OFFLOAD, FF_MAX_BATCH)
 
 DEFAULT_PORT = 8285     # flannel udp backend default (FLANNEL.md 4.1)
 DEFAULT_BATCH = 64      # packets per recvmmsg/sendmmsg/TUN drain
@@ -57,13 +57,14 @@ cdef class Forwarder:
              offload=False):
         """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket; no threads yet.
 
-        workers/offload name the later tiers (IFF_MULTI_QUEUE workers; TUN TSO/GRO + UDP GSO/GRO);
-        this build has one worker per direction and no offloads, and says so rather than ignore them.
+        offload=True: the TUN gets IFF_VNET_HDR + TSO4; TCP superframes are split in user space and
+        sent with UDP_SEGMENT (same wire format). workers names the multi-queue tier, not built
+        yet: only 1 is accepted, rather than silently ignoring more.
         """
         if self._state != NEW:
             raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
-        if workers != 1 or offload:
-            raise ValueError("this fast path build supports workers=1 and offload=False only")
+        if workers != 1:
+            raise ValueError("this fast path build supports workers=1 only")
         if not 1 <= batch <= FF_MAX_BATCH:
             raise ValueError(f"batch must be in 1..{FF_MAX_BATCH}")
         if not 0 <= port <= 65535 or not 68 <= mtu <= 65535:
@@ -77,7 +78,7 @@ cdef class Forwarder:
         o.tun_ip = _ip(tun_ip)
         o.mtu = mtu
         o.batch = batch
-        o.flags = FF_F_ANTI_SPOOF if anti_spoof else 0
+        o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | (FF_F_OFFLOAD if offload else 0)
         cdef ff_fwd *fw = NULL
         cdef int rc
         with self._life:

@@ -5,6 +5,7 @@ from ff_table cimport ff_route
 cdef extern from "ff_fwd.h" nogil:
     enum:
         FF_F_ANTI_SPOOF
+        FF_F_OFFLOAD
         FF_ST__COUNT
         FF_MAX_BATCH
 

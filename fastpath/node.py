@@ -23,7 +23,7 @@ from . import ROUTE_DTYPE, Forwarder
 
 # txqueuelen: the TUN's default 500 overflows under a single TCP stream (each drop a TCP
 # retransmit; PERF.md 5.1); 5000 removed every drop in bench/bench_fastpath_iperf.py.
-DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True, "batch": 64,
+DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True, "batch": 64, "offload": False,
             "routes": [], "churn": False, "churn_interval": 0.005}
 CHURN_ROUTES = 10_000
 
@@ -38,7 +38,7 @@ class Node:
     def setup(self) -> None:
         c, fw = self.cfg, self.fw
         fw.open(tun="flannel%d", bind_ip=c["bind_ip"], port=c["port"], tun_ip=c["tun_ip"],
-                mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"])
+                mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"], offload=c["offload"])
         dev = fw.tun_name
         for cmd in (f"ip addr add {c['tun_ip']}/32 dev {dev}", f"ip link set {dev} mtu {c['mtu']} txqueuelen {c['txqueuelen']} up",
                     f"ip route add {c['network']} dev {dev}"):

@@ -232,7 +232,7 @@ def test_forwarder_adopts_a_tun_fd(netns_required):
 
 
 def test_forwarder_rejects_bad_options(netns_required):
-    for kw in ({"batch": 0}, {"batch": 5000}, {"port": 70000}, {"workers": 2}, {"offload": True},
+    for kw in ({"batch": 0}, {"batch": 5000}, {"port": 70000}, {"workers": 2},
                {"bind_ip": "not-an-ip"}, {"tun": "x" * 20}):
         with pytest.raises(ValueError):
             fp.Forwarder().open(**{"tun": "fftbl%d", **kw})

@@ -16,77 +16,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ff_pkt.h"
-
-#define FF_BUF_BYTES 65536u          /* one IPv4 packet of any size (the UDP payload limit) */
-#define FF_SEND_RETRIES 8            /* per batch, each waiting FF_POLLOUT_MS for room */
-#define FF_TUN_WRITE_RETRIES 3
-#define FF_POLLOUT_MS 5
-#define FF_ERROR_BACKOFF_NS (10 * 1000 * 1000)
+#include "ff_fwd_int.h"
 
 const char *const ff_stat_names[FF_ST__COUNT] = {
     "tun_rx_packets", "tun_rx_bytes", "udp_tx_packets", "udp_tx_bytes",
     "udp_rx_packets", "udp_rx_bytes", "tun_tx_packets", "tun_tx_bytes",
     "no_route", "ttl", "short", "bad_header", "bad_length",
     "unknown_sender", "spoofed", "send_error", "tun_error",
-    "icmp_sent", "tun_invalid",
+    "icmp_sent", "tun_invalid", "tun_gso_frames",
 };
-
-enum { DIR_TUN_TO_UDP, DIR_UDP_TO_TUN, FF_NWORKERS };
-
-/* A batch of packets: buffers, lengths and the mmsghdr/iovec/sockaddr arrays, allocated once.
- * The offload tier will add per-packet virtio headers and segment lists here. */
-struct ff_batch {
-    uint32_t cap;
-    uint8_t *mem;                /* cap * FF_BUF_BYTES */
-    uint32_t *lens;              /* 0 = dropped */
-    struct mmsghdr *msgs;
-    struct iovec *iovs;
-    struct sockaddr_in *addrs;
-};
-
-/* Per-worker context: counters and the reclamation epoch are written only by this worker. */
-struct ff_worker {
-    struct ff_fwd *fw;
-    pthread_t thread;
-    int started;
-    uint64_t epoch __attribute__((aligned(64)));   /* odd while the table may be in use */
-    uint64_t stats[FF_ST__COUNT];
-    struct ff_batch b;
-    uint8_t icmp[FF_ICMP_MAX_LEN];
-} __attribute__((aligned(64)));
-
-struct ff_fwd {
-    struct ff_worker w[FF_NWORKERS];
-    struct ff_table *table;      /* published pointer: atomic store by writer, load by workers */
-    pthread_mutex_t wlock;       /* serializes writers */
-    int tun_fd, sock_fd, wake_fd;
-    int stop;                    /* atomic flag */
-    int running;
-    uint16_t port;
-    uint32_t tun_ip, batch, flags;
-    char tun_name[IFNAMSIZ];
-};
-
-#define STAT_ADD(w, i, n) \
-    __atomic_store_n(&(w)->stats[i], (w)->stats[i] + (uint64_t)(n), __ATOMIC_RELAXED)
-
-/* ---- reclamation ----------------------------------------------------------------------------
- * Dekker-style pairing: the worker marks itself inside (odd epoch) and then reads the pointer;
- * the writer stores the new pointer and then reads the epochs; a full fence on each side means
- * that either the worker sees the new table or the writer sees the worker inside and waits for
- * its epoch to move on. */
-static inline const struct ff_table *read_lock(struct ff_worker *w)
-{
-    __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return __atomic_load_n(&w->fw->table, __ATOMIC_ACQUIRE);
-}
-
-static inline void read_unlock(struct ff_worker *w)
-{
-    __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELEASE);
-}
 
 static void wait_readers(struct ff_fwd *fw)
 {
@@ -188,32 +126,33 @@ static inline int stopping(struct ff_fwd *fw)
     return __atomic_load_n(&fw->stop, __ATOMIC_ACQUIRE);
 }
 
-static inline uint8_t *pkt_buf(struct ff_batch *b, uint32_t i)
-{
-    return b->mem + (size_t)i * FF_BUF_BYTES;
-}
-
-static void wait_out(int fd)
+void ff_wait_out(int fd)
 {
     struct pollfd p = {.fd = fd, .events = POLLOUT};
 
     (void)poll(&p, 1, FF_POLLOUT_MS);
 }
 
-/* Write one packet into the TUN; EAGAIN waits briefly for room, then counts tun_error. */
-static int tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len)
+/* Write one packet into the TUN (behind an all-zero virtio_net_hdr when the TUN has one: no
+ * GSO, checksums complete); EAGAIN waits briefly for room up to `retries` times. Returns 0 or
+ * -1; the caller counts. */
+int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries)
 {
+    static const uint8_t zero_hdr[FF_VNET_HDR_LEN];
+    struct iovec iov[2] = {{(void *)zero_hdr, FF_VNET_HDR_LEN}, {(void *)p, len}};
+    int vnet = w->fw->vnet;
+    ssize_t want = (ssize_t)len + (vnet ? FF_VNET_HDR_LEN : 0);
+
     for (int tries = 0;;) {
-        ssize_t r = write(w->fw->tun_fd, p, len);
-        if (r == (ssize_t)len)
+        ssize_t r = vnet ? writev(w->fw->tun_fd, iov, 2) : write(w->fw->tun_fd, p, len);
+        if (r == want)
             return 0;
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0 && errno == EAGAIN && tries++ < FF_TUN_WRITE_RETRIES) {
-            wait_out(w->fw->tun_fd);
+        if (r < 0 && errno == EAGAIN && tries++ < retries) {
+            ff_wait_out(w->fw->tun_fd);
             continue;
         }
-        STAT_ADD(w, FF_ST_TUN_ERROR, 1);
         return -1;
     }
 }
@@ -225,7 +164,7 @@ static uint32_t tun_read_batch(struct ff_worker *w)
     uint64_t bytes = 0;
 
     while (n < w->fw->batch) {
-        ssize_t r = read(w->fw->tun_fd, pkt_buf(b, n), FF_BUF_BYTES);
+        ssize_t r = read(w->fw->tun_fd, pkt_buf(b, n), b->slot);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -247,8 +186,8 @@ static void send_no_route(struct ff_worker *w, const uint8_t *p, uint32_t len)
 
     STAT_ADD(w, FF_ST_NO_ROUTE, 1);
     k = ff_icmp_net_unreach(p, len, w->fw->tun_ip, w->icmp, sizeof(w->icmp));
-    /* non-blocking, single try: an ICMP error is not worth stalling the loop for */
-    if (k > 0 && write(w->fw->tun_fd, w->icmp, (size_t)k) == k)
+    /* single try: an ICMP error is not worth stalling the loop for */
+    if (k > 0 && ff_tun_write(w, w->icmp, (uint32_t)k, 0) == 0)
         STAT_ADD(w, FF_ST_ICMP_SENT, 1);
 }
 
@@ -272,7 +211,7 @@ static void send_batch(struct ff_worker *w, uint32_t m)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < FF_SEND_RETRIES) {
-            wait_out(w->fw->sock_fd);
+            ff_wait_out(w->fw->sock_fd);
             continue;
         }
         STAT_ADD(w, FF_ST_SEND_ERROR, 1);   /* skip the datagram that failed */
@@ -280,43 +219,54 @@ static void send_batch(struct ff_worker *w, uint32_t m)
     }
 }
 
+/* The per-packet tun->udp decision for a packet read from the TUN: validate, look up (memo of
+ * the last destination of this batch), TTL-1; no route -> ICMP net-unreachable back into the
+ * TUN. Returns the peer's slot, or NULL when the packet is dropped (and counted). */
+const struct ff_slot *ff_route_packet(struct ff_worker *w, struct ff_memo *memo, uint8_t *p,
+                                      uint32_t len)
+{
+    uint32_t dst;
+
+    if (ff_ipv4_validate(p, len) != FF_PKT_OK) {
+        STAT_ADD(w, FF_ST_TUN_INVALID, 1);       /* e.g. IPv6 from the kernel */
+        return NULL;
+    }
+    dst = ff_ipv4_dst(p);
+    if (!memo->valid || dst != memo->dst) {       /* bursts usually share a destination */
+        memo->slot = ff_table_lookup(memo->t, dst);
+        memo->dst = dst;
+        memo->valid = 1;
+    }
+    if (!memo->slot) {
+        send_no_route(w, p, len);
+        return NULL;
+    }
+    if (ff_ipv4_dec_ttl(p) < 0) {
+        STAT_ADD(w, FF_ST_TTL, 1);
+        return NULL;
+    }
+    return memo->slot;
+}
+
 /* One tun->udp batch; returns the number of packets read (0 = TUN drained). */
 static uint32_t tun_to_udp_batch(struct ff_worker *w)
 {
     struct ff_batch *b = &w->b;
-    uint32_t n = tun_read_batch(w), m = 0, memo_dst = 0;
-    const struct ff_slot *memo = NULL;
-    const struct ff_table *t;
-    int have_memo = 0;
+    uint32_t n = tun_read_batch(w), m = 0;
+    struct ff_memo memo = {0};
 
     if (!n)
         return 0;
-    t = read_lock(w);
+    memo.t = read_lock(w);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *p = pkt_buf(b, i);
-        uint32_t dst;
-        if (ff_ipv4_validate(p, b->lens[i]) != FF_PKT_OK) {
-            STAT_ADD(w, FF_ST_TUN_INVALID, 1);   /* e.g. IPv6 from the kernel */
+        const struct ff_slot *peer = ff_route_packet(w, &memo, p, b->lens[i]);
+        if (!peer)
             continue;
-        }
-        dst = ff_ipv4_dst(p);
-        if (!have_memo || dst != memo_dst) {      /* bursts usually share a destination */
-            memo = ff_table_lookup(t, dst);
-            memo_dst = dst;
-            have_memo = 1;
-        }
-        if (!memo) {
-            send_no_route(w, p, b->lens[i]);
-            continue;
-        }
-        if (ff_ipv4_dec_ttl(p) < 0) {
-            STAT_ADD(w, FF_ST_TTL, 1);
-            continue;
-        }
         b->iovs[m].iov_base = p;
         b->iovs[m].iov_len = ff_ipv4_totlen(p);
-        b->addrs[m].sin_addr.s_addr = htonl(memo->peer_ip);
-        b->addrs[m].sin_port = htons(memo->peer_port);
+        b->addrs[m].sin_addr.s_addr = htonl(peer->peer_ip);
+        b->addrs[m].sin_port = htons(peer->peer_port);
         b->msgs[m].msg_hdr.msg_iov = &b->iovs[m];
         b->msgs[m].msg_hdr.msg_name = &b->addrs[m];
         m++;
@@ -400,10 +350,14 @@ static uint32_t udp_to_tun_batch(struct ff_worker *w)
     STAT_ADD(w, FF_ST_UDP_RX_PACKETS, n);
     STAT_ADD(w, FF_ST_UDP_RX_BYTES, bytes);
     for (int i = 0; i < n; i++) {
-        if (b->lens[i] && tun_write(w, pkt_buf(b, (uint32_t)i), b->lens[i]) == 0) {
-            tx++;
-            tx_bytes += b->lens[i];
+        if (!b->lens[i])
+            continue;
+        if (ff_tun_write(w, pkt_buf(b, (uint32_t)i), b->lens[i], FF_TUN_WRITE_RETRIES) < 0) {
+            STAT_ADD(w, FF_ST_TUN_ERROR, 1);
+            continue;
         }
+        tx++;
+        tx_bytes += b->lens[i];
     }
     STAT_ADD(w, FF_ST_TUN_TX_PACKETS, tx);
     STAT_ADD(w, FF_ST_TUN_TX_BYTES, tx_bytes);
@@ -432,7 +386,9 @@ static void *worker_main(void *arg)
             break;
         /* drain until EAGAIN before going back to poll (flannel's "optimistic reads") */
         n = 0;
-        while (!stopping(fw) && (got = tun_side ? tun_to_udp_batch(w) : udp_to_tun_batch(w)) > 0)
+        while (!stopping(fw) && (got = !tun_side ? udp_to_tun_batch(w)
+                                       : fw->vnet ? ff_tun_to_udp_batch_gso(w)
+                                       : tun_to_udp_batch(w)) > 0)
             n += got;
         /* a persistent error condition (e.g. a detached TUN) keeps poll returning at once with
          * nothing to read: back off instead of spinning on a core */
@@ -453,10 +409,11 @@ static void batch_free(struct ff_batch *b)
     memset(b, 0, sizeof(*b));
 }
 
-static int batch_alloc(struct ff_batch *b, uint32_t cap)
+static int batch_alloc(struct ff_batch *b, uint32_t cap, size_t slot)
 {
     b->cap = cap;
-    b->mem = malloc((size_t)cap * FF_BUF_BYTES);
+    b->slot = slot;
+    b->mem = malloc((size_t)cap * slot);
     b->lens = calloc(cap, sizeof(*b->lens));
     b->msgs = calloc(cap, sizeof(*b->msgs));
     b->iovs = calloc(cap, sizeof(*b->iovs));
@@ -480,9 +437,9 @@ static int open_fds(struct ff_fwd *fw, const struct ff_opts *o)
     int rc;
 
     if (o->tun_fd >= 0)
-        rc = ff_tun_adopt(o->tun_fd, fw->tun_name, sizeof(fw->tun_name));
+        rc = ff_tun_adopt(o->tun_fd, fw->vnet, fw->tun_name, sizeof(fw->tun_name));
     else
-        rc = ff_tun_open(o->tun_name ? o->tun_name : "flannel%d", fw->tun_name,
+        rc = ff_tun_open(o->tun_name ? o->tun_name : "flannel%d", fw->vnet, fw->tun_name,
                          sizeof(fw->tun_name));
     if (rc < 0)
         return rc;
@@ -511,11 +468,15 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
     fw->tun_ip = o->tun_ip;
     fw->flags = o->flags;
     fw->batch = o->batch ? o->batch : FF_DEFAULT_BATCH;
+    fw->vnet = (o->flags & FF_F_OFFLOAD) != 0;
     pthread_mutex_init(&fw->wlock, NULL);
     rc = ff_table_build(NULL, 0, &fw->table);
     for (int i = 0; rc == 0 && i < FF_NWORKERS; i++) {
         fw->w[i].fw = fw;
-        rc = batch_alloc(&fw->w[i].b, fw->batch);
+        int gso = fw->vnet && i == DIR_TUN_TO_UDP;
+        rc = batch_alloc(&fw->w[i].b, fw->batch, gso ? FF_GSO_SLOT_BYTES : FF_BUF_BYTES);
+        if (rc == 0 && gso)
+            rc = ff_gso_batch_alloc(&fw->w[i].g);
     }
     if (rc == 0)
         rc = open_fds(fw, o);
@@ -582,8 +543,10 @@ void ff_fwd_close(struct ff_fwd *fw)
         close(fw->sock_fd);
     if (fw->wake_fd >= 0)
         close(fw->wake_fd);
-    for (int i = 0; i < FF_NWORKERS; i++)
+    for (int i = 0; i < FF_NWORKERS; i++) {
         batch_free(&fw->w[i].b);
+        ff_gso_batch_free(&fw->w[i].g);
+    }
     ff_table_free(fw->table);
     pthread_mutex_destroy(&fw->wlock);
     free(fw);

@@ -26,6 +26,10 @@
 /* Option flags; the offload tier (IFF_VNET_HDR/TSO, UDP_SEGMENT, UDP_GRO, multi-queue) will add
  * bits here, each a runtime switch. */
 #define FF_F_ANTI_SPOOF 0x1u
+/* Tier 2, first step: the TUN gets IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); TCP superframes
+ * read from it are split in user space (ff_gso_split) and sent with UDP_SEGMENT. The wire
+ * format is unchanged (one inner packet per datagram). */
+#define FF_F_OFFLOAD 0x2u
 
 /* Counters; keep in sync with ff_stat_names. */
 enum ff_stat {
@@ -35,7 +39,7 @@ enum ff_stat {
     FF_ST_TUN_TX_PACKETS, FF_ST_TUN_TX_BYTES,
     FF_ST_NO_ROUTE, FF_ST_TTL, FF_ST_SHORT, FF_ST_BAD_HEADER, FF_ST_BAD_LENGTH,
     FF_ST_UNKNOWN_SENDER, FF_ST_SPOOFED, FF_ST_SEND_ERROR, FF_ST_TUN_ERROR,
-    FF_ST_ICMP_SENT, FF_ST_TUN_INVALID,
+    FF_ST_ICMP_SENT, FF_ST_TUN_INVALID, FF_ST_TUN_GSO_FRAMES,
     FF_ST__COUNT
 };
 extern const char *const ff_stat_names[FF_ST__COUNT];
@@ -72,8 +76,9 @@ long ff_fwd_route_count(struct ff_fwd *fw);
 void ff_fwd_stats(const struct ff_fwd *fw, uint64_t out[FF_ST__COUNT]);
 
 /* TUN and socket helpers, exposed for tests. */
-int ff_tun_open(const char *name, char *actual, size_t actual_len);   /* fd or -errno */
-int ff_tun_adopt(int fd, char *actual, size_t actual_len);             /* new fd or -errno */
+/* vnet: IFF_VNET_HDR + offloads (FF_F_OFFLOAD); an adopted fd must already match it. */
+int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len); /* fd or -errno */
+int ff_tun_adopt(int fd, int vnet, char *actual, size_t actual_len);          /* fd or -errno */
 int ff_udp_open(uint32_t bind_ip, uint16_t port);                      /* fd or -errno */
 int ff_sock_port(int fd);                                              /* port or -errno */
 

@@ -13,7 +13,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int ff_tun_open(const char *name, char *actual, size_t actual_len)
+/* Offloads we can take from the TUN with IFF_VNET_HDR: partial checksums and IPv4 TSO (split
+ * by ff_gso_split). No TSO6 (flannel's udp backend is IPv4) and no USO for now. */
+static int set_offload(int fd)
+{
+    return ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) < 0 ? -errno : 0;
+}
+
+int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len)
 {
     struct ifreq ifr;
     int fd, err;
@@ -25,9 +32,9 @@ int ff_tun_open(const char *name, char *actual, size_t actual_len)
         return -errno;
     memset(&ifr, 0, sizeof(ifr));
     /* flannel: IFF_TUN|IFF_NO_PI, no packet-info header, no vnet header (FLANNEL.md 4.1) */
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
     memcpy(ifr.ifr_name, name, strlen(name));
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || (vnet && (err = set_offload(fd)) < 0)) {
         err = -errno;
         close(fd);
         return err;
@@ -41,7 +48,7 @@ int ff_tun_open(const char *name, char *actual, size_t actual_len)
 
 /* Adopt a TUN fd opened elsewhere: dup it (the caller keeps its own), make it non-blocking and
  * ask the kernel for the device name. */
-int ff_tun_adopt(int fd, char *actual, size_t actual_len)
+int ff_tun_adopt(int fd, int vnet, char *actual, size_t actual_len)
 {
     struct ifreq ifr;
     int nfd, fl, err;
@@ -53,6 +60,12 @@ int ff_tun_adopt(int fd, char *actual, size_t actual_len)
     if ((fl = fcntl(nfd, F_GETFL)) < 0 || fcntl(nfd, F_SETFL, fl | O_NONBLOCK) < 0 ||
         ioctl(nfd, TUNGETIFF, &ifr) < 0) {
         err = -errno;
+        close(nfd);
+        return err;
+    }
+    /* the packet framing must match what the loops expect */
+    err = !!(ifr.ifr_flags & IFF_VNET_HDR) != !!vnet ? -EINVAL : vnet ? set_offload(nfd) : 0;
+    if (err < 0) {
         close(nfd);
         return err;
     }

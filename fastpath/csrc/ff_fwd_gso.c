@@ -1,0 +1,199 @@
+/* The tun->udp loop of the offload tier (FF_F_OFFLOAD).
+ *
+ * The TUN has IFF_VNET_HDR and TSO4: one read returns a virtio_net_hdr and either one packet or
+ * a TCP superframe of up to 64 KiB. ff_gso_split (ff_gso.c) cuts it into MSS-sized packets with
+ * finished checksums, each then takes the same per-packet path as tier 1 (validate, look up,
+ * TTL-1, ICMP when there is no route). Runs of equal-sized segments to one peer are sent as one
+ * UDP_SEGMENT datagram train (ff_udp_gso_plan): the kernel cuts it back into one datagram per
+ * inner packet, so the wire format is flannel's. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ff_fwd_int.h"
+
+void ff_gso_batch_free(struct ff_gso_batch *g)
+{
+    free(g->frame);
+    free(g->segp);
+    free(g->seg_lens);
+    free(g->peer);
+    free(g->len);
+    free(g->iov);
+    free(g->groups);
+    free(g->msgs);
+    free(g->addrs);
+    free(g->cmsg);
+    memset(g, 0, sizeof(*g));
+}
+
+int ff_gso_batch_alloc(struct ff_gso_batch *g)
+{
+    size_t n = FF_GSO_BATCH_SEGS;
+
+    g->frame = malloc(FF_VNET_HDR_LEN + FF_BUF_BYTES);
+    g->segp = calloc(n, sizeof(*g->segp));
+    g->seg_lens = calloc(n, sizeof(*g->seg_lens));
+    g->peer = calloc(n, sizeof(*g->peer));
+    g->len = calloc(n, sizeof(*g->len));
+    g->iov = calloc(n, sizeof(*g->iov));
+    g->groups = calloc(n, sizeof(*g->groups));
+    g->msgs = calloc(n, sizeof(*g->msgs));
+    g->addrs = calloc(n, sizeof(*g->addrs));
+    g->cmsg = aligned_alloc(8, n * FF_UDP_GSO_CMSG_SPACE);
+    if (!g->frame || !g->segp || !g->seg_lens || !g->peer || !g->len || !g->iov || !g->groups ||
+        !g->msgs || !g->addrs || !g->cmsg) {
+        ff_gso_batch_free(g);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Read one TUN frame and split it into slot `slot` of the batch, segments from index `first`.
+ * Returns the segment count, 0 when the TUN is drained, -1 after a dropped frame. */
+static int read_frame(struct ff_worker *w, uint32_t slot, uint32_t first)
+{
+    struct ff_gso_batch *g = &w->g;
+    struct virtio_net_hdr h;
+    uint8_t *pkt = g->frame + FF_VNET_HDR_LEN, *base = pkt_buf(&w->b, slot);
+    ssize_t r;
+    size_t len, each;
+    int k;
+
+    do
+        r = read(w->fw->tun_fd, g->frame, FF_VNET_HDR_LEN + FF_BUF_BYTES);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno != EAGAIN)
+            STAT_ADD(w, FF_ST_TUN_ERROR, 1);
+        return 0;
+    }
+    if (r <= (ssize_t)FF_VNET_HDR_LEN)
+        goto bad;
+    memcpy(&h, g->frame, sizeof(h));
+    len = (size_t)r - FF_VNET_HDR_LEN;
+    k = ff_gso_count(&h, pkt, len);
+    if (k <= 0 || k > FF_GSO_MAX_SEGS)
+        goto bad;
+    /* segment i at base + i*each: gso_size payload plus at most 120 header bytes each */
+    each = h.gso_type == VIRTIO_NET_HDR_GSO_NONE ? w->b.slot : (size_t)h.gso_size + FF_GSO_SEG_HDR_MAX;
+    for (int i = 0; i < k; i++)
+        g->segp[first + (uint32_t)i] = base + (size_t)i * each;
+    k = ff_gso_split(&h, pkt, len, &g->segp[first], each, &g->seg_lens[first], FF_GSO_MAX_SEGS);
+    if (k <= 0)
+        goto bad;
+    if (h.gso_type != VIRTIO_NET_HDR_GSO_NONE)
+        STAT_ADD(w, FF_ST_TUN_GSO_FRAMES, 1);
+    return k;
+bad:
+    STAT_ADD(w, FF_ST_TUN_INVALID, 1);   /* malformed/unsupported frame, or IPv6 */
+    return -1;
+}
+
+/* Send the planned groups; counts per inner packet. On EIO (UDP GSO refused by the kernel or
+ * device, PERF.md 1.4) the group is lost and later batches send one datagram per packet. */
+static void send_groups(struct ff_worker *w, int ngroups)
+{
+    struct ff_gso_batch *g = &w->g;
+    int off = 0, retries = 0;
+
+    while (off < ngroups) {
+        int r = sendmmsg(w->fw->sock_fd, g->msgs + off, (unsigned)(ngroups - off), 0);
+        if (r > 0) {
+            uint64_t pkts = 0, bytes = 0;
+            for (int k = off; k < off + r; k++) {
+                pkts += g->groups[k].count;
+                bytes += g->msgs[k].msg_len;
+            }
+            STAT_ADD(w, FF_ST_UDP_TX_PACKETS, pkts);
+            STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
+            off += r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < 8) {
+            ff_wait_out(w->fw->sock_fd);
+            continue;
+        }
+        if (r < 0 && errno == EIO && g->groups[off].count > 1)
+            g->gso_off = 1;
+        STAT_ADD(w, FF_ST_SEND_ERROR, g->groups[off].count);
+        off++;
+    }
+}
+
+static int plan_groups(struct ff_worker *w, uint32_t m)
+{
+    struct ff_gso_batch *g = &w->g;
+    int n = ff_udp_gso_plan(g->peer, g->len, (int)m, g->gso_off ? 1 : FF_UDP_GSO_SEGS,
+                            FF_UDP_GSO_MAX_BYTES, g->groups, FF_GSO_BATCH_SEGS);
+
+    for (int j = 0; j < n; j++) {
+        struct ff_gso_group *gr = &g->groups[j];
+        struct msghdr *mh = &g->msgs[j].msg_hdr;
+        uint64_t key = g->peer[gr->start];
+        uint8_t *cm = g->cmsg + (size_t)j * FF_UDP_GSO_CMSG_SPACE;
+        g->addrs[j].sin_family = AF_INET;
+        g->addrs[j].sin_addr.s_addr = htonl((uint32_t)(key >> 16));
+        g->addrs[j].sin_port = htons((uint16_t)key);
+        mh->msg_name = &g->addrs[j];
+        mh->msg_namelen = sizeof(g->addrs[j]);
+        mh->msg_iov = &g->iov[gr->start];
+        mh->msg_iovlen = gr->count;
+        mh->msg_control = NULL;
+        mh->msg_controllen = 0;
+        if (gr->gso_size) {
+            int cl = ff_udp_gso_cmsg(cm, FF_UDP_GSO_CMSG_SPACE, gr->gso_size);
+            if (cl > 0) {
+                mh->msg_control = cm;
+                mh->msg_controllen = (size_t)cl;
+            }
+        }
+    }
+    return n;
+}
+
+uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w)
+{
+    struct ff_gso_batch *g = &w->g;
+    struct ff_memo memo = {0};
+    uint32_t frames = 0, nseg = 0, m = 0;
+    uint64_t bytes = 0;
+    int k, groups;
+
+    while (frames < w->fw->batch && nseg + FF_GSO_MAX_SEGS <= FF_GSO_BATCH_SEGS) {
+        k = read_frame(w, frames, nseg);
+        if (k == 0)
+            break;
+        frames++;           /* a dropped frame still counts: the drain goes on */
+        if (k > 0)
+            nseg += (uint32_t)k;
+    }
+    if (!frames)
+        return 0;
+    for (uint32_t i = 0; i < nseg; i++)
+        bytes += g->seg_lens[i];
+    STAT_ADD(w, FF_ST_TUN_RX_PACKETS, nseg);
+    STAT_ADD(w, FF_ST_TUN_RX_BYTES, bytes);
+
+    memo.t = read_lock(w);
+    for (uint32_t i = 0; i < nseg; i++) {
+        const struct ff_slot *peer = ff_route_packet(w, &memo, g->segp[i], g->seg_lens[i]);
+        if (!peer)
+            continue;
+        g->peer[m] = ff_peer_key(peer->peer_ip, peer->peer_port);
+        g->len[m] = ff_ipv4_totlen(g->segp[i]);
+        g->iov[m].iov_base = g->segp[i];
+        g->iov[m].iov_len = g->len[m];
+        m++;
+    }
+    read_unlock(w);
+    groups = plan_groups(w, m);
+    if (groups > 0)
+        send_groups(w, groups);
+    return frames;
+}

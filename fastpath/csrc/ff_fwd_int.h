@@ -1,0 +1,126 @@
+/* Internals shared by the forwarder's translation units (ff_fwd.c: lifecycle and the plain
+ * loops; ff_fwd_gso.c: the offload loop). Not part of the public API. */
+#ifndef FF_FWD_INT_H
+#define FF_FWD_INT_H
+
+#include <linux/if.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "ff_fwd.h"
+#include "ff_offload.h"
+#include "ff_pkt.h"
+
+#define FF_BUF_BYTES 65536u          /* one IPv4 packet of any size (the UDP payload limit) */
+/* Offload: a TUN superframe is split into at most FF_GSO_MAX_SEGS segments, laid out in one slot
+ * of FF_GSO_SLOT_BYTES (payload <= 64 KiB plus <= 120 header bytes per segment). */
+#define FF_GSO_MAX_SEGS 128
+#define FF_GSO_SEG_HDR_MAX 120u
+#define FF_GSO_SLOT_BYTES (FF_BUF_BYTES + FF_GSO_MAX_SEGS * FF_GSO_SEG_HDR_MAX)
+#define FF_GSO_BATCH_SEGS 1024       /* segments per offload batch (reading stops before more) */
+#define FF_UDP_GSO_SEGS 64           /* UDP_SEGMENT segments per send (UDP_MAX_SEGMENTS < 6.9) */
+#define FF_SEND_RETRIES 8            /* per batch, each waiting FF_POLLOUT_MS for room */
+#define FF_TUN_WRITE_RETRIES 3
+#define FF_POLLOUT_MS 5
+#define FF_ERROR_BACKOFF_NS (10 * 1000 * 1000)
+
+enum { DIR_TUN_TO_UDP, DIR_UDP_TO_TUN, FF_NWORKERS };
+
+/* A batch of packets: buffers, lengths and the mmsghdr/iovec/sockaddr arrays, allocated once.
+ * The offload tier will add per-packet virtio headers and segment lists here. */
+struct ff_batch {
+    uint32_t cap;
+    size_t slot;                 /* bytes per packet slot: FF_BUF_BYTES, or FF_GSO_SLOT_BYTES */
+    uint8_t *mem;                /* cap * slot */
+    uint32_t *lens;              /* 0 = dropped */
+    struct mmsghdr *msgs;
+    struct iovec *iovs;
+    struct sockaddr_in *addrs;
+};
+
+/* Offload-only arrays (tun->udp with FF_F_OFFLOAD): segments of split superframes and the
+ * UDP_SEGMENT send groups planned over them. */
+struct ff_gso_batch {
+    uint8_t *frame;              /* vnet hdr + one TUN read */
+    uint8_t **segp;              /* FF_GSO_BATCH_SEGS segment pointers into ff_batch.mem */
+    uint16_t *seg_lens;
+    uint64_t *peer;              /* ff_peer_key of each kept segment */
+    uint32_t *len;
+    struct iovec *iov;
+    struct ff_gso_group *groups;
+    struct mmsghdr *msgs;        /* one per group */
+    struct sockaddr_in *addrs;
+    uint8_t *cmsg;               /* FF_UDP_GSO_CMSG_SPACE per group */
+    int gso_off;                 /* UDP_SEGMENT failed with EIO once: send segments singly */
+};
+
+/* Per-worker context: counters and the reclamation epoch are written only by this worker. */
+struct ff_worker {
+    struct ff_fwd *fw;
+    pthread_t thread;
+    int started;
+    uint64_t epoch __attribute__((aligned(64)));   /* odd while the table may be in use */
+    uint64_t stats[FF_ST__COUNT];
+    struct ff_batch b;
+    struct ff_gso_batch g;
+    uint8_t icmp[FF_ICMP_MAX_LEN];
+} __attribute__((aligned(64)));
+
+struct ff_fwd {
+    struct ff_worker w[FF_NWORKERS];
+    struct ff_table *table;      /* published pointer: atomic store by writer, load by workers */
+    pthread_mutex_t wlock;       /* serializes writers */
+    int tun_fd, sock_fd, wake_fd;
+    int stop;                    /* atomic flag */
+    int running;
+    uint16_t port;
+    uint32_t tun_ip, batch, flags;
+    int vnet;                    /* TUN has IFF_VNET_HDR: every read/write carries one */
+    char tun_name[IFNAMSIZ];
+};
+
+#define STAT_ADD(w, i, n) \
+    __atomic_store_n(&(w)->stats[i], (w)->stats[i] + (uint64_t)(n), __ATOMIC_RELAXED)
+
+/* ---- reclamation ----------------------------------------------------------------------------
+ * Dekker-style pairing: the worker marks itself inside (odd epoch) and then reads the pointer;
+ * the writer stores the new pointer and then reads the epochs; a full fence on each side means
+ * that either the worker sees the new table or the writer sees the worker inside and waits for
+ * its epoch to move on. */
+static inline const struct ff_table *read_lock(struct ff_worker *w)
+{
+    __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&w->fw->table, __ATOMIC_ACQUIRE);
+}
+
+static inline void read_unlock(struct ff_worker *w)
+{
+    __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELEASE);
+}
+
+
+static inline uint8_t *pkt_buf(struct ff_batch *b, uint32_t i)
+{
+    return b->mem + (size_t)i * b->slot;
+}
+
+/* Shared by both tun->udp loops (ff_fwd.c). */
+int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries);
+/* Look up (with a per-batch memo), decrement TTL, send ICMP for no route; NULL = dropped. */
+struct ff_memo {
+    const struct ff_table *t;
+    const struct ff_slot *slot;
+    uint32_t dst;
+    int valid;
+};
+const struct ff_slot *ff_route_packet(struct ff_worker *w, struct ff_memo *memo, uint8_t *p,
+                                      uint32_t len);
+void ff_wait_out(int fd);
+uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w);
+int ff_gso_batch_alloc(struct ff_gso_batch *g);
+void ff_gso_batch_free(struct ff_gso_batch *g);
+
+#endif
