@@ -18,10 +18,11 @@ log = logging.getLogger("fastflannel")
 
 def _setup_logging(verbosity: int) -> None:
     # klog-like: -v=0 info, -v>=1 debug (flannel: -v=1 enables data-path error logs).
-    level = logging.DEBUG if verbosity >= 1 else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
+    # Library loggers (pyroute2, grpc) stay at INFO; -v=3 and up opens them too.
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 3 else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
                         datefmt="%m%d %H:%M:%S")
+    logging.getLogger("fastflannel").setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
 
 
 def _expected_errors() -> tuple:

@@ -15,7 +15,7 @@ def _handler(is_ready: Callable[[], bool]):
                 code, body = (200, "flanneld is ready") if is_ready() else (503, "flanneld is not ready yet")
             else:
                 code, body = 404, "404 page not found"
-            data = (body + "\n").encode()
+            data = body.encode()
             self.send_response(code)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))

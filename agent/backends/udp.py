@@ -25,6 +25,14 @@ ENCAP_OVERHEAD = 28          # bytes: outer IPv4 (20) + UDP (8) headers
 TUN_TEMPLATE = "flannel%d"
 
 
+def _sysctl(key: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+    except OSError as e:
+        log.warning("cannot set %s=%s: %s", key.replace("/", "."), value, e)
+
+
 class UdpBackend:
     name = "udp"
 
@@ -69,6 +77,9 @@ class UdpBackend:
         netlink.ensure_single_address(self.tun_name, lease.subnet.network_address, 32, network.network)
         netlink.link_set_up(self.tun_name)
         netlink.route_replace(network.network, dev=self.tun_name)
+        # The fast path's ICMP net-unreachable carries the TUN address as source (flannel's
+        # choice); without accept_local the kernel drops it as a martian and senders just time out.
+        _sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
         fw.start()
         log.info("udp backend: %s up, %s/32, mtu %d, udp %s:%d", self.tun_name,
                  lease.subnet.network_address, self.mtu(), self.ext.iface_addr, self.port)
