@@ -163,6 +163,7 @@ def test_tcp_transfer_and_wire_format(lab, offload):
     s1, s2 = ov.stats("h1"), ov.stats("h2")
     assert s1["udp_tx_bytes"] > 10 * MB and s1["tun_rx_bytes"] >= s1["udp_tx_bytes"]
     assert (s1["tun_gso_frames"] > 0) == offload, s1        # TSO superframes only with offload
+    assert (s2["tun_gro_merged"] > 0) == offload, s2        # and userspace GRO before the TUN
     ov.wait_for(lambda: os.path.exists(pcap2) and os.path.getsize(pcap2) > 300 * 1000, "tcp capture")
     time.sleep(0.3)
     tcp = []
@@ -205,8 +206,9 @@ while True:
 """
 
 
-def test_icmp_net_unreachable_for_unknown_subnet(lab):
-    ov = Overlay(lab)
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_icmp_net_unreachable_for_unknown_subnet(lab, offload):
+    ov = Overlay(lab, offload=offload)
     # flannel sources the reply from the TUN's own address; the kernel drops a packet arriving
     # with a local source address as martian unless accept_local is set on the receiving device.
     lab.sh(ov.h["h1"].ns, f"sysctl -qw net.ipv4.conf.{ov.stats('h1')['tun']}.accept_local=1")
@@ -264,8 +266,9 @@ print("sent")
 """
 
 
-def test_malformed_and_spoofed_are_dropped_and_counted(lab):
-    ov = Overlay(lab)
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_malformed_and_spoofed_are_dropped_and_counted(lab, offload):
+    ov = Overlay(lab, offload=offload)
     attacker = lab.add_host("h3")
     before = ov.stats("h2")
     p = labmod.run(lab.ns_cmd(attacker.ns, sys.executable, "-c", ATTACK, ov.h["h2"].ip, str(PORT),

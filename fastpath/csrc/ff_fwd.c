@@ -24,6 +24,7 @@ const char *const ff_stat_names[FF_ST__COUNT] = {
     "no_route", "ttl", "short", "bad_header", "bad_length",
     "unknown_sender", "spoofed", "send_error", "tun_error",
     "icmp_sent", "tun_invalid", "tun_gso_frames",
+    "tun_gro_merged",
 };
 
 static void wait_readers(struct ff_fwd *fw)
@@ -349,6 +350,10 @@ static uint32_t udp_to_tun_batch(struct ff_worker *w)
     read_unlock(w);       /* leave before the writes, which may wait for room */
     STAT_ADD(w, FF_ST_UDP_RX_PACKETS, n);
     STAT_ADD(w, FF_ST_UDP_RX_BYTES, bytes);
+    if (w->gro) {
+        ff_gro_write_batch(w, (uint32_t)n);
+        return (uint32_t)n;
+    }
     for (int i = 0; i < n; i++) {
         if (!b->lens[i])
             continue;
@@ -477,6 +482,8 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
         rc = batch_alloc(&fw->w[i].b, fw->batch, gso ? FF_GSO_SLOT_BYTES : FF_BUF_BYTES);
         if (rc == 0 && gso)
             rc = ff_gso_batch_alloc(&fw->w[i].g);
+        if (rc == 0 && fw->vnet && i == DIR_UDP_TO_TUN && !(fw->w[i].gro = ff_gro_new((int)fw->batch, 0)))
+            rc = -ENOMEM;
     }
     if (rc == 0)
         rc = open_fds(fw, o);
@@ -546,6 +553,7 @@ void ff_fwd_close(struct ff_fwd *fw)
     for (int i = 0; i < FF_NWORKERS; i++) {
         batch_free(&fw->w[i].b);
         ff_gso_batch_free(&fw->w[i].g);
+        ff_gro_free(fw->w[i].gro);
     }
     ff_table_free(fw->table);
     pthread_mutex_destroy(&fw->wlock);

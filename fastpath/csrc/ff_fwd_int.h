@@ -65,6 +65,7 @@ struct ff_worker {
     uint64_t stats[FF_ST__COUNT];
     struct ff_batch b;
     struct ff_gso_batch g;
+    struct ff_gro *gro;          /* udp->tun with FF_F_OFFLOAD: userspace GRO before the TUN */
     uint8_t icmp[FF_ICMP_MAX_LEN];
 } __attribute__((aligned(64)));
 
@@ -120,6 +121,9 @@ const struct ff_slot *ff_route_packet(struct ff_worker *w, struct ff_memo *memo,
                                       uint32_t len);
 void ff_wait_out(int fd);
 uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w);
+/* udp->tun with FF_F_OFFLOAD: coalesce the accepted packets of a received batch (b.lens[i] != 0)
+ * with ff_gro and write each item as one TUN frame. */
+void ff_gro_write_batch(struct ff_worker *w, uint32_t n);
 int ff_gso_batch_alloc(struct ff_gso_batch *g);
 void ff_gso_batch_free(struct ff_gso_batch *g);
 
