@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import threading
 import time
 from typing import Dict, Optional
@@ -166,19 +167,20 @@ class Daemon:
             if not hinted:
                 log.error("Couldn't fetch network config: flannel config not found in etcd store "
                           "(%s). Did you create your config using etcdv3 API?", key)
-                if self._config_in_v2():
+                v2 = self._config_in_v2()
+                if v2 is not None:
                     log.error("The config exists only in the etcd v2 store (written with the old "
-                              "`etcdctl set`). Write it with the v3 API: ETCDCTL_API=3 etcdctl put "
-                              "%s '<the same JSON>'", key)
+                              "`etcdctl set`). Write it with the v3 API: ETCDCTL_API=3 etcdctl put %s %s",
+                              key, shlex.quote(v2.strip()))
                 hinted = True
             self.stop.wait(CONFIG_RETRY_S)
         return None
 
-    def _config_in_v2(self) -> bool:
+    def _config_in_v2(self) -> Optional[str]:
         try:
-            return bool(self.registry.config_in_v2_store())
+            return self.registry.config_from_v2_store()
         except Exception:  # best effort hint only
-            return False
+            return None
 
     def _setup_rules(self, cfg: NetworkConfig) -> None:
         from .ipmasq import ForwardRules, IPMasq, remove_old_masq_rules

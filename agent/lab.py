@@ -160,7 +160,7 @@ class Lab:
         return host
 
     # -- etcd --------------------------------------------------------------------------------
-    def start_etcd(self) -> str:
+    def start_etcd(self, extra_args: Sequence[str] = ()) -> str:
         """A real etcd v3 server in the hub namespace, reachable from every host at 192.0.2.1."""
         if not self.hub:
             self.make_underlay()
@@ -171,7 +171,7 @@ class Lab:
                 "--advertise-client-urls", url,
                 "--listen-peer-urls", "http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", "lab=http://127.0.0.1:2380"]
+                "--initial-cluster", "lab=http://127.0.0.1:2380", *extra_args]
         self.spawn(self.hub, argv, "etcd.log", env=dict(os.environ, ETCD_UNSUPPORTED_ARCH="amd64"))
         self.etcd_endpoint = url
         deadline = time.monotonic() + 20
@@ -181,9 +181,10 @@ class Lab:
             time.sleep(0.2)
         raise LabError("etcd did not become healthy:\n" + self.log("etcd.log")[-2000:])
 
-    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run(self.ns_cmd(self.hub, etcdctl_binary(), f"--endpoints=http://127.0.0.1:{ETCD_PORT}",
-                               *args), check=check, env=dict(os.environ, ETCDCTL_API="3"))
+    def etcdctl(self, *args: str, check: bool = True, api: str = "3") -> subprocess.CompletedProcess:
+        flag = "--endpoints" if api == "3" else "--endpoint"
+        return run(self.ns_cmd(self.hub, etcdctl_binary(), f"{flag}=http://127.0.0.1:{ETCD_PORT}",
+                               *args), check=check, env=dict(os.environ, ETCDCTL_API=api))
 
     # -- containers --------------------------------------------------------------------------
     def add_container(self, host: Host, subnet_env: Dict[str, str], bridge: str = "cni0") -> "Container":

@@ -280,6 +280,10 @@ class EtcdRegistry:
 
     def config_in_v2_store(self) -> bool:
         """True when the config exists only as an etcd v2 key (a pre-v0.18 setup), best effort."""
+        return self.config_from_v2_store() is not None
+
+    def config_from_v2_store(self) -> Optional[str]:
+        """The config's value in the etcd v2 store, or None (404, v2 disabled, refused), best effort."""
         for url in self.opts.endpoints:
             try:
                 scheme, host, port = _parse_endpoint(url)
@@ -289,11 +293,12 @@ class EtcdRegistry:
                     ctx.load_cert_chain(self.opts.certfile, self.opts.keyfile)
                 with urllib.request.urlopen(f"{scheme}://{host}:{port}{path}",
                                             timeout=V2_PROBE_TIMEOUT_S, context=ctx) as r:
-                    if r.status == 200 and json.load(r).get("node") is not None:
-                        return True
+                    node = json.load(r).get("node") if r.status == 200 else None
+                    if isinstance(node, dict) and isinstance(node.get("value"), str):
+                        return node["value"]
             except Exception:  # noqa: BLE001 - 404, v2 disabled, refused: all mean "no"
                 continue
-        return False
+        return None
 
     # ---- leases ----------------------------------------------------------------------------
 

@@ -148,6 +148,17 @@ def test_missing_config_waits_with_v3_hint_then_proceeds(lab):
     assert _http_get(lab, ns, "http://127.0.0.1:8471/readyz") == "200 'flanneld is ready'"
 
 
+def test_config_only_in_v2_store_prints_the_v3_command(lab):
+    lab.start_etcd(["--enable-v2"])
+    lab.etcdctl("set", f"{PREFIX}/config", SEED_CONFIG_UDP, api="2")
+    cluster = Cluster(lab, None, hosts=("h1",))
+    p = cluster.start("h1")
+    want = f"ETCDCTL_API=3 etcdctl put {PREFIX}/config '{SEED_CONFIG_UDP}'"
+    assert wait_for(lambda: want in cluster.log("h1"), 15), cluster.log("h1")
+    assert "only in the etcd v2 store" in cluster.log("h1")
+    assert p.poll() is None
+
+
 def test_unreachable_etcd_is_one_clear_line(lab):
     cluster = Cluster(lab, SEED_CONFIG_UDP, hosts=("h1",))
     # Port 1 on the hub: inside our namespace, closed, so the connection is refused at once.
