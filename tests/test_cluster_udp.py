@@ -177,3 +177,22 @@ def test_bad_flag_is_one_clear_line(lab):
     assert p.wait(20) == 2
     log = cluster.log("h1").strip().splitlines()
     assert log == ["fastflannel: flag provided but not defined: -no-such-flag"], log
+
+
+def test_own_lease_deleted_is_taken_back_and_stolen_lease_is_never_overwritten(lab):
+    cluster = Cluster(lab, SEED_CONFIG_UDP, hosts=("h1",))
+    p = cluster.start("h1")
+    s = _subnet(cluster.wait_subnet("h1"))
+    key = f"{PREFIX}/subnets/{s.network_address}-20"
+    mine = '{"PublicIP":"192.0.2.10","PublicIPv6":null}'
+    lab.etcdctl("del", key)
+    # Free again: the daemon takes the same subnet back (flannel shuts down instead).
+    assert wait_for(lambda: cluster.leases().get(key.rsplit("/", 1)[1]) == mine, 15), cluster.log("h1")
+    assert p.poll() is None
+    # Another host now holds our subnet: we must not overwrite it, and we exit with a clear error.
+    lab.etcdctl("del", key)
+    lab.etcdctl("put", key, '{"PublicIP":"192.0.2.99","PublicIPv6":null}')
+    assert p.wait(20) == 1
+    assert cluster.leases()[key.rsplit("/", 1)[1]] == '{"PublicIP":"192.0.2.99","PublicIPv6":null}'
+    log = cluster.log("h1")
+    assert "192.0.2.99" in log and "Traceback" not in log
