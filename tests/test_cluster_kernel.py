@@ -153,3 +153,22 @@ def test_switch_backend_udp_to_vxlan_leaves_no_stale_state(lab):
         assert "dev flannel0" not in routes
     cluster.add_containers()
     assert cluster.ping("h1", "h2") and cluster.ping("h2", "h1")
+
+
+def test_ip_masq_rules_installed_and_resynced(lab):
+    cluster = Cluster(lab, HOSTGW_CONFIG, hosts=("h1",))
+    cluster.start("h1", extra=["-ip-masq", "-iptables-resync=1"])
+    env = cluster.wait_subnet("h1")
+    assert env["FLANNEL_IPMASQ"] == "true"
+    s = _subnet(env)
+    ns = cluster.hosts["h1"].ns
+    want = f'-A FLANNEL-POSTRTG -s {s} -d 10.0.0.0/8 -m comment --comment "flanneld masq" -j RETURN'
+    assert want in lab.sh(ns, "iptables -t nat -S FLANNEL-POSTRTG").stdout
+    assert "-A POSTROUTING" in lab.sh(ns, "iptables -t nat -S POSTROUTING").stdout
+    assert '-A FLANNEL-FWD -s 10.0.0.0/8 -m comment --comment "flanneld forward" -j ACCEPT' in \
+        lab.sh(ns, "iptables -S FLANNEL-FWD").stdout
+    # Someone deletes a rule; the resync loop puts the whole set back.
+    lab.sh(ns, f"iptables -t nat -D FLANNEL-POSTRTG -s {s} -d 10.0.0.0/8 -m comment "
+               f"--comment 'flanneld masq' -j RETURN")
+    assert want not in lab.sh(ns, "iptables -t nat -S FLANNEL-POSTRTG").stdout
+    assert wait_for(lambda: want in lab.sh(ns, "iptables -t nat -S FLANNEL-POSTRTG").stdout, 10)
