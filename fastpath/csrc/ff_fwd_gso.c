@@ -225,9 +225,9 @@ void ff_gro_write_batch(struct ff_worker *w, uint32_t n)
     uint64_t tx = 0, tx_bytes = 0, merged = 0;
     int items;
 
-    for (uint32_t i = 0; i < n; i++)
-        if (b->lens[i])
-            (void)ff_gro_add(w->gro, pkt_buf(b, i), b->lens[i]);   /* n <= cap: never ENOSPC */
+    for (uint32_t i = 0; i < n; i++)    /* n <= cap, lens <= 65535: ff_gro_add cannot refuse */
+        if (b->lens[i] && ff_gro_add(w->gro, pkt_buf(b, i), b->lens[i]) < 0)
+            STAT_ADD(w, FF_ST_TUN_ERROR, 1);
     items = ff_gro_finish(w->gro);
     for (int j = 0; j < items; j++) {
         int niov = ff_gro_item_iov(w->gro, j, iov, FF_GRO_MAX_IOV);
