@@ -229,7 +229,7 @@ class Daemon:
                 self.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
                                      LeaseEvent(LeaseEvent.REMOVED, Lease(own, None)))
                 self.tracker.reset(batch.snapshot)
-                self.backend.sync_peers(self.tracker.leases())
+                self._guarded(lambda: self.backend.sync_peers(self.tracker.leases()), "peer sync")
             others = []
             for ev in batch.events:
                 if ev.lease.subnet == own:
@@ -237,10 +237,10 @@ class Daemon:
                 else:
                     others.append(ev)
             for ev in self.tracker.apply(others):
-                if ev.kind == LeaseEvent.ADDED:
-                    self.backend.add_peer(ev.lease)
-                else:
-                    self.backend.remove_peer(ev.lease)
+                # One peer that cannot be programmed must not take the others down; the backend's
+                # periodic check() retries it.
+                fn = self.backend.add_peer if ev.kind == LeaseEvent.ADDED else self.backend.remove_peer
+                self._guarded(lambda: fn(ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
             if others:
                 self._mark("last_peer_event")
 
