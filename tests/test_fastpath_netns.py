@@ -296,8 +296,9 @@ def test_anti_spoof_off_accepts_any_sender(lab):
     ov.wait_for(lambda: ov.stats("h2")["tun_tx_packets"] >= 5, "accepted datagrams written")
 
 
-def test_routes_replaced_under_load(lab):
-    ov = Overlay(lab, churn=True)
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_routes_replaced_under_load(lab, offload):
+    ov = Overlay(lab, churn=True, offload=offload)
     ov.wait_for(lambda: ov.stats("h1")["replacements"] > 5, "churn running")
     before = {n: ov.stats(n) for n in ov.h}
     ov.tcp_transfer(20 * MB, seed=2)
