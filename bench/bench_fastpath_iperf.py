@@ -5,7 +5,7 @@
 Two lab namespaces on the underlay bridge, each running fastflannel.fastpath.node; iperf3 from
 h1's lease IP to h2's: one TCP stream, four TCP streams, per mode: batch1 (one packet per
 syscall, flannel's proxy design), batch64 (tier 1), offload (batch 64 + TUN TSO split in user
-space + UDP_SEGMENT sends). Prints a table and the forwarders' drop counters.
+space + UDP_SEGMENT sends; UDP_GRO receive + userspace GRO into the TUN). Prints a table and the forwarders' drop counters.
 """
 from __future__ import annotations
 

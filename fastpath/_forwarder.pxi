@@ -58,7 +58,8 @@ cdef class Forwarder:
         """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket; no threads yet.
 
         offload=True: the TUN gets IFF_VNET_HDR + TSO4; TCP superframes are split in user space and
-        sent with UDP_SEGMENT (same wire format). workers names the multi-queue tier, not built
+        sent with UDP_SEGMENT, received trains (UDP_GRO) are merged into GSO TUN writes (same
+        wire format). workers names the multi-queue tier, not built
         yet: only 1 is accepted, rather than silently ignoring more.
         """
         if self._state != NEW:

@@ -300,22 +300,18 @@ static const int verdict_stat[] = {
     [FF_PKT_BAD_LENGTH] = FF_ST_BAD_LENGTH,
 };
 
-/* Classify datagram i of a received batch: returns its forwardable length or 0 to drop. */
-static uint32_t udp_accept(struct ff_worker *w, const struct ff_table *t, uint32_t i)
+/* Classify one received datagram (sender in host order; trunc: the buffer was too small):
+ * returns its forwardable length, or 0 to drop it (counted). */
+uint32_t ff_udp_accept(struct ff_worker *w, const struct ff_table *t, uint8_t *p, uint32_t len,
+                       uint32_t sender, int trunc)
 {
-    struct ff_batch *b = &w->b;
-    uint8_t *p = pkt_buf(b, i);
-    uint32_t len = b->msgs[i].msg_len;
-    int v = ff_ipv4_validate(p, len);
+    int v = trunc ? FF_PKT_BAD_LENGTH : ff_ipv4_validate(p, len);
 
-    if (b->msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
-        v = FF_PKT_BAD_LENGTH;
     if (v != FF_PKT_OK) {
         STAT_ADD(w, verdict_stat[v], 1);
         return 0;
     }
-    if ((w->fw->flags & FF_F_ANTI_SPOOF) &&
-        check_sender(w, t, ntohl(b->addrs[i].sin_addr.s_addr), p) < 0)
+    if ((w->fw->flags & FF_F_ANTI_SPOOF) && check_sender(w, t, sender, p) < 0)
         return 0;
     if (ff_ipv4_dec_ttl(p) < 0) {
         STAT_ADD(w, FF_ST_TTL, 1);
@@ -345,15 +341,13 @@ static uint32_t udp_to_tun_batch(struct ff_worker *w)
     t = read_lock(w);
     for (int i = 0; i < n; i++) {
         bytes += b->msgs[i].msg_len;
-        b->lens[i] = udp_accept(w, t, (uint32_t)i);
+        b->lens[i] = ff_udp_accept(w, t, pkt_buf(b, (uint32_t)i), b->msgs[i].msg_len,
+                                   ntohl(b->addrs[i].sin_addr.s_addr),
+                                   (b->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0);
     }
     read_unlock(w);       /* leave before the writes, which may wait for room */
     STAT_ADD(w, FF_ST_UDP_RX_PACKETS, n);
     STAT_ADD(w, FF_ST_UDP_RX_BYTES, bytes);
-    if (w->gro) {
-        ff_gro_write_batch(w, (uint32_t)n);
-        return (uint32_t)n;
-    }
     for (int i = 0; i < n; i++) {
         if (!b->lens[i])
             continue;
@@ -391,7 +385,8 @@ static void *worker_main(void *arg)
             break;
         /* drain until EAGAIN before going back to poll (flannel's "optimistic reads") */
         n = 0;
-        while (!stopping(fw) && (got = !tun_side ? udp_to_tun_batch(w)
+        while (!stopping(fw) && (got = !tun_side ? (fw->vnet ? ff_udp_to_tun_batch_gro(w)
+                                                              : udp_to_tun_batch(w))
                                        : fw->vnet ? ff_tun_to_udp_batch_gso(w)
                                        : tun_to_udp_batch(w)) > 0)
             n += got;
@@ -455,6 +450,10 @@ static int open_fds(struct ff_fwd *fw, const struct ff_opts *o)
     if ((rc = ff_sock_port(fw->sock_fd)) < 0)
         return rc;
     fw->port = (uint16_t)rc;
+    /* offload: receive UDP_GRO trains (one skb per peer burst); without it (old kernel) every
+     * datagram arrives on its own and the loop is the same */
+    if (fw->vnet)
+        (void)ff_udp_enable_gro(fw->sock_fd);
     fw->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return fw->wake_fd < 0 ? -errno : 0;
 }
@@ -482,8 +481,8 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
         rc = batch_alloc(&fw->w[i].b, fw->batch, gso ? FF_GSO_SLOT_BYTES : FF_BUF_BYTES);
         if (rc == 0 && gso)
             rc = ff_gso_batch_alloc(&fw->w[i].g);
-        if (rc == 0 && fw->vnet && i == DIR_UDP_TO_TUN && !(fw->w[i].gro = ff_gro_new((int)fw->batch, 0)))
-            rc = -ENOMEM;
+        if (rc == 0 && fw->vnet && i == DIR_UDP_TO_TUN)
+            rc = ff_gro_rx_alloc(&fw->w[i]);
     }
     if (rc == 0)
         rc = open_fds(fw, o);
@@ -553,7 +552,7 @@ void ff_fwd_close(struct ff_fwd *fw)
     for (int i = 0; i < FF_NWORKERS; i++) {
         batch_free(&fw->w[i].b);
         ff_gso_batch_free(&fw->w[i].g);
-        ff_gro_free(fw->w[i].gro);
+        ff_gro_rx_free(&fw->w[i]);
     }
     ff_table_free(fw->table);
     pthread_mutex_destroy(&fw->wlock);

@@ -26,9 +26,10 @@
 /* Option flags; the offload tier (IFF_VNET_HDR/TSO, UDP_SEGMENT, UDP_GRO, multi-queue) will add
  * bits here, each a runtime switch. */
 #define FF_F_ANTI_SPOOF 0x1u
-/* Tier 2, first step: the TUN gets IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); TCP superframes
- * read from it are split in user space (ff_gso_split) and sent with UDP_SEGMENT. The wire
- * format is unchanged (one inner packet per datagram). */
+/* Tier 2: the TUN gets IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); TCP superframes read from it
+ * are split in user space (ff_gso_split) and sent with UDP_SEGMENT; the socket receives with
+ * UDP_GRO and received TCP segments are merged (ff_gro) into GSO TUN writes. The wire format is
+ * unchanged (one inner packet per datagram). */
 #define FF_F_OFFLOAD 0x2u
 
 /* Counters; keep in sync with ff_stat_names. */
@@ -82,5 +83,6 @@ int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len); /*
 int ff_tun_adopt(int fd, int vnet, char *actual, size_t actual_len);          /* fd or -errno */
 int ff_udp_open(uint32_t bind_ip, uint16_t port);                      /* fd or -errno */
 int ff_sock_port(int fd);                                              /* port or -errno */
+int ff_udp_enable_gro(int fd);                                         /* 0 or -errno */
 
 #endif

@@ -218,15 +218,40 @@ static int write_item(struct ff_worker *w, struct iovec *iov, int niov, size_t w
     }
 }
 
-void ff_gro_write_batch(struct ff_worker *w, uint32_t n)
+int ff_gro_rx_alloc(struct ff_worker *w)
 {
-    struct ff_batch *b = &w->b;
+    w->gro = ff_gro_new(FF_GRO_RX_MAX, 0);
+    w->rx_p = calloc(FF_GRO_RX_MAX, sizeof(*w->rx_p));
+    w->rx_len = calloc(FF_GRO_RX_MAX, sizeof(*w->rx_len));
+    w->rx_cmsg = aligned_alloc(8, FF_GRO_RX_MSGS * FF_GRO_CMSG_BYTES);
+    if (!w->gro || !w->rx_p || !w->rx_len || !w->rx_cmsg) {
+        ff_gro_rx_free(w);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void ff_gro_rx_free(struct ff_worker *w)
+{
+    ff_gro_free(w->gro);
+    free(w->rx_p);
+    free(w->rx_len);
+    free(w->rx_cmsg);
+    w->gro = NULL;
+    w->rx_p = NULL;
+    w->rx_len = NULL;
+    w->rx_cmsg = NULL;
+}
+
+/* Coalesce the k accepted packets and write each item as one TUN frame. */
+static void gro_write(struct ff_worker *w, uint32_t k)
+{
     struct iovec iov[FF_GRO_MAX_IOV];
     uint64_t tx = 0, tx_bytes = 0, merged = 0;
     int items;
 
-    for (uint32_t i = 0; i < n; i++)    /* n <= cap, lens <= 65535: ff_gro_add cannot refuse */
-        if (b->lens[i] && ff_gro_add(w->gro, pkt_buf(b, i), b->lens[i]) < 0)
+    for (uint32_t i = 0; i < k; i++)    /* k <= FF_GRO_RX_MAX = capacity: ff_gro_add cannot refuse */
+        if (ff_gro_add(w->gro, w->rx_p[i], w->rx_len[i]) < 0)
             STAT_ADD(w, FF_ST_TUN_ERROR, 1);
     items = ff_gro_finish(w->gro);
     for (int j = 0; j < items; j++) {
@@ -235,8 +260,8 @@ void ff_gro_write_batch(struct ff_worker *w, uint32_t n)
         size_t want = 0;
         if (niov <= 0 || segs <= 0)
             continue;
-        for (int k = 0; k < niov; k++)
-            want += iov[k].iov_len;
+        for (int i = 0; i < niov; i++)
+            want += iov[i].iov_len;
         rc = write_item(w, iov, niov, want);
         if (rc == 0) {
             tx += (uint64_t)segs;
@@ -253,4 +278,59 @@ void ff_gro_write_batch(struct ff_worker *w, uint32_t n)
     STAT_ADD(w, FF_ST_TUN_TX_PACKETS, tx);
     STAT_ADD(w, FF_ST_TUN_TX_BYTES, tx_bytes);
     STAT_ADD(w, FF_ST_TUN_GRO_MERGED, merged);
+}
+
+uint32_t ff_udp_to_tun_batch_gro(struct ff_worker *w)
+{
+    struct ff_batch *b = &w->b;
+    const struct ff_table *t;
+    uint32_t vlen = w->fw->batch < FF_GRO_RX_MSGS ? w->fw->batch : FF_GRO_RX_MSGS, k = 0;
+    uint64_t bytes = 0, dgrams = 0;
+    int n;
+
+    for (uint32_t i = 0; i < vlen; i++) {
+        struct msghdr *mh = &b->msgs[i].msg_hdr;
+        b->iovs[i].iov_base = pkt_buf(b, i);
+        b->iovs[i].iov_len = FF_BUF_BYTES;
+        mh->msg_namelen = sizeof(b->addrs[i]);
+        mh->msg_control = w->rx_cmsg + (size_t)i * FF_GRO_CMSG_BYTES;
+        mh->msg_controllen = FF_GRO_CMSG_BYTES;
+        mh->msg_flags = 0;
+    }
+    do
+        n = recvmmsg(w->fw->sock_fd, b->msgs, vlen, MSG_DONTWAIT, NULL);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return 0;
+    t = read_lock(w);
+    for (int i = 0; i < n; i++) {
+        struct msghdr *mh = &b->msgs[i].msg_hdr;
+        uint32_t sender = ntohl(b->addrs[i].sin_addr.s_addr);
+        int trunc = (mh->msg_flags & MSG_TRUNC) != 0;
+        int gso = ff_udp_gro_cmsg_size(mh);   /* 0: one datagram */
+        struct ff_gro_iter it;
+        const uint8_t *dg;
+        size_t dlen;
+        bytes += b->msgs[i].msg_len;
+        if (gso < 0) {
+            dgrams++;
+            STAT_ADD(w, FF_ST_BAD_LENGTH, 1);
+            continue;
+        }
+        ff_udp_gro_iter_init(&it, pkt_buf(b, (uint32_t)i), b->msgs[i].msg_len, gso);
+        while (ff_udp_gro_next(&it, &dg, &dlen)) {
+            uint32_t len;
+            dgrams++;
+            len = ff_udp_accept(w, t, (uint8_t *)dg, (uint32_t)dlen, sender, trunc);
+            if (len && k < FF_GRO_RX_MAX) {
+                w->rx_p[k] = (uint8_t *)dg;
+                w->rx_len[k++] = len;
+            }
+        }
+    }
+    read_unlock(w);       /* leave before the writes, which may wait for room */
+    STAT_ADD(w, FF_ST_UDP_RX_PACKETS, dgrams);
+    STAT_ADD(w, FF_ST_UDP_RX_BYTES, bytes);
+    gro_write(w, k);
+    return (uint32_t)n;
 }

@@ -21,6 +21,9 @@
 #define FF_GSO_SLOT_BYTES (FF_BUF_BYTES + FF_GSO_MAX_SEGS * FF_GSO_SEG_HDR_MAX)
 #define FF_GSO_BATCH_SEGS 1024       /* segments per offload batch (reading stops before more) */
 #define FF_UDP_GSO_SEGS 64           /* UDP_SEGMENT segments per send (UDP_MAX_SEGMENTS < 6.9) */
+#define FF_GRO_RX_MSGS 64            /* messages per recvmmsg with UDP_GRO ... */
+#define FF_GRO_RX_MAX 4096           /* ... each up to 64 datagrams; also ff_gro's capacity */
+#define FF_GRO_CMSG_BYTES 32         /* CMSG_SPACE(sizeof(int)) for the UDP_GRO cmsg, rounded */
 #define FF_SEND_RETRIES 8            /* per batch, each waiting FF_POLLOUT_MS for room */
 #define FF_TUN_WRITE_RETRIES 3
 #define FF_POLLOUT_MS 5
@@ -65,7 +68,11 @@ struct ff_worker {
     uint64_t stats[FF_ST__COUNT];
     struct ff_batch b;
     struct ff_gso_batch g;
-    struct ff_gro *gro;          /* udp->tun with FF_F_OFFLOAD: userspace GRO before the TUN */
+    /* udp->tun with FF_F_OFFLOAD: UDP_GRO receive, userspace GRO before the TUN */
+    struct ff_gro *gro;
+    uint8_t **rx_p;              /* accepted inner packets of a batch (FF_GRO_RX_MAX) */
+    uint32_t *rx_len;
+    uint8_t *rx_cmsg;            /* FF_GRO_CMSG_BYTES per message */
     uint8_t icmp[FF_ICMP_MAX_LEN];
 } __attribute__((aligned(64)));
 
@@ -121,9 +128,13 @@ const struct ff_slot *ff_route_packet(struct ff_worker *w, struct ff_memo *memo,
                                       uint32_t len);
 void ff_wait_out(int fd);
 uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w);
-/* udp->tun with FF_F_OFFLOAD: coalesce the accepted packets of a received batch (b.lens[i] != 0)
- * with ff_gro and write each item as one TUN frame. */
-void ff_gro_write_batch(struct ff_worker *w, uint32_t n);
+/* udp->tun with FF_F_OFFLOAD: receive (UDP_GRO trains are cut back into datagrams), check each
+ * datagram, coalesce with ff_gro, write each item as one TUN frame. */
+uint32_t ff_udp_to_tun_batch_gro(struct ff_worker *w);
+int ff_gro_rx_alloc(struct ff_worker *w);
+void ff_gro_rx_free(struct ff_worker *w);
+uint32_t ff_udp_accept(struct ff_worker *w, const struct ff_table *t, uint8_t *p, uint32_t len,
+                       uint32_t sender, int trunc);
 int ff_gso_batch_alloc(struct ff_gso_batch *g);
 void ff_gso_batch_free(struct ff_gso_batch *g);
 

@@ -105,6 +105,20 @@ int ff_udp_open(uint32_t bind_ip, uint16_t port)
     return fd;
 }
 
+#ifndef UDP_GRO
+#define UDP_GRO 104        /* linux/udp.h, Linux >= 5.0 */
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+int ff_udp_enable_gro(int fd)
+{
+    int one = 1;
+
+    return setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0 ? -errno : 0;
+}
+
 int ff_sock_port(int fd)
 {
     struct sockaddr_in sa;
