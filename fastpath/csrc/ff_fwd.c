@@ -134,19 +134,12 @@ void ff_wait_out(int fd)
     (void)poll(&p, 1, FF_POLLOUT_MS);
 }
 
-/* Write one packet into the TUN (behind an all-zero virtio_net_hdr when the TUN has one: no
- * GSO, checksums complete); EAGAIN waits briefly for room up to `retries` times. Returns 0 or
- * -1; the caller counts. */
-int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries)
+/* writev into the TUN; EAGAIN waits briefly for room up to `retries` times. 0 or -errno. */
+int ff_tun_writev(struct ff_worker *w, const struct iovec *iov, int niov, size_t want, int retries)
 {
-    static const uint8_t zero_hdr[FF_VNET_HDR_LEN];
-    struct iovec iov[2] = {{(void *)zero_hdr, FF_VNET_HDR_LEN}, {(void *)p, len}};
-    int vnet = w->fw->vnet;
-    ssize_t want = (ssize_t)len + (vnet ? FF_VNET_HDR_LEN : 0);
-
     for (int tries = 0;;) {
-        ssize_t r = vnet ? writev(w->fw->tun_fd, iov, 2) : write(w->fw->tun_fd, p, len);
-        if (r == want)
+        ssize_t r = writev(w->fw->tun_fd, iov, niov);
+        if (r == (ssize_t)want)
             return 0;
         if (r < 0 && errno == EINTR)
             continue;
@@ -154,8 +147,20 @@ int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retrie
             ff_wait_out(w->fw->tun_fd);
             continue;
         }
-        return -1;
+        return r < 0 ? -errno : -EIO;
     }
+}
+
+/* Write one packet into the TUN, behind an all-zero virtio_net_hdr when the TUN has one (no
+ * GSO, checksums complete). 0 or -errno; the caller counts. */
+int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries)
+{
+    static const uint8_t zero_hdr[FF_VNET_HDR_LEN];
+    struct iovec iov[2] = {{(void *)zero_hdr, FF_VNET_HDR_LEN}, {(void *)p, len}};
+    int vnet = w->fw->vnet;
+
+    return ff_tun_writev(w, vnet ? iov : iov + 1, vnet ? 2 : 1,
+                         len + (vnet ? FF_VNET_HDR_LEN : 0), retries);
 }
 
 static uint32_t tun_read_batch(struct ff_worker *w)
@@ -192,19 +197,25 @@ static void send_no_route(struct ff_worker *w, const uint8_t *p, uint32_t len)
         STAT_ADD(w, FF_ST_ICMP_SENT, 1);
 }
 
-static void send_batch(struct ff_worker *w, uint32_t m)
+/* sendmmsg m messages; groups (NULL = one packet per message) says how many inner packets each
+ * carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped; EIO on a GSO
+ * message (UDP GSO refused by the kernel or device, PERF.md 1.4) also turns GSO off for this
+ * worker from the next batch. */
+void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
+                  const struct ff_gso_group *groups)
 {
-    struct ff_batch *b = &w->b;
     uint32_t off = 0;
     int retries = 0;
 
     while (off < m) {
-        int r = sendmmsg(w->fw->sock_fd, b->msgs + off, m - off, 0);
+        int r = sendmmsg(w->fw->sock_fd, msgs + off, m - off, 0);
         if (r > 0) {
-            uint64_t bytes = 0;
-            for (uint32_t k = off; k < off + (uint32_t)r; k++)
-                bytes += b->msgs[k].msg_len;
-            STAT_ADD(w, FF_ST_UDP_TX_PACKETS, r);
+            uint64_t pkts = 0, bytes = 0;
+            for (uint32_t k = off; k < off + (uint32_t)r; k++) {
+                pkts += groups ? groups[k].count : 1;
+                bytes += msgs[k].msg_len;
+            }
+            STAT_ADD(w, FF_ST_UDP_TX_PACKETS, pkts);
             STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
             off += (uint32_t)r;
             continue;
@@ -215,7 +226,9 @@ static void send_batch(struct ff_worker *w, uint32_t m)
             ff_wait_out(w->fw->sock_fd);
             continue;
         }
-        STAT_ADD(w, FF_ST_SEND_ERROR, 1);   /* skip the datagram that failed */
+        if (r < 0 && errno == EIO && groups && groups[off].count > 1)
+            w->g.gso_off = 1;
+        STAT_ADD(w, FF_ST_SEND_ERROR, groups ? groups[off].count : 1);
         off++;
     }
 }
@@ -273,7 +286,7 @@ static uint32_t tun_to_udp_batch(struct ff_worker *w)
         m++;
     }
     read_unlock(w);
-    send_batch(w, m);
+    ff_send_msgs(w, b->msgs, m, NULL);
     return n;
 }
 

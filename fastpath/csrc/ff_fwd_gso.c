@@ -97,39 +97,6 @@ bad:
     return -1;
 }
 
-/* Send the planned groups; counts per inner packet. On EIO (UDP GSO refused by the kernel or
- * device, PERF.md 1.4) the group is lost and later batches send one datagram per packet. */
-static void send_groups(struct ff_worker *w, int ngroups)
-{
-    struct ff_gso_batch *g = &w->g;
-    int off = 0, retries = 0;
-
-    while (off < ngroups) {
-        int r = sendmmsg(w->fw->sock_fd, g->msgs + off, (unsigned)(ngroups - off), 0);
-        if (r > 0) {
-            uint64_t pkts = 0, bytes = 0;
-            for (int k = off; k < off + r; k++) {
-                pkts += g->groups[k].count;
-                bytes += g->msgs[k].msg_len;
-            }
-            STAT_ADD(w, FF_ST_UDP_TX_PACKETS, pkts);
-            STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
-            off += r;
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < 8) {
-            ff_wait_out(w->fw->sock_fd);
-            continue;
-        }
-        if (r < 0 && errno == EIO && g->groups[off].count > 1)
-            g->gso_off = 1;
-        STAT_ADD(w, FF_ST_SEND_ERROR, g->groups[off].count);
-        off++;
-    }
-}
-
 static int plan_groups(struct ff_worker *w, uint32_t m)
 {
     struct ff_gso_batch *g = &w->g;
@@ -198,24 +165,8 @@ uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w)
     read_unlock(w);
     groups = plan_groups(w, m);
     if (groups > 0)
-        send_groups(w, groups);
+        ff_send_msgs(w, g->msgs, (uint32_t)groups, g->groups);
     return frames;
-}
-
-static int write_item(struct ff_worker *w, struct iovec *iov, int niov, size_t want)
-{
-    for (int tries = 0;;) {
-        ssize_t r = writev(w->fw->tun_fd, iov, niov);
-        if (r == (ssize_t)want)
-            return 0;
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && errno == EAGAIN && tries++ < 3) {
-            ff_wait_out(w->fw->tun_fd);
-            continue;
-        }
-        return r < 0 ? -errno : -EIO;
-    }
 }
 
 int ff_gro_rx_alloc(struct ff_worker *w)
@@ -262,7 +213,7 @@ static void gro_write(struct ff_worker *w, uint32_t k)
             continue;
         for (int i = 0; i < niov; i++)
             want += iov[i].iov_len;
-        rc = write_item(w, iov, niov, want);
+        rc = ff_tun_writev(w, iov, niov, want, FF_TUN_WRITE_RETRIES);
         if (rc == 0) {
             tx += (uint64_t)segs;
             merged += (uint64_t)segs - 1;

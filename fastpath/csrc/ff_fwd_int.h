@@ -117,6 +117,9 @@ static inline uint8_t *pkt_buf(struct ff_batch *b, uint32_t i)
 
 /* Shared by both tun->udp loops (ff_fwd.c). */
 int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries);
+int ff_tun_writev(struct ff_worker *w, const struct iovec *iov, int niov, size_t want, int retries);
+void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
+                  const struct ff_gso_group *groups);
 /* Look up (with a per-batch memo), decrement TTL, send ICMP for no route; NULL = dropped. */
 struct ff_memo {
     const struct ff_table *t;
