@@ -130,6 +130,7 @@ struct ff_memo {
 const struct ff_slot *ff_route_packet(struct ff_worker *w, struct ff_memo *memo, uint8_t *p,
                                       uint32_t len);
 void ff_wait_out(int fd);
+void *ff_worker_main(void *arg);     /* pthread entry; arg is the struct ff_worker */
 uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w);
 /* udp->tun with FF_F_OFFLOAD: receive (UDP_GRO trains are cut back into datagrams), check each
  * datagram, coalesce with ff_gro, write each item as one TUN frame. */
