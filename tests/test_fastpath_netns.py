@@ -54,13 +54,46 @@ c.settimeout(60); c.sendall(data); c.close()
 """
 
 
-class Overlay:
+class Hosts:
+    """Two lab hosts, h1 and h2, on the underlay; helpers to wait and to move TCP data."""
+
+    def __init__(self, lab: labmod.Lab):
+        self.lab = lab
+        self.h = {n: lab.add_host(n) for n in ("h1", "h2")}
+
+    def wait_for(self, cond, what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.05)
+        logs = "\n".join(f"--- {n}\n" + self.lab.log(n)[-1500:]
+                         for n in sorted(os.listdir(self.lab.tmp)) if n.endswith(".log"))
+        pytest.fail(f"timed out waiting for {what}\n{logs}")
+
+    def py(self, name: str, code: str, *args: str, timeout: float = 60):
+        return labmod.run(self.lab.ns_cmd(self.h[name].ns, sys.executable, "-c", code, *args),
+                          check=False, timeout=timeout)
+
+    def tcp_transfer(self, nbytes: int, seed: int, port: int = 5001, timeout: float = 90,
+                     src: str = "h1", dst: str = "h2") -> None:
+        """src -> dst over the overlay; asserts the bytes arrive exactly."""
+        srv = self.lab.spawn(self.h[dst].ns, [sys.executable, "-c", SERVER, LEASE[dst], str(port)],
+                             f"srv{port}.log")
+        self.wait_for(lambda: "listening" in self.lab.log(f"srv{port}.log"), "tcp server")
+        cli = self.py(src, CLIENT, LEASE[dst], str(port), str(nbytes), str(seed), timeout=timeout)
+        assert cli.returncode == 0, cli.stderr
+        srv.wait(timeout)
+        want = hashlib.sha256(__import__("random").Random(seed).randbytes(nbytes)).hexdigest()
+        assert self.lab.log(f"srv{port}.log").split() == ["listening", str(nbytes), want]
+
+
+class Overlay(Hosts):
     """Two hosts with a Forwarder each, routes to one another."""
 
     def __init__(self, lab: labmod.Lab, anti_spoof: bool = True, churn: bool = False,
                  offload: bool | dict = False):
-        self.lab = lab
-        self.h = {n: lab.add_host(n) for n in ("h1", "h2")}
+        super().__init__(lab)
         peers = {"h1": "h2", "h2": "h1"}
         for name, host in self.h.items():
             other = peers[name]
@@ -85,31 +118,6 @@ class Overlay:
                 time.sleep(0.02)
         pytest.fail(f"no stats from {name}: {self.lab.log(f'node-{name}.log')[-2000:]}")
 
-    def wait_for(self, cond, what: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.05)
-        logs = "\n".join(self.lab.log(f"node-{n}.log")[-1500:] for n in self.h)
-        pytest.fail(f"timed out waiting for {what}\n{logs}")
-
-    def py(self, name: str, code: str, *args: str, timeout: float = 60):
-        return labmod.run(self.lab.ns_cmd(self.h[name].ns, sys.executable, "-c", code, *args),
-                          check=False, timeout=timeout)
-
-    def tcp_transfer(self, nbytes: int, seed: int, port: int = 5001, timeout: float = 90,
-                     src: str = "h1", dst: str = "h2") -> None:
-        """src -> dst over the overlay; asserts the bytes arrive exactly."""
-        srv = self.lab.spawn(self.h[dst].ns, [sys.executable, "-c", SERVER, LEASE[dst], str(port)],
-                             f"srv{port}.log")
-        self.wait_for(lambda: "listening" in self.lab.log(f"srv{port}.log"), "tcp server")
-        cli = self.py(src, CLIENT, LEASE[dst], str(port), str(nbytes), str(seed), timeout=timeout)
-        assert cli.returncode == 0, cli.stderr
-        srv.wait(timeout)
-        want = hashlib.sha256(__import__("random").Random(seed).randbytes(nbytes)).hexdigest()
-        assert self.lab.log(f"srv{port}.log").split() == ["listening", str(nbytes), want]
-
 
 def test_offload_node_interoperates_with_plain_node(lab):
     """An offload forwarder and a tier-1 one (which speaks exactly flannel's per-packet format)
@@ -124,6 +132,59 @@ def test_offload_node_interoperates_with_plain_node(lab):
     assert s2["tun_gso_frames"] == 0 and s2["tun_gro_merged"] == 0, s2
     for s in (s1, s2):
         assert s["tun_error"] == s["send_error"] == s["bad_length"] == s["spoofed"] == 0, s
+
+
+# An independent stand-in for flannel's proxy (FLANNEL.md 4.4), one packet per syscall: TUN
+# flannel0 (IFF_TUN|IFF_NO_PI), UDP :8285, payload = the raw inner packet, TTL-1 each way,
+# fixed route table. It shares no code with the fast path except the reference twin's TTL step.
+FLANNEL_PROXY = r"""
+import fcntl, json, os, select, socket, struct, subprocess, sys
+from fastflannel.fastpath import reference as ref
+cfg = json.loads(sys.argv[1])
+tun = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH", b"flannel0", 0x0001 | 0x1000))
+for cmd in (f"ip addr add {cfg['tun_ip']}/32 dev flannel0", "ip link set flannel0 mtu 1472 up",
+            "ip route add 10.0.0.0/8 dev flannel0"):
+    subprocess.run(cmd.split(), check=True)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((cfg["bind_ip"], 8285))
+net, plen = cfg["route"][0].split("/")
+mask = (0xFFFFFFFF << (32 - int(plen))) & 0xFFFFFFFF
+net = int.from_bytes(socket.inet_aton(net), "big")
+print("ready", flush=True)
+while True:
+    r, _, _ = select.select([tun, u], [], [])
+    if tun in r:
+        pkt = os.read(tun, 65535)
+        if len(pkt) >= 20 and pkt[0] >> 4 == 4 and int.from_bytes(pkt[16:20], "big") & mask == net:
+            pkt = ref.dec_ttl(pkt)
+            if pkt:
+                u.sendto(pkt, (cfg["route"][1], 8285))
+    if u in r:
+        pkt = u.recv(65535)
+        if len(pkt) >= 20:
+            pkt = ref.dec_ttl(pkt)
+            if pkt:
+                os.write(tun, pkt)
+"""
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_interoperates_with_a_flannel_style_proxy(lab, offload):
+    """h1 runs our Forwarder, h2 a per-packet proxy written from flannel's description."""
+    hosts = Hosts(lab)
+    h1, h2 = hosts.h["h1"], hosts.h["h2"]
+    stats = os.path.join(lab.tmp, "stats-h1.json")
+    cfg1 = {"bind_ip": h1.ip, "tun_ip": LEASE["h1"], "offload": offload, "stats": stats,
+            "routes": [[LEASE["h2"] + "/20", h2.ip]]}
+    lab.spawn(h1.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(cfg1)], "node-h1.log")
+    cfg2 = {"bind_ip": h2.ip, "tun_ip": LEASE["h2"], "route": [LEASE["h1"] + "/20", h1.ip]}
+    lab.spawn(h2.ns, [sys.executable, "-c", FLANNEL_PROXY, json.dumps(cfg2)], "proxy-h2.log")
+    hosts.wait_for(lambda: os.path.exists(stats) and "ready" in lab.log("proxy-h2.log"), "both sides up")
+    ping = lab.sh(h1.ns, f"ping -c 3 -i 0.2 -W 2 {LEASE['h2']}", check=False)
+    assert ping.returncode == 0, ping.stdout + lab.log("proxy-h2.log")
+    hosts.tcp_transfer(3 * MB, seed=6, port=5003, src="h1", dst="h2")
+    hosts.tcp_transfer(3 * MB, seed=7, port=5004, src="h2", dst="h1")
 
 
 def _pcap_udp_payloads(path: str):
