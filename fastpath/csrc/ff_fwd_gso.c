@@ -119,10 +119,14 @@ static int plan_groups(struct ff_worker *w, uint32_t m)
         mh->msg_controllen = 0;
         if (gr->gso_size) {
             int cl = ff_udp_gso_cmsg(cm, FF_UDP_GSO_CMSG_SPACE, gr->gso_size);
-            if (cl > 0) {
-                mh->msg_control = cm;
-                mh->msg_controllen = (size_t)cl;
+            if (cl <= 0) {
+                /* never send a train without its UDP_SEGMENT cmsg: it would leave as one
+                 * datagram holding several packets. Plan again, one packet per datagram. */
+                g->gso_off = 1;
+                return plan_groups(w, m);
             }
+            mh->msg_control = cm;
+            mh->msg_controllen = (size_t)cl;
         }
     }
     return n;
