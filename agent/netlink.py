@@ -204,6 +204,11 @@ def link_set_mtu(name: str, mtu: int) -> None:
     _call(f"set mtu {mtu} on {name}", lambda i: i.link("set", index=idx, mtu=int(mtu)))
 
 
+def link_set_txqueuelen(name: str, qlen: int) -> None:
+    idx = _require_index(name, "set txqueuelen of")
+    _call(f"set txqueuelen {qlen} on {name}", lambda i: i.link("set", index=idx, txqlen=int(qlen)))
+
+
 def link_set_address(name: str, mac: str) -> None:
     idx = _require_index(name, "set MAC of")
     _call(f"set MAC {mac} on {name}", lambda i: i.link("set", index=idx, address=mac))
