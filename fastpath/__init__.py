@@ -9,6 +9,8 @@
 from ._fastpath import (  # noqa: F401
     DEFAULT_BATCH,
     DEFAULT_PORT,
+    MAX_WORKERS,
+    OFFLOAD_PARTS,
     PKT_BAD_HEADER,
     PKT_BAD_LENGTH,
     PKT_OK,
@@ -23,6 +25,6 @@ from ._fastpath import (  # noqa: F401
     ipv4_validate,
 )
 
-__all__ = ["Forwarder", "ROUTE_DTYPE", "STAT_NAMES", "DEFAULT_PORT", "DEFAULT_BATCH", "RouteTable",
+__all__ = ["Forwarder", "OFFLOAD_PARTS", "MAX_WORKERS", "ROUTE_DTYPE", "STAT_NAMES", "DEFAULT_PORT", "DEFAULT_BATCH", "RouteTable",
            "ipv4_validate", "ipv4_dec_ttl", "icmp_net_unreach", "bench_transform",
            "PKT_OK", "PKT_SHORT", "PKT_BAD_HEADER", "PKT_BAD_LENGTH"]

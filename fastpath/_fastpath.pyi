@@ -1,12 +1,14 @@
 """Type stubs for the compiled fast path (fastpath/_fastpath.pyx)."""
 from types import TracebackType
-from typing import Any, Dict, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
 
 ROUTE_DTYPE: np.dtype
 STAT_NAMES: Tuple[str, ...]
+OFFLOAD_PARTS: Dict[str, int]
+MAX_WORKERS: int
 DEFAULT_PORT: int
 DEFAULT_BATCH: int
 PKT_OK: int
@@ -19,7 +21,13 @@ class Forwarder:
     def open(self, tun: Union[str, bytes] = "flannel%d", *, tun_fd: Optional[int] = None,
              bind_ip: str = "0.0.0.0", port: int = 8285, tun_ip: str = "0.0.0.0", mtu: int = 1472,
              batch: int = 64, anti_spoof: bool = True, workers: int = 1,
-             offload: bool = False) -> "Forwarder": ...
+             offload: bool = False, tun_tso: Optional[bool] = None,
+             udp_gso: Optional[bool] = None, udp_gro: Optional[bool] = None,
+             tcp_gro: Optional[bool] = None, _refuse: Tuple[str, ...] = ()) -> "Forwarder": ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def features(self) -> Dict[str, Any]: ...
     @property
     def tun_name(self) -> str: ...
     @property
@@ -38,6 +46,7 @@ class Forwarder:
     def routes(self) -> npt.NDArray[Any]: ...
     def stats(self) -> Dict[str, int]: ...
     def stats_array(self) -> npt.NDArray[np.uint64]: ...
+    def queue_stats(self) -> List[Dict[str, int]]: ...
 
 class RouteTable:
     def __init__(self) -> None: ...

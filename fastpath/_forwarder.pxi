@@ -8,10 +8,18 @@ from libc.errno cimport ENOENT
 from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port, ff_fwd_start,
                      ff_fwd_stop, ff_fwd_close, ff_fwd_replace_routes, ff_fwd_add_route,
                      ff_fwd_remove_route, ff_fwd_routes, ff_fwd_route_count, ff_fwd_stats,
-                     ff_stat_names, FF_ST__COUNT, FF_F_ANTI_SPOOF, FF_F_OFFLOAD, FF_MAX_BATCH)
+                     ff_fwd_queue_stats, ff_fwd_workers, ff_fwd_features,
+                     ff_stat_names, FF_ST__COUNT, FF_F_ANTI_SPOOF, FF_F_TUN_TSO, FF_F_UDP_GSO,
+                     FF_F_UDP_GRO, FF_F_TCP_GRO, FF_MAX_BATCH, FF_MAX_WORKERS)
 
 DEFAULT_PORT = 8285     # flannel udp backend default (FLANNEL.md 4.1)
 DEFAULT_BATCH = 64      # packets per recvmmsg/sendmmsg/TUN drain
+
+#: The offload parts, each its own switch: Forwarder.open keyword -> C flag. Their daemon names
+#: (-fastpath-disable) are the keys with "-" for "_".
+OFFLOAD_PARTS = {"tun_tso": FF_F_TUN_TSO, "udp_gso": FF_F_UDP_GSO, "udp_gro": FF_F_UDP_GRO,
+                 "tcp_gro": FF_F_TCP_GRO}
+MAX_WORKERS = FF_MAX_WORKERS
 
 #: Counter names, in the order of Forwarder.stats_array().
 STAT_NAMES = tuple(ff_stat_names[i].decode() for i in range(FF_ST__COUNT))
@@ -21,7 +29,7 @@ cdef enum _State:
 
 
 cdef class Forwarder:
-    """TUN <-> UDP forwarder speaking flannel's udp wire format, run by two C threads."""
+    """TUN <-> UDP forwarder speaking flannel's udp wire format, run by 2 x workers C threads."""
     cdef ff_fwd *_fw
     cdef _State _state
     cdef bint _running
@@ -54,22 +62,37 @@ cdef class Forwarder:
 
     def open(self, tun="flannel%d", *, tun_fd=None, bind_ip="0.0.0.0", port=DEFAULT_PORT,
              tun_ip="0.0.0.0", mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True, workers=1,
-             offload=False):
-        """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket; no threads yet.
+             offload=False, tun_tso=None, udp_gso=None, udp_gro=None, tcp_gro=None,
+             _refuse=()):
+        """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket(s); no threads yet.
 
-        offload=True: the TUN gets IFF_VNET_HDR + TSO4; TCP superframes are split in user space and
-        sent with UDP_SEGMENT, received trains (UDP_GRO) are merged into GSO TUN writes (same
-        wire format). workers names the multi-queue tier, not built
-        yet: only 1 is accepted, rather than silently ignoring more.
+        offload=True turns on every offload part; each part has its own switch (None = follow
+        `offload`): tun_tso (TUN IFF_VNET_HDR + TSO4, superframes split in user space), udp_gso
+        (UDP_SEGMENT sends), udp_gro (UDP_GRO receive), tcp_gro (received TCP segments merged
+        into GSO TUN writes; needs tun_tso). A part the kernel refuses falls back on its own;
+        `features` tells what is active. The wire format is flannel's in every case.
+
+        workers=N > 1: the TUN gets IFF_MULTI_QUEUE with N queues, N SO_REUSEPORT receive
+        sockets on port and N send sockets (one outer source port per worker); worker i serves
+        queue i both ways, so one inner flow stays on one thread.
+
+        _refuse (tests only): names of parts whose kernel call is made to fail once.
         """
         if self._state != NEW:
             raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
-        if workers != 1:
-            raise ValueError("this fast path build supports workers=1 only")
+        if not 1 <= workers <= FF_MAX_WORKERS:
+            raise ValueError(f"workers must be in 1..{FF_MAX_WORKERS}")
         if not 1 <= batch <= FF_MAX_BATCH:
             raise ValueError(f"batch must be in 1..{FF_MAX_BATCH}")
         if not 0 <= port <= 65535 or not 68 <= mtu <= 65535:
             raise ValueError("port or mtu out of range")
+        asked = {"tun_tso": tun_tso, "udp_gso": udp_gso, "udp_gro": udp_gro, "tcp_gro": tcp_gro}
+        cdef uint32_t parts = 0, refuse = 0
+        for name, on in asked.items():
+            if on is None and offload or on:
+                parts |= OFFLOAD_PARTS[name]
+        for name in _refuse:
+            refuse |= OFFLOAD_PARTS[name]
         cdef ff_opts o
         name = tun.encode() if isinstance(tun, str) else bytes(tun)
         o.tun_name = name
@@ -79,7 +102,9 @@ cdef class Forwarder:
         o.tun_ip = _ip(tun_ip)
         o.mtu = mtu
         o.batch = batch
-        o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | (FF_F_OFFLOAD if offload else 0)
+        o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | parts
+        o.workers = workers
+        o.refuse = refuse
         cdef ff_fwd *fw = NULL
         cdef int rc
         with self._life:
@@ -103,11 +128,28 @@ cdef class Forwarder:
         return ff_fwd_port(self._fw)
 
     @property
+    def workers(self):
+        """Worker pairs (TUN queues)."""
+        self._alive()
+        return ff_fwd_workers(self._fw)
+
+    @property
+    def features(self):
+        """What is active now: {"tun_tso", "udp_gso", "udp_gro", "tcp_gro": bool, "workers": int}.
+        A part asked for but refused by the kernel (at open, or later: EIO on a GSO send, EINVAL
+        on a GSO TUN write) reads False; the counter offload_fallbacks counts those events."""
+        self._alive()
+        cdef uint32_t f = ff_fwd_features(self._fw)
+        d = {name: bool(f & bit) for name, bit in OFFLOAD_PARTS.items()}
+        d["workers"] = ff_fwd_workers(self._fw)
+        return d
+
+    @property
     def running(self):
         return self._running
 
     def start(self):
-        """Start the two worker threads."""
+        """Start the worker threads (two per TUN queue)."""
         with self._life:
             self._alive()
             if self._running:
@@ -217,3 +259,14 @@ cdef class Forwarder:
     def stats(self):
         """Counters as a dict {name: int}."""
         return dict(zip(STAT_NAMES, (int(x) for x in self.stats_array())))
+
+    def queue_stats(self):
+        """Per TUN queue (worker pair) counters: a list of {name: int}, one per worker."""
+        self._alive()
+        out = _np.zeros(FF_ST__COUNT, dtype=_np.uint64)
+        cdef uint64_t[::1] v = out
+        res = []
+        for q in range(ff_fwd_workers(self._fw)):
+            _check(ff_fwd_queue_stats(self._fw, q, &v[0]), "queue stats")
+            res.append(dict(zip(STAT_NAMES, (int(x) for x in out))))
+        return res

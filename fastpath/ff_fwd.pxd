@@ -6,8 +6,13 @@ cdef extern from "ff_fwd.h" nogil:
     enum:
         FF_F_ANTI_SPOOF
         FF_F_OFFLOAD
+        FF_F_TUN_TSO
+        FF_F_UDP_GSO
+        FF_F_UDP_GRO
+        FF_F_TCP_GRO
         FF_ST__COUNT
         FF_MAX_BATCH
+        FF_MAX_WORKERS
 
     const char *const ff_stat_names[]
 
@@ -20,6 +25,8 @@ cdef extern from "ff_fwd.h" nogil:
         uint32_t mtu
         uint32_t batch
         uint32_t flags
+        uint32_t workers
+        uint32_t refuse
 
     struct ff_fwd:
         pass
@@ -36,3 +43,6 @@ cdef extern from "ff_fwd.h" nogil:
     long ff_fwd_routes(ff_fwd *fw, ff_route *out, size_t cap)
     long ff_fwd_route_count(ff_fwd *fw)
     void ff_fwd_stats(const ff_fwd *fw, uint64_t *out)
+    int ff_fwd_queue_stats(const ff_fwd *fw, uint32_t q, uint64_t *out)
+    uint32_t ff_fwd_workers(const ff_fwd *fw)
+    uint32_t ff_fwd_features(const ff_fwd *fw)

@@ -5,7 +5,9 @@
 
 Opens flannel%d, gives it <tun_ip>/32, MTU, txqueuelen, link up and a route for `network` (iproute2, as the
 agent does with netlink), adds the routes, starts, and writes the counters as JSON to `stats`
-every 100 ms and once more after SIGTERM. With "churn": true a thread replaces the whole table
+every 100 ms and once more after SIGTERM (with "features" and per-queue "queues" counters).
+"workers", "offload", "tun_tso", "udp_gso", "udp_gro", "tcp_gro" are Forwarder.open's switches;
+"refuse" (tests) lists offload parts whose kernel call is made to fail once. With "churn": true a thread replaces the whole table
 (10k dummy routes plus the real ones) every `churn_interval` seconds, counting "replacements".
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import ROUTE_DTYPE, Forwarder
 # txqueuelen: the TUN's default 500 overflows under a single TCP stream (each drop a TCP
 # retransmit; PERF.md 5.1); 5000 removed every drop in bench/bench_fastpath_iperf.py.
 DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True, "batch": 64, "offload": False,
+            "workers": 1, "tun_tso": None, "udp_gso": None, "udp_gro": None, "tcp_gro": None, "refuse": [],
             "routes": [], "churn": False, "churn_interval": 0.005}
 CHURN_ROUTES = 10_000
 
@@ -38,7 +41,9 @@ class Node:
     def setup(self) -> None:
         c, fw = self.cfg, self.fw
         fw.open(tun="flannel%d", bind_ip=c["bind_ip"], port=c["port"], tun_ip=c["tun_ip"],
-                mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"], offload=c["offload"])
+                mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"], offload=c["offload"],
+                workers=c["workers"], tun_tso=c["tun_tso"], udp_gso=c["udp_gso"], udp_gro=c["udp_gro"],
+                tcp_gro=c["tcp_gro"], _refuse=tuple(c["refuse"]))
         dev = fw.tun_name
         for cmd in (f"ip addr add {c['tun_ip']}/32 dev {dev}", f"ip link set {dev} mtu {c['mtu']} txqueuelen {c['txqueuelen']} up",
                     f"ip route add {c['network']} dev {dev}"):
@@ -48,7 +53,8 @@ class Node:
 
     def write_stats(self) -> None:
         path = self.cfg["stats"]
-        s = dict(self.fw.stats(), replacements=self.replacements, tun=self.fw.tun_name, port=self.fw.port)
+        s = dict(self.fw.stats(), replacements=self.replacements, tun=self.fw.tun_name, port=self.fw.port,
+                 features=self.fw.features, queues=self.fw.queue_stats())
         with open(path + ".tmp", "w") as f:
             json.dump(s, f)
         os.replace(path + ".tmp", path)

@@ -25,7 +25,7 @@ const char *const ff_stat_names[FF_ST__COUNT] = {
     "no_route", "ttl", "short", "bad_header", "bad_length",
     "unknown_sender", "spoofed", "send_error", "tun_error",
     "icmp_sent", "tun_invalid", "tun_gso_frames",
-    "tun_gro_merged",
+    "tun_gro_merged", "offload_fallbacks",
 };
 
 static void wait_readers(struct ff_fwd *fw)
@@ -33,7 +33,7 @@ static void wait_readers(struct ff_fwd *fw)
     struct timespec ts = {0, 20000};
 
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    for (int i = 0; i < FF_NWORKERS; i++) {
+    for (uint32_t i = 0; i < fw->nw; i++) {
         uint64_t e = __atomic_load_n(&fw->w[i].epoch, __ATOMIC_ACQUIRE);
         if (!(e & 1))
             continue;
@@ -114,12 +114,41 @@ long ff_fwd_route_count(struct ff_fwd *fw)
     return ff_fwd_routes(fw, NULL, 0);
 }
 
-void ff_fwd_stats(const struct ff_fwd *fw, uint64_t out[FF_ST__COUNT])
+static void sum_stats(const struct ff_fwd *fw, uint32_t from, uint32_t to, uint64_t *out)
 {
     memset(out, 0, sizeof(uint64_t) * FF_ST__COUNT);
-    for (int w = 0; w < FF_NWORKERS; w++)
+    for (uint32_t w = from; w < to; w++)
         for (int i = 0; i < FF_ST__COUNT; i++)
             out[i] += __atomic_load_n(&fw->w[w].stats[i], __ATOMIC_RELAXED);
+}
+
+void ff_fwd_stats(const struct ff_fwd *fw, uint64_t out[FF_ST__COUNT])
+{
+    sum_stats(fw, 0, fw->nw, out);
+}
+
+int ff_fwd_queue_stats(const struct ff_fwd *fw, uint32_t q, uint64_t out[FF_ST__COUNT])
+{
+    if (q >= fw->nq)
+        return -ERANGE;
+    sum_stats(fw, 2 * q, 2 * q + 2, out);
+    return 0;
+}
+
+uint32_t ff_fwd_workers(const struct ff_fwd *fw) { return fw->nq; }
+
+uint32_t ff_fwd_features(const struct ff_fwd *fw)
+{
+    uint32_t f = fw->feat;
+
+    for (uint32_t i = 0; i < fw->nw; i++) {
+        const struct ff_worker *w = &fw->w[i];
+        if (w->tun_side && __atomic_load_n(&w->g.gso_off, __ATOMIC_RELAXED))
+            f &= ~FF_F_UDP_GSO;
+        if (!w->tun_side && __atomic_load_n(&w->tcp_gro_off, __ATOMIC_RELAXED))
+            f &= ~FF_F_TCP_GRO;
+    }
+    return f;
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -156,60 +185,169 @@ static int batch_alloc(struct ff_batch *b, uint32_t cap, size_t slot)
     return 0;
 }
 
+/* A part the kernel refused at open: off, counted (the agent logs the difference between
+ * what it asked for and ff_fwd_features). */
+static void fall_back(struct ff_fwd *fw, uint32_t parts)
+{
+    fw->feat &= ~parts;
+    STAT_ADD(&fw->w[0], FF_ST_OFFLOAD_FALLBACKS, 1);
+}
+
+/* The TUN's first queue, then nq-1 more by its name. TUN_TSO refused (IFF_VNET_HDR or
+ * TUNSETOFFLOAD failing where a plain TUN opens) -> a plain TUN, without TUN_TSO and TCP_GRO. */
+static int open_tun(struct ff_fwd *fw, const struct ff_opts *o)
+{
+    const char *name = o->tun_name ? o->tun_name : "flannel%d";
+    int mq = fw->nq > 1, rc;
+
+    if (o->tun_fd >= 0)
+        rc = ff_tun_adopt(o->tun_fd, fw->vnet, mq, fw->tun_name, sizeof(fw->tun_name));
+    else {
+        rc = fw->vnet && ff_refused(fw, FF_F_TUN_TSO) ? -EINVAL
+             : ff_tun_open(name, fw->vnet, mq, fw->tun_name, sizeof(fw->tun_name));
+        if (rc < 0 && fw->vnet &&
+            (rc = ff_tun_open(name, 0, mq, fw->tun_name, sizeof(fw->tun_name))) >= 0) {
+            fw->vnet = 0;
+            fall_back(fw, FF_F_TUN_TSO | FF_F_TCP_GRO);
+        }
+    }
+    if (rc < 0)
+        return rc;
+    fw->tun_fds[0] = rc;
+    for (uint32_t q = 1; q < fw->nq; q++) {
+        if ((rc = ff_tun_open(fw->tun_name, fw->vnet, 1, NULL, 0)) < 0)
+            return rc;
+        fw->tun_fds[q] = rc;
+    }
+    return 0;
+}
+
+/* A send socket for worker q of nq whose ephemeral port is q modulo nq, so that a peer's
+ * ff_udp_steer_by_sport group hands its datagrams to that peer's worker q: one inner flow (one
+ * TUN queue here) always leaves from one port and lands on one receiving thread, and distinct
+ * queues spread over distinct threads (PERF.md 5.2: a source port per worker, not per flow, to
+ * keep UDP GRO batches large). Ports are random: after FF_PORT_TRIES the last one is kept. */
+#define FF_PORT_TRIES 64
+static int open_tx(uint32_t bind_ip, uint32_t q, uint32_t nq)
+{
+    int spare[FF_PORT_TRIES], n = 0, fd = -1;
+
+    while (n < FF_PORT_TRIES) {
+        int port;
+        if ((fd = ff_udp_open(bind_ip, 0, 0)) < 0)
+            break;
+        if ((port = ff_sock_port(fd)) < 0 || (uint32_t)port % nq == q)
+            break;
+        spare[n++] = fd;     /* kept open until the end so the kernel picks another port */
+    }
+    if (fd < 0 && n > 0)
+        fd = spare[--n];
+    while (n > 0)
+        close(spare[--n]);
+    return fd;
+}
+
+static int open_udp(struct ff_fwd *fw, const struct ff_opts *o)
+{
+    int mq = fw->nq > 1, rc;
+
+    for (uint32_t q = 0; q < fw->nq; q++) {
+        if ((rc = ff_udp_open(o->bind_ip, q ? fw->port : o->port, mq)) < 0)
+            return rc;
+        fw->rx_fds[q] = rc;
+        if (q == 0 && (rc = ff_sock_port(rc)) < 0)
+            return rc;
+        if (q == 0)
+            fw->port = (uint16_t)rc;
+    }
+    if (mq)      /* without it (no CBPF) the kernel's 4-tuple hash still keeps a flow on one socket */
+        (void)ff_udp_steer_by_sport(fw->rx_fds[0], fw->nq);
+    for (uint32_t q = 0; q < fw->nq; q++) {
+        if ((rc = mq ? open_tx(o->bind_ip, q, fw->nq) : dup(fw->rx_fds[0])) < 0)
+            return mq ? rc : -errno;
+        fw->tx_fds[q] = rc;
+    }
+    /* UDP_GRO: one skb per peer burst; refused (kernel < 5.0, or a test) -> off everywhere */
+    for (uint32_t q = 0; (fw->feat & FF_F_UDP_GRO) && q < fw->nq; q++) {
+        if ((rc = ff_refused(fw, FF_F_UDP_GRO) ? -ENOPROTOOPT : ff_udp_set_gro(fw->rx_fds[q], 1)) < 0) {
+            while (q-- > 0)
+                (void)ff_udp_set_gro(fw->rx_fds[q], 0);
+            fall_back(fw, FF_F_UDP_GRO);
+        }
+    }
+    return 0;
+}
+
 static int open_fds(struct ff_fwd *fw, const struct ff_opts *o)
 {
     int rc;
 
-    if (o->tun_fd >= 0)
-        rc = ff_tun_adopt(o->tun_fd, fw->vnet, fw->tun_name, sizeof(fw->tun_name));
-    else
-        rc = ff_tun_open(o->tun_name ? o->tun_name : "flannel%d", fw->vnet, fw->tun_name,
-                         sizeof(fw->tun_name));
-    if (rc < 0)
+    if ((rc = open_tun(fw, o)) < 0 || (rc = open_udp(fw, o)) < 0)
         return rc;
-    fw->tun_fd = rc;
-    if ((rc = ff_udp_open(o->bind_ip, o->port)) < 0)
-        return rc;
-    fw->sock_fd = rc;
-    if ((rc = ff_sock_port(fw->sock_fd)) < 0)
-        return rc;
-    fw->port = (uint16_t)rc;
-    /* offload: receive UDP_GRO trains (one skb per peer burst); without it (old kernel) every
-     * datagram arrives on its own and the loop is the same */
-    if (fw->vnet)
-        (void)ff_udp_enable_gro(fw->sock_fd);
     fw->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return fw->wake_fd < 0 ? -errno : 0;
+}
+
+/* Buffers for the loop worker w runs (chosen from what open_fds accepted). */
+static int worker_alloc(struct ff_fwd *fw, struct ff_worker *w)
+{
+    int gso = w->tun_side && (fw->vnet || (fw->feat & FF_F_UDP_GSO));
+    int gro = !w->tun_side && (fw->feat & (FF_F_UDP_GRO | FF_F_TCP_GRO));
+    int rc = batch_alloc(&w->b, fw->batch, gso ? FF_GSO_SLOT_BYTES : FF_BUF_BYTES);
+
+    if (rc == 0 && gso) {
+        rc = ff_gso_batch_alloc(&w->g);
+        w->g.gso_off = !(fw->feat & FF_F_UDP_GSO);
+    }
+    if (rc == 0 && gro)
+        rc = ff_gro_rx_alloc(w);
+    return rc;
 }
 
 int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
 {
     struct ff_fwd *fw;
+    uint32_t nq = o->workers ? o->workers : 1;
     int rc;
 
-    if (o->batch > FF_MAX_BATCH)
+    if (o->batch > FF_MAX_BATCH || nq > FF_MAX_WORKERS)
         return -EINVAL;
     if (posix_memalign((void **)&fw, 64, sizeof(*fw)))
         return -ENOMEM;
     memset(fw, 0, sizeof(*fw));
-    fw->tun_fd = fw->sock_fd = fw->wake_fd = -1;
+    fw->wake_fd = -1;
+    for (uint32_t q = 0; q < FF_MAX_WORKERS; q++)
+        fw->tun_fds[q] = fw->rx_fds[q] = fw->tx_fds[q] = -1;
+    fw->nq = nq;
     fw->tun_ip = o->tun_ip;
     fw->flags = o->flags;
     fw->batch = o->batch ? o->batch : FF_DEFAULT_BATCH;
-    fw->vnet = (o->flags & FF_F_OFFLOAD) != 0;
+    fw->feat = o->flags & FF_F_OFFLOAD;
+    if (!(fw->feat & FF_F_TUN_TSO))
+        fw->feat &= ~FF_F_TCP_GRO;       /* merged TUN writes need the vnet header */
+    fw->refuse = o->refuse & FF_F_OFFLOAD;
+    fw->vnet = (fw->feat & FF_F_TUN_TSO) != 0;
     pthread_mutex_init(&fw->wlock, NULL);
-    rc = ff_table_build(NULL, 0, &fw->table);
-    for (int i = 0; rc == 0 && i < FF_NWORKERS; i++) {
-        fw->w[i].fw = fw;
-        int gso = fw->vnet && i == DIR_TUN_TO_UDP;
-        rc = batch_alloc(&fw->w[i].b, fw->batch, gso ? FF_GSO_SLOT_BYTES : FF_BUF_BYTES);
-        if (rc == 0 && gso)
-            rc = ff_gso_batch_alloc(&fw->w[i].g);
-        if (rc == 0 && fw->vnet && i == DIR_UDP_TO_TUN)
-            rc = ff_gro_rx_alloc(&fw->w[i]);
+    if (posix_memalign((void **)&fw->w, 64, sizeof(*fw->w) * 2 * nq)) {
+        free(fw);
+        return -ENOMEM;
     }
+    memset(fw->w, 0, sizeof(*fw->w) * 2 * nq);
+    fw->nw = 2 * nq;
+    for (uint32_t i = 0; i < fw->nw; i++) {
+        fw->w[i].fw = fw;
+        fw->w[i].tun_side = FF_TUN_SIDE(i);
+        fw->w[i].q = i / 2;
+    }
+    rc = ff_table_build(NULL, 0, &fw->table);
     if (rc == 0)
         rc = open_fds(fw, o);
+    for (uint32_t i = 0; rc == 0 && i < fw->nw; i++) {
+        struct ff_worker *w = &fw->w[i];
+        w->tun_fd = fw->tun_fds[w->q];
+        w->sock_fd = w->tun_side ? fw->tx_fds[w->q] : fw->rx_fds[w->q];
+        rc = worker_alloc(fw, w);
+    }
     if (rc < 0) {
         ff_fwd_close(fw);
         return rc;
@@ -234,7 +372,7 @@ int ff_fwd_start(struct ff_fwd *fw)
     /* workers block all signals so they are delivered to the embedding (Python) main thread */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    for (int i = 0; i < FF_NWORKERS && rc == 0; i++) {
+    for (uint32_t i = 0; i < fw->nw && rc == 0; i++) {
         rc = -pthread_create(&fw->w[i].thread, NULL, ff_worker_main, &fw->w[i]);
         fw->w[i].started = rc == 0;
     }
@@ -253,7 +391,7 @@ int ff_fwd_stop(struct ff_fwd *fw)
         return 0;
     __atomic_store_n(&fw->stop, 1, __ATOMIC_RELEASE);
     (void)!write(fw->wake_fd, &one, sizeof(one));
-    for (int i = 0; i < FF_NWORKERS; i++) {
+    for (uint32_t i = 0; i < fw->nw; i++) {
         if (fw->w[i].started)
             pthread_join(fw->w[i].thread, NULL);
         fw->w[i].started = 0;
@@ -267,17 +405,22 @@ void ff_fwd_close(struct ff_fwd *fw)
     if (!fw)
         return;
     ff_fwd_stop(fw);
-    if (fw->tun_fd >= 0)
-        close(fw->tun_fd);
-    if (fw->sock_fd >= 0)
-        close(fw->sock_fd);
+    for (uint32_t q = 0; q < FF_MAX_WORKERS; q++) {
+        if (fw->tun_fds[q] >= 0)
+            close(fw->tun_fds[q]);
+        if (fw->rx_fds[q] >= 0)
+            close(fw->rx_fds[q]);
+        if (fw->tx_fds[q] >= 0)
+            close(fw->tx_fds[q]);
+    }
     if (fw->wake_fd >= 0)
         close(fw->wake_fd);
-    for (int i = 0; i < FF_NWORKERS; i++) {
+    for (uint32_t i = 0; i < fw->nw; i++) {
         batch_free(&fw->w[i].b);
         ff_gso_batch_free(&fw->w[i].g);
         ff_gro_rx_free(&fw->w[i]);
     }
+    free(fw->w);
     ff_table_free(fw->table);
     pthread_mutex_destroy(&fw->wlock);
     free(fw);

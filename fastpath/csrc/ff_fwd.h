@@ -23,14 +23,25 @@
 #define FF_MAX_BATCH 1024u
 #define FF_SOCK_BUF_BYTES (7u << 20)   /* 7 MiB, as wireguard-go f26efb6 */
 
-/* Option flags; the offload tier (IFF_VNET_HDR/TSO, UDP_SEGMENT, UDP_GRO, multi-queue) will add
- * bits here, each a runtime switch. */
+#define FF_MAX_WORKERS 64u          /* TUN queues (the kernel allows MAX_TAP_QUEUES = 256) */
+
+/* Option flags. Each offload part is its own runtime switch (PERF.md 1.4, 7: several kernel
+ * regressions broke each of them) and falls back on its own when the kernel refuses it. */
 #define FF_F_ANTI_SPOOF 0x1u
-/* Tier 2: the TUN gets IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); TCP superframes read from it
- * are split in user space (ff_gso_split) and sent with UDP_SEGMENT; the socket receives with
- * UDP_GRO and received TCP segments are merged (ff_gro) into GSO TUN writes. The wire format is
- * unchanged (one inner packet per datagram). */
-#define FF_F_OFFLOAD 0x2u
+/* Tier 2 parts (the wire format is unchanged: one inner packet per datagram):
+ *   TUN_TSO  the TUN gets IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); superframes read from it are
+ *            split in user space (ff_gso_split). Refused -> the TUN is reopened plain.
+ *   UDP_GSO  runs of equal-size packets to one peer leave as one UDP_SEGMENT send. EIO -> off
+ *            for that socket, the refused train resent one datagram at a time.
+ *   UDP_GRO  the receive socket(s) get UDP_GRO (one buffer per peer burst). setsockopt refused
+ *            -> off.
+ *   TCP_GRO  received TCP segments are merged (ff_gro) into GSO_TCPV4 TUN writes; needs
+ *            TUN_TSO. EINVAL on such a write -> FF_GRO_NO_TCP, the item resent as segments. */
+#define FF_F_TUN_TSO 0x4u
+#define FF_F_UDP_GSO 0x8u
+#define FF_F_UDP_GRO 0x10u
+#define FF_F_TCP_GRO 0x20u
+#define FF_F_OFFLOAD (FF_F_TUN_TSO | FF_F_UDP_GSO | FF_F_UDP_GRO | FF_F_TCP_GRO)
 
 /* Counters; keep in sync with ff_stat_names. */
 enum ff_stat {
@@ -41,7 +52,7 @@ enum ff_stat {
     FF_ST_NO_ROUTE, FF_ST_TTL, FF_ST_SHORT, FF_ST_BAD_HEADER, FF_ST_BAD_LENGTH,
     FF_ST_UNKNOWN_SENDER, FF_ST_SPOOFED, FF_ST_SEND_ERROR, FF_ST_TUN_ERROR,
     FF_ST_ICMP_SENT, FF_ST_TUN_INVALID, FF_ST_TUN_GSO_FRAMES,
-    FF_ST_TUN_GRO_MERGED,
+    FF_ST_TUN_GRO_MERGED, FF_ST_OFFLOAD_FALLBACKS,
     FF_ST__COUNT
 };
 extern const char *const ff_stat_names[FF_ST__COUNT];
@@ -55,6 +66,12 @@ struct ff_opts {
     uint32_t mtu;           /* TUN MTU; buffers are sized max(mtu, 65535) */
     uint32_t batch;         /* 1..FF_MAX_BATCH, 0 = default */
     uint32_t flags;         /* FF_F_* */
+    uint32_t workers;       /* 0 or 1: one TUN queue, one socket (tier 1/2); N > 1: the TUN
+                             * has IFF_MULTI_QUEUE with N queues, N SO_REUSEPORT receive
+                             * sockets and N send sockets, one worker pair per queue */
+    uint32_t refuse;        /* tests only: FF_F_* offload parts whose kernel call is made to
+                             * fail once (TUNSETOFFLOAD/setsockopt at open, the first GSO send
+                             * or GSO TUN write at run time), to exercise the fallbacks */
 };
 
 struct ff_fwd;
@@ -76,13 +93,26 @@ long ff_fwd_route_count(struct ff_fwd *fw);
 
 /* Sum of the per-worker counters (readable while running). */
 void ff_fwd_stats(const struct ff_fwd *fw, uint64_t out[FF_ST__COUNT]);
+/* Counters of TUN queue q (both directions); -ERANGE for a bad q. */
+int ff_fwd_queue_stats(const struct ff_fwd *fw, uint32_t q, uint64_t out[FF_ST__COUNT]);
+uint32_t ff_fwd_workers(const struct ff_fwd *fw);
+/* The offload parts (FF_F_TUN_TSO...TCP_GRO) active now: requested, accepted at open and not
+ * turned off since by a fallback (a part counts as off once any worker turned it off). */
+uint32_t ff_fwd_features(const struct ff_fwd *fw);
 
 /* TUN and socket helpers, exposed for tests. */
 /* vnet: IFF_VNET_HDR + offloads (FF_F_OFFLOAD); an adopted fd must already match it. */
-int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len); /* fd or -errno */
-int ff_tun_adopt(int fd, int vnet, char *actual, size_t actual_len);          /* fd or -errno */
-int ff_udp_open(uint32_t bind_ip, uint16_t port);                      /* fd or -errno */
+/* mq: IFF_MULTI_QUEUE (every queue is opened by the same name). */
+int ff_tun_open(const char *name, int vnet, int mq, char *actual, size_t actual_len);
+int ff_tun_adopt(int fd, int vnet, int mq, char *actual, size_t actual_len);   /* fd or -errno */
+int ff_tun_set_offload(int fd);                                        /* 0 or -errno */
+/* reuseport: SO_REUSEPORT before bind (the multi-queue receive group). fd or -errno */
+int ff_udp_open(uint32_t bind_ip, uint16_t port, int reuseport);
+/* Spread a SO_REUSEPORT group of n sockets by the sender's UDP source port (sport % n), so the
+ * per-worker source ports of a multi-queue peer land on distinct sockets. 0 or -errno. */
+int ff_udp_steer_by_sport(int fd, uint32_t n);
 int ff_sock_port(int fd);                                              /* port or -errno */
 int ff_udp_enable_gro(int fd);                                         /* 0 or -errno */
+int ff_udp_set_gro(int fd, int on);                                    /* 0 or -errno */
 
 #endif

@@ -57,6 +57,8 @@ int ff_gso_batch_alloc(struct ff_gso_batch *g)
 }
 
 /* Read one TUN frame and split it into slot `slot` of the batch, segments from index `first`.
+ * A plain TUN (TUN_TSO off, UDP_GSO on) gives single packets: they get an all-zero header
+ * (GSO_NONE, checksums complete) and take the same path.
  * Returns the segment count, 0 when the TUN is drained, -1 after a dropped frame. */
 static int read_frame(struct ff_worker *w, uint32_t slot, uint32_t first)
 {
@@ -67,9 +69,15 @@ static int read_frame(struct ff_worker *w, uint32_t slot, uint32_t first)
     size_t len, each;
     int k;
 
+    size_t skip = w->fw->vnet ? 0 : FF_VNET_HDR_LEN;
+
     do
-        r = read(w->fw->tun_fd, g->frame, FF_VNET_HDR_LEN + FF_BUF_BYTES);
+        r = read(w->tun_fd, g->frame + skip, FF_VNET_HDR_LEN + FF_BUF_BYTES - skip);
     while (r < 0 && errno == EINTR);
+    if (r >= 0 && skip) {
+        memset(g->frame, 0, FF_VNET_HDR_LEN);
+        r += (ssize_t)skip;
+    }
     if (r < 0) {
         if (errno != EAGAIN)
             STAT_ADD(w, FF_ST_TUN_ERROR, 1);
@@ -100,7 +108,8 @@ bad:
 static int plan_groups(struct ff_worker *w, uint32_t m)
 {
     struct ff_gso_batch *g = &w->g;
-    int n = ff_udp_gso_plan(g->peer, g->len, (int)m, g->gso_off ? 1 : FF_UDP_GSO_SEGS,
+    int off = __atomic_load_n(&g->gso_off, __ATOMIC_RELAXED);
+    int n = ff_udp_gso_plan(g->peer, g->len, (int)m, off ? 1 : FF_UDP_GSO_SEGS,
                             FF_UDP_GSO_MAX_BYTES, g->groups, FF_GSO_BATCH_SEGS);
 
     for (int j = 0; j < n; j++) {
@@ -122,7 +131,8 @@ static int plan_groups(struct ff_worker *w, uint32_t m)
             if (cl <= 0) {
                 /* never send a train without its UDP_SEGMENT cmsg: it would leave as one
                  * datagram holding several packets. Plan again, one packet per datagram. */
-                g->gso_off = 1;
+                __atomic_store_n(&g->gso_off, 1, __ATOMIC_RELAXED);
+                STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
                 return plan_groups(w, m);
             }
             mh->msg_control = cm;
@@ -173,13 +183,20 @@ uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w)
     return frames;
 }
 
+/* TCP_GRO fallback scratch: one linearized item (vnet hdr + <= 64 KiB) and its segments. */
+#define FF_RESEG_BYTES (FF_VNET_HDR_LEN + FF_BUF_BYTES + FF_GSO_SLOT_BYTES)
+
 int ff_gro_rx_alloc(struct ff_worker *w)
 {
-    w->gro = ff_gro_new(FF_GRO_RX_MAX, 0);
+    int tcp = (w->fw->feat & FF_F_TCP_GRO) != 0;
+
+    /* without TCP_GRO (or a vnet header to carry merged items) nothing is merged */
+    w->gro = ff_gro_new(FF_GRO_RX_MAX, tcp ? 0 : FF_GRO_NO_TCP);
     w->rx_p = calloc(FF_GRO_RX_MAX, sizeof(*w->rx_p));
     w->rx_len = calloc(FF_GRO_RX_MAX, sizeof(*w->rx_len));
     w->rx_cmsg = aligned_alloc(8, FF_GRO_RX_MSGS * FF_GRO_CMSG_BYTES);
-    if (!w->gro || !w->rx_p || !w->rx_len || !w->rx_cmsg) {
+    w->reseg = tcp ? malloc(FF_RESEG_BYTES) : NULL;
+    if (!w->gro || !w->rx_p || !w->rx_len || !w->rx_cmsg || (tcp && !w->reseg)) {
         ff_gro_rx_free(w);
         return -ENOMEM;
     }
@@ -192,18 +209,59 @@ void ff_gro_rx_free(struct ff_worker *w)
     free(w->rx_p);
     free(w->rx_len);
     free(w->rx_cmsg);
+    free(w->reseg);
+    w->reseg = NULL;
     w->gro = NULL;
     w->rx_p = NULL;
     w->rx_len = NULL;
     w->rx_cmsg = NULL;
 }
 
-/* Coalesce the k accepted packets and write each item as one TUN frame. */
+/* A merged item the kernel refused (EINVAL: e.g. the virtio_net_hdr regression of PERF.md
+ * 1.4): its head was rewritten in place, so cut the item again, as the kernel would have, into
+ * complete segments (ff_gso_split) and write those. Returns the segments written. */
+static int write_segments(struct ff_worker *w, int item)
+{
+    uint8_t *frame = w->reseg, *seg = w->reseg + FF_VNET_HDR_LEN + FF_BUF_BYTES;
+    uint8_t *segp[FF_GSO_MAX_SEGS];
+    uint16_t seg_lens[FF_GSO_MAX_SEGS];
+    struct virtio_net_hdr h;
+    int len = ff_gro_item_copy(w->gro, item, frame, FF_VNET_HDR_LEN + FF_BUF_BYTES), k, ok = 0;
+    size_t each;
+
+    if (len <= (int)FF_VNET_HDR_LEN)
+        return 0;
+    memcpy(&h, frame, sizeof(h));
+    each = (size_t)h.gso_size + FF_GSO_SEG_HDR_MAX;
+    k = ff_gso_count(&h, frame + FF_VNET_HDR_LEN, (size_t)len - FF_VNET_HDR_LEN);
+    if (k <= 0 || k > FF_GSO_MAX_SEGS || (size_t)k * each > FF_GSO_SLOT_BYTES)
+        return 0;
+    for (int i = 0; i < k; i++)
+        segp[i] = seg + (size_t)i * each;
+    k = ff_gso_split(&h, frame + FF_VNET_HDR_LEN, (size_t)len - FF_VNET_HDR_LEN, segp, each,
+                     seg_lens, FF_GSO_MAX_SEGS);
+    for (int i = 0; i < k; i++)
+        ok += ff_tun_write(w, segp[i], seg_lens[i], FF_TUN_WRITE_RETRIES) == 0;
+    return ok;
+}
+
+/* Turn TCP GRO off for this worker from the next batch on (a refused GSO TUN write). */
+static void tcp_gro_off(struct ff_worker *w)
+{
+    if (__atomic_load_n(&w->tcp_gro_off, __ATOMIC_RELAXED))
+        return;
+    ff_gro_set_flags(w->gro, FF_GRO_NO_TCP);
+    __atomic_store_n(&w->tcp_gro_off, 1, __ATOMIC_RELAXED);
+    STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
+}
+
+/* Coalesce the k accepted packets and write each item as one TUN frame (without its vnet
+ * header on a plain TUN, where nothing is ever merged). */
 static void gro_write(struct ff_worker *w, uint32_t k)
 {
     struct iovec iov[FF_GRO_MAX_IOV];
     uint64_t tx = 0, tx_bytes = 0, merged = 0;
-    int items;
+    int items, skip = w->fw->vnet ? 0 : 1;
 
     for (uint32_t i = 0; i < k; i++)    /* k <= FF_GRO_RX_MAX = capacity: ff_gro_add cannot refuse */
         if (ff_gro_add(w->gro, w->rx_p[i], w->rx_len[i]) < 0)
@@ -211,22 +269,30 @@ static void gro_write(struct ff_worker *w, uint32_t k)
     items = ff_gro_finish(w->gro);
     for (int j = 0; j < items; j++) {
         int niov = ff_gro_item_iov(w->gro, j, iov, FF_GRO_MAX_IOV);
-        int segs = ff_gro_item_segs(w->gro, j), rc;
+        int segs = ff_gro_item_segs(w->gro, j), rc, sent;
         size_t want = 0;
-        if (niov <= 0 || segs <= 0)
+        if (niov <= skip || segs <= 0)
             continue;
-        for (int i = 0; i < niov; i++)
+        for (int i = skip; i < niov; i++)
             want += iov[i].iov_len;
-        rc = ff_tun_writev(w, iov, niov, want, FF_TUN_WRITE_RETRIES);
+        if (segs > 1 && ff_refused(w->fw, FF_F_TCP_GRO))
+            rc = -EINVAL;
+        else
+            rc = ff_tun_writev(w, iov + skip, niov - skip, want, FF_TUN_WRITE_RETRIES);
         if (rc == 0) {
             tx += (uint64_t)segs;
             merged += (uint64_t)segs - 1;
-            tx_bytes += want - FF_VNET_HDR_LEN;
+            tx_bytes += want - (skip ? 0 : FF_VNET_HDR_LEN);
             continue;
         }
-        /* a kernel that refuses our GSO frames: stop merging from the next batch (PERF.md 7) */
-        if (rc == -EINVAL && segs > 1)
-            ff_gro_set_flags(w->gro, FF_GRO_NO_TCP);
+        /* a kernel that refuses our GSO frames: stop merging, resend this one as segments */
+        if (rc == -EINVAL && segs > 1 && w->reseg) {
+            tcp_gro_off(w);
+            sent = write_segments(w, j);
+            tx += (uint64_t)sent;
+            STAT_ADD(w, FF_ST_TUN_ERROR, segs - sent);
+            continue;
+        }
         STAT_ADD(w, FF_ST_TUN_ERROR, segs);
     }
     ff_gro_reset(w->gro);
@@ -253,7 +319,7 @@ uint32_t ff_udp_to_tun_batch_gro(struct ff_worker *w)
         mh->msg_flags = 0;
     }
     do
-        n = recvmmsg(w->fw->sock_fd, b->msgs, vlen, MSG_DONTWAIT, NULL);
+        n = recvmmsg(w->sock_fd, b->msgs, vlen, MSG_DONTWAIT, NULL);
     while (n < 0 && errno == EINTR);
     if (n <= 0)
         return 0;

@@ -29,7 +29,8 @@
 #define FF_POLLOUT_MS 5
 #define FF_ERROR_BACKOFF_NS (10 * 1000 * 1000)
 
-enum { DIR_TUN_TO_UDP, DIR_UDP_TO_TUN, FF_NWORKERS };
+/* Workers: two per TUN queue q, w[2q] tun->udp and w[2q+1] udp->tun. */
+#define FF_TUN_SIDE(i) (((i) & 1u) == 0)
 
 /* A batch of packets: buffers, lengths and the mmsghdr/iovec/sockaddr arrays, allocated once.
  * The offload tier will add per-packet virtio headers and segment lists here. */
@@ -64,6 +65,12 @@ struct ff_worker {
     struct ff_fwd *fw;
     pthread_t thread;
     int started;
+    int tun_side;                /* tun->udp (else udp->tun) */
+    uint32_t q;                  /* TUN queue */
+    int tun_fd;                  /* TUN queue q: read (tun side) or written (udp side) */
+    int sock_fd;                 /* tun side: the send socket; udp side: the receive socket */
+    int tcp_gro_off;             /* a GSO TUN write was refused: FF_GRO_NO_TCP from then on */
+    uint8_t *reseg;              /* TCP_GRO fallback: linearized item + its segments */
     uint64_t epoch __attribute__((aligned(64)));   /* odd while the table may be in use */
     uint64_t stats[FF_ST__COUNT];
     struct ff_batch b;
@@ -77,17 +84,30 @@ struct ff_worker {
 } __attribute__((aligned(64)));
 
 struct ff_fwd {
-    struct ff_worker w[FF_NWORKERS];
+    struct ff_worker *w;         /* nw = 2 * nq workers, 64-byte aligned */
+    uint32_t nw, nq;
     struct ff_table *table;      /* published pointer: atomic store by writer, load by workers */
     pthread_mutex_t wlock;       /* serializes writers */
-    int tun_fd, sock_fd, wake_fd;
+    int tun_fds[FF_MAX_WORKERS]; /* one per TUN queue */
+    int rx_fds[FF_MAX_WORKERS];  /* receive sockets (one; or a SO_REUSEPORT group of nq) */
+    int tx_fds[FF_MAX_WORKERS];  /* send sockets; nq == 1: the receive socket itself */
+    int wake_fd;
     int stop;                    /* atomic flag */
     int running;
     uint16_t port;
     uint32_t tun_ip, batch, flags;
+    uint32_t feat;               /* FF_F_* offload parts accepted at open */
+    uint32_t refuse;             /* tests: FF_F_* parts to refuse once at run time (atomic) */
     int vnet;                    /* TUN has IFF_VNET_HDR: every read/write carries one */
     char tun_name[IFNAMSIZ];
 };
+
+/* Tests only (ff_opts.refuse): 1 once if the kernel call for `part` is to be made to fail. */
+static inline int ff_refused(struct ff_fwd *fw, uint32_t part)
+{
+    return (__atomic_load_n(&fw->refuse, __ATOMIC_RELAXED) & part) &&
+           (__atomic_fetch_and(&fw->refuse, ~part, __ATOMIC_RELAXED) & part);
+}
 
 #define STAT_ADD(w, i, n) \
     __atomic_store_n(&(w)->stats[i], (w)->stats[i] + (uint64_t)(n), __ATOMIC_RELAXED)
@@ -135,6 +155,7 @@ uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w);
 /* udp->tun with FF_F_OFFLOAD: receive (UDP_GRO trains are cut back into datagrams), check each
  * datagram, coalesce with ff_gro, write each item as one TUN frame. */
 uint32_t ff_udp_to_tun_batch_gro(struct ff_worker *w);
+void ff_send_singly(struct ff_worker *w, const struct msghdr *train, uint32_t count);
 int ff_gro_rx_alloc(struct ff_worker *w);
 void ff_gro_rx_free(struct ff_worker *w);
 uint32_t ff_udp_accept(struct ff_worker *w, const struct ff_table *t, uint8_t *p, uint32_t len,

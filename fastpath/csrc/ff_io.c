@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if.h>
+#include <linux/filter.h>
 #include <linux/if_tun.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -15,12 +16,12 @@
 
 /* Offloads we can take from the TUN with IFF_VNET_HDR: partial checksums and IPv4 TSO (split
  * by ff_gso_split). No TSO6 (flannel's udp backend is IPv4) and no USO for now. */
-static int set_offload(int fd)
+int ff_tun_set_offload(int fd)
 {
     return ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) < 0 ? -errno : 0;
 }
 
-int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len)
+int ff_tun_open(const char *name, int vnet, int mq, char *actual, size_t actual_len)
 {
     struct ifreq ifr;
     int fd, err;
@@ -32,9 +33,9 @@ int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len)
         return -errno;
     memset(&ifr, 0, sizeof(ifr));
     /* flannel: IFF_TUN|IFF_NO_PI, no packet-info header, no vnet header (FLANNEL.md 4.1) */
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0) | (mq ? IFF_MULTI_QUEUE : 0);
     memcpy(ifr.ifr_name, name, strlen(name));
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || (vnet && (err = set_offload(fd)) < 0)) {
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || (vnet && ff_tun_set_offload(fd) < 0)) {
         err = -errno;
         close(fd);
         return err;
@@ -48,7 +49,7 @@ int ff_tun_open(const char *name, int vnet, char *actual, size_t actual_len)
 
 /* Adopt a TUN fd opened elsewhere: dup it (the caller keeps its own), make it non-blocking and
  * ask the kernel for the device name. */
-int ff_tun_adopt(int fd, int vnet, char *actual, size_t actual_len)
+int ff_tun_adopt(int fd, int vnet, int mq, char *actual, size_t actual_len)
 {
     struct ifreq ifr;
     int nfd, fl, err;
@@ -64,7 +65,9 @@ int ff_tun_adopt(int fd, int vnet, char *actual, size_t actual_len)
         return err;
     }
     /* the packet framing must match what the loops expect */
-    err = !!(ifr.ifr_flags & IFF_VNET_HDR) != !!vnet ? -EINVAL : vnet ? set_offload(nfd) : 0;
+    err = (!!(ifr.ifr_flags & IFF_VNET_HDR) != !!vnet ||
+           (mq && !(ifr.ifr_flags & IFF_MULTI_QUEUE))) ? -EINVAL
+          : vnet ? ff_tun_set_offload(nfd) : 0;
     if (err < 0) {
         close(nfd);
         return err;
@@ -83,14 +86,19 @@ static void set_buf(int fd, int force_opt, int opt)
         (void)setsockopt(fd, SOL_SOCKET, opt, &v, sizeof(v));
 }
 
-int ff_udp_open(uint32_t bind_ip, uint16_t port)
+int ff_udp_open(uint32_t bind_ip, uint16_t port, int reuseport)
 {
     struct sockaddr_in sa;
-    int fd, err;
+    int fd, err, one = 1;
 
     fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
     set_buf(fd, SO_SNDBUFFORCE, SO_SNDBUF);
     set_buf(fd, SO_RCVBUFFORCE, SO_RCVBUF);
     memset(&sa, 0, sizeof(sa));
@@ -112,11 +120,14 @@ int ff_udp_open(uint32_t bind_ip, uint16_t port)
 #define SOL_UDP 17
 #endif
 
+int ff_udp_set_gro(int fd, int on)
+{
+    return setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on)) < 0 ? -errno : 0;
+}
+
 int ff_udp_enable_gro(int fd)
 {
-    int one = 1;
-
-    return setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0 ? -errno : 0;
+    return ff_udp_set_gro(fd, 1);
 }
 
 int ff_sock_port(int fd)
@@ -127,4 +138,23 @@ int ff_sock_port(int fd)
     if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)
         return -errno;
     return ntohs(sa.sin_port);
+}
+
+/* Classic BPF for the reuseport group (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5): the kernel runs it
+ * with skb->data at the UDP payload, so the outer headers are reached through SKF_NET_OFF; the
+ * outer IPv4 header is taken as 20 bytes (no options: ours and flannel's senders set none). The
+ * returned index picks the socket; an index >= n falls back to the kernel's 4-tuple hash. */
+int ff_udp_steer_by_sport(int fd, uint32_t n)
+{
+    struct sock_filter code[] = {
+        {BPF_LD | BPF_H | BPF_ABS, 0, 0, (uint32_t)SKF_NET_OFF + 20},   /* A = UDP source port */
+        {BPF_ALU | BPF_MOD | BPF_K, 0, 0, n},
+        {BPF_RET | BPF_A, 0, 0, 0},
+    };
+    struct sock_fprog prog = {.len = sizeof(code) / sizeof(code[0]), .filter = code};
+
+    if (n < 1)
+        return -EINVAL;
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0 ? -errno
+                                                                                          : 0;
 }

@@ -26,13 +26,13 @@ void ff_wait_out(int fd)
 int ff_tun_writev(struct ff_worker *w, const struct iovec *iov, int niov, size_t want, int retries)
 {
     for (int tries = 0;;) {
-        ssize_t r = writev(w->fw->tun_fd, iov, niov);
+        ssize_t r = writev(w->tun_fd, iov, niov);
         if (r == (ssize_t)want)
             return 0;
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && errno == EAGAIN && tries++ < retries) {
-            ff_wait_out(w->fw->tun_fd);
+            ff_wait_out(w->tun_fd);
             continue;
         }
         return r < 0 ? -errno : -EIO;
@@ -58,7 +58,7 @@ static uint32_t tun_read_batch(struct ff_worker *w)
     uint64_t bytes = 0;
 
     while (n < w->fw->batch) {
-        ssize_t r = read(w->fw->tun_fd, pkt_buf(b, n), b->slot);
+        ssize_t r = read(w->tun_fd, pkt_buf(b, n), b->slot);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -85,10 +85,28 @@ static void send_no_route(struct ff_worker *w, const uint8_t *p, uint32_t len)
         STAT_ADD(w, FF_ST_ICMP_SENT, 1);
 }
 
+/* A UDP_SEGMENT train the kernel refused: its count packets, one datagram each (the wire
+ * format is one inner packet per datagram either way). */
+void ff_send_singly(struct ff_worker *w, const struct msghdr *train, uint32_t count)
+{
+    struct mmsghdr one[FF_UDP_GSO_SEGS];
+
+    if (count > FF_UDP_GSO_SEGS)     /* ff_udp_gso_plan never groups more */
+        count = FF_UDP_GSO_SEGS;
+    memset(one, 0, sizeof(one[0]) * count);
+    for (uint32_t k = 0; k < count; k++) {
+        one[k].msg_hdr.msg_name = train->msg_name;
+        one[k].msg_hdr.msg_namelen = train->msg_namelen;
+        one[k].msg_hdr.msg_iov = &train->msg_iov[k];
+        one[k].msg_hdr.msg_iovlen = 1;
+    }
+    ff_send_msgs(w, one, count, NULL);
+}
+
 /* sendmmsg m messages; groups (NULL = one packet per message) says how many inner packets each
- * carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped; EIO on a GSO
- * message (UDP GSO refused by the kernel or device, PERF.md 1.4) also turns GSO off for this
- * worker from the next batch. */
+ * carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped, except that EIO
+ * on a GSO message (UDP GSO refused by the kernel or the device, PERF.md 1.4) turns GSO off for
+ * this worker's socket and the train is sent again one datagram at a time. */
 void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
                   const struct ff_gso_group *groups)
 {
@@ -96,7 +114,12 @@ void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
     int retries = 0;
 
     while (off < m) {
-        int r = sendmmsg(w->fw->sock_fd, msgs + off, m - off, 0);
+        int gso = groups && groups[off].count > 1, r;
+        if (gso && ff_refused(w->fw, FF_F_UDP_GSO)) {
+            r = -1;
+            errno = EIO;
+        } else
+            r = sendmmsg(w->sock_fd, msgs + off, m - off, 0);
         if (r > 0) {
             uint64_t pkts = 0, bytes = 0;
             for (uint32_t k = off; k < off + (uint32_t)r; k++) {
@@ -111,11 +134,18 @@ void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < FF_SEND_RETRIES) {
-            ff_wait_out(w->fw->sock_fd);
+            ff_wait_out(w->sock_fd);
             continue;
         }
-        if (r < 0 && errno == EIO && groups && groups[off].count > 1)
-            w->g.gso_off = 1;
+        if (r < 0 && errno == EIO && gso) {
+            if (!__atomic_load_n(&w->g.gso_off, __ATOMIC_RELAXED)) {
+                __atomic_store_n(&w->g.gso_off, 1, __ATOMIC_RELAXED);
+                STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
+            }
+            ff_send_singly(w, &msgs[off].msg_hdr, groups[off].count);
+            off++;
+            continue;
+        }
         STAT_ADD(w, FF_ST_SEND_ERROR, groups ? groups[off].count : 1);
         off++;
     }
@@ -235,7 +265,7 @@ static uint32_t udp_to_tun_batch(struct ff_worker *w)
         b->msgs[i].msg_hdr.msg_flags = 0;
     }
     do
-        n = recvmmsg(w->fw->sock_fd, b->msgs, w->fw->batch, MSG_DONTWAIT, NULL);
+        n = recvmmsg(w->sock_fd, b->msgs, w->fw->batch, MSG_DONTWAIT, NULL);
     while (n < 0 && errno == EINTR);
     if (n <= 0)
         return 0;
@@ -264,13 +294,20 @@ static uint32_t udp_to_tun_batch(struct ff_worker *w)
     return (uint32_t)n;
 }
 
+typedef uint32_t (*batch_fn)(struct ff_worker *w);
+
 void *ff_worker_main(void *arg)
 {
     struct ff_worker *w = arg;
     struct ff_fwd *fw = w->fw;
-    int tun_side = (w == &fw->w[DIR_TUN_TO_UDP]);
+    /* the loop follows what open accepted: the offload loops also run one part alone (e.g.
+     * UDP_GSO over a plain TUN, UDP_GRO without TCP_GRO) */
+    batch_fn batch = w->tun_side ? (fw->vnet || (fw->feat & FF_F_UDP_GSO) ? ff_tun_to_udp_batch_gso
+                                                                          : tun_to_udp_batch)
+                     : (fw->feat & (FF_F_UDP_GRO | FF_F_TCP_GRO)) ? ff_udp_to_tun_batch_gro
+                                                                  : udp_to_tun_batch;
     struct pollfd pfd[2] = {
-        {.fd = tun_side ? fw->tun_fd : fw->sock_fd, .events = POLLIN},
+        {.fd = w->tun_side ? w->tun_fd : w->sock_fd, .events = POLLIN},
         {.fd = fw->wake_fd, .events = POLLIN},
     };
     struct timespec backoff = {0, FF_ERROR_BACKOFF_NS};
@@ -286,10 +323,7 @@ void *ff_worker_main(void *arg)
             break;
         /* drain until EAGAIN before going back to poll (flannel's "optimistic reads") */
         n = 0;
-        while (!stopping(fw) && (got = !tun_side ? (fw->vnet ? ff_udp_to_tun_batch_gro(w)
-                                                              : udp_to_tun_batch(w))
-                                       : fw->vnet ? ff_tun_to_udp_batch_gso(w)
-                                       : tun_to_udp_batch(w)) > 0)
+        while (!stopping(fw) && (got = batch(w)) > 0)
             n += got;
         /* a persistent error condition (e.g. a detached TUN) keeps poll returning at once with
          * nothing to read: back off instead of spinning on a core */
@@ -298,4 +332,3 @@ void *ff_worker_main(void *arg)
     }
     return NULL;
 }
-

@@ -60,7 +60,8 @@ static uint64_t wait_stat(struct ff_fwd *fw, int i, uint64_t want)
 static int run(uint32_t flags)
 {
     struct ff_opts o = {.tun_name = "ffct%d", .tun_fd = -1, .bind_ip = LOCALHOST, .port = 0,
-                        .tun_ip = 0x0a630000u, .mtu = 1472, .batch = 16, .flags = flags};
+                        .tun_ip = 0x0a630000u, .mtu = 1472, .batch = 16, .flags = flags,
+                        .workers = 0, .refuse = 0};
     struct ff_fwd *fw;
     struct sockaddr_in me;
     socklen_t ml = sizeof(me);
