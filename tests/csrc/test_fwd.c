@@ -1,6 +1,7 @@
 /* Forwarder loop under the sanitizers: malformed, unknown-sender and spoofed datagrams are
  * counted, and route tables are replaced many times while datagrams flow (reclamation); once
- * plain and once with FF_F_OFFLOAD (vnet-header TUN, received packets through ff_gro).
+ * plain and with FF_F_OFFLOAD (vnet-header TUN, received packets through ff_gro), with one and
+ * several workers (multi-queue TUN, SO_REUSEPORT group), and with offload parts refused at open.
  * Needs a TUN device (root); exits 77 (skipped, see CMakeLists.txt) when it cannot make one. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -57,11 +58,11 @@ static uint64_t wait_stat(struct ff_fwd *fw, int i, uint64_t want)
     return st[i];
 }
 
-static int run(uint32_t flags)
+static int run(uint32_t flags, uint32_t workers, uint32_t refuse)
 {
     struct ff_opts o = {.tun_name = "ffct%d", .tun_fd = -1, .bind_ip = LOCALHOST, .port = 0,
                         .tun_ip = 0x0a630000u, .mtu = 1472, .batch = 16, .flags = flags,
-                        .workers = 0, .refuse = 0};
+                        .workers = workers, .refuse = refuse};
     struct ff_fwd *fw;
     struct sockaddr_in me;
     socklen_t ml = sizeof(me);
@@ -77,6 +78,17 @@ static int run(uint32_t flags)
     if (rc)
         return 1;
     CHECK(strncmp(ff_fwd_tun_name(fw), "ffct", 4) == 0);
+    CHECK_EQ(ff_fwd_workers(fw), workers ? workers : 1);
+    /* a part refused at open is off and counted; the others stay as asked */
+    CHECK_EQ(ff_fwd_features(fw), (flags & FF_F_OFFLOAD) & ~refuse &
+                                      ~((refuse & FF_F_TUN_TSO) ? FF_F_TCP_GRO : 0u));
+    {
+        uint64_t st[FF_ST__COUNT];
+        ff_fwd_stats(fw, st);
+        CHECK_EQ(st[FF_ST_OFFLOAD_FALLBACKS], (uint64_t)(!!(refuse & FF_F_TUN_TSO) +
+                                                         !!(refuse & FF_F_UDP_GRO)));
+        CHECK_EQ(ff_fwd_queue_stats(fw, workers ? workers : 1, st), -ERANGE);
+    }
     port = ff_fwd_port(fw);
     CHECK(port != 0);
     CHECK_EQ(ff_fwd_start(fw), 0);
@@ -143,8 +155,14 @@ static int run(uint32_t flags)
 
 int main(void)
 {
-    if (run(FF_F_ANTI_SPOOF) == 77)
+    if (run(FF_F_ANTI_SPOOF, 1, 0) == 77)
         return 77;
-    run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD);
+    run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD, 1, 0);
+    /* multi-queue: TUN queues, a SO_REUSEPORT group, per-worker send sockets */
+    run(FF_F_ANTI_SPOOF, 2, 0);
+    run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD, 3, 0);
+    /* open-time fallbacks: TUNSETOFFLOAD and UDP_GRO refused */
+    run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD, 1, FF_F_TUN_TSO | FF_F_UDP_GRO);
+    run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD, 2, FF_F_UDP_GRO);
     CHECK_DONE();
 }
