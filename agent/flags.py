@@ -19,6 +19,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 ENV_PREFIX = "FLANNELD"
 MAX_BATCH = 1024                    # UIO_MAXIOV: the most messages one sendmmsg/recvmmsg takes
+MAX_WORKERS = 64                    # TUN queues per fast path (fastpath MAX_WORKERS)
+# -fastpath-disable: offload parts that can be switched off one by one (a kernel bug in one of
+# them, PERF.md 1.4); fastpath.Forwarder.open takes them as keywords with "_" for "-".
+OFFLOAD_PARTS = ("tun-tso", "udp-gso", "udp-gro", "tcp-gro")
 
 
 class FlagError(ValueError):
@@ -70,6 +74,7 @@ class Options:
     fastpath_workers: int = 1
     fastpath_batch: int = 64                        # packets per recvmmsg/sendmmsg
     fastpath_offload: bool = False
+    fastpath_disable: List[str] = field(default_factory=list)   # of OFFLOAD_PARTS
     udp_anti_spoof: bool = True
     # bookkeeping: flag names set on the command line / from the environment, positional args
     set_on_command_line: Tuple[str, ...] = ()
@@ -130,6 +135,8 @@ _FLAGS: Tuple[_Flag, ...] = (
     _Flag("fastpath-workers", "int", "fastflannel: udp fast-path worker threads per direction"),
     _Flag("fastpath-batch", "int", f"fastflannel: packets per batched syscall (1..{MAX_BATCH})"),
     _Flag("fastpath-offload", "bool", "fastflannel: enable TUN/UDP segmentation offloads"),
+    _Flag("fastpath-disable", "csv", "fastflannel: offload parts to keep off with -fastpath-offload, "
+          "a comma list of " + ", ".join(OFFLOAD_PARTS)),
     _Flag("udp-anti-spoof", "bool", "fastflannel: drop udp datagrams not sent by a known peer"),
 )
 _BY_NAME: Dict[str, _Flag] = {f.name: f for f in _FLAGS}
@@ -258,8 +265,12 @@ def _validate(opts: Options) -> None:
         raise FlagError(f"-iptables-resync must be at least 1 second, got {opts.iptables_resync}")
     if not 0 <= opts.healthz_port <= 65535:
         raise FlagError(f"-healthz-port must be 0..65535, got {opts.healthz_port}")
-    if opts.fastpath_workers < 1:
-        raise FlagError(f"-fastpath-workers must be at least 1, got {opts.fastpath_workers}")
+    if not 1 <= opts.fastpath_workers <= MAX_WORKERS:
+        raise FlagError(f"-fastpath-workers must be 1..{MAX_WORKERS}, got {opts.fastpath_workers}")
+    bad = [p for p in opts.fastpath_disable if p not in OFFLOAD_PARTS]
+    if bad:
+        raise FlagError(f"-fastpath-disable: unknown offload part {bad[0]!r} "
+                        f"(known: {', '.join(OFFLOAD_PARTS)})")
     if not 1 <= opts.fastpath_batch <= MAX_BATCH:
         raise FlagError(f"-fastpath-batch must be 1..{MAX_BATCH}, got {opts.fastpath_batch}")
 

@@ -26,6 +26,8 @@ TUN_TEMPLATE = "flannel%d"
 # The TUN's default txqueuelen (500) overflows under one TCP stream: each drop is a retransmit
 # (measured: ~15k drops in 4 s at 500, none at 5000; PERF.md §5.1, Firezone #10231).
 TUN_TXQUEUELEN = 5000
+# Forwarder.open's offload keywords (fastpath.OFFLOAD_PARTS); -fastpath-disable spells them with "-".
+OFFLOAD_PARTS = ("tun_tso", "udp_gso", "udp_gro", "tcp_gro")
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -36,11 +38,16 @@ def _sysctl(key: str, value: str) -> None:
         log.warning("cannot set %s=%s: %s", key.replace("/", "."), value, e)
 
 
+def _features_text(f: dict) -> str:
+    on = [k.replace("_", "-") for k, v in f.items() if v is True]
+    return f"workers {f.get('workers', 1)}, offload " + (",".join(on) if on else "off")
+
+
 class UdpBackend:
     name = "udp"
 
     def __init__(self, ext, backend_cfg: dict, *, batch: int = 64, anti_spoof: bool = True,
-                 workers: int = 1, offload: bool = False):
+                 workers: int = 1, offload: bool = False, disable: Iterable[str] = ()):
         self.ext = ext
         try:
             self.port = int(ci_get(backend_cfg, "Port", 0) or DEFAULT_PORT)
@@ -50,6 +57,12 @@ class UdpBackend:
             raise BackendError(f"udp backend: Port {self.port} out of range")
         self.batch, self.anti_spoof = batch, anti_spoof
         self.workers, self.offload = workers, offload
+        # offload parts kept off (-fastpath-disable: "udp-gso", ...), as Forwarder.open keywords
+        self.disable = tuple(p.replace("-", "_") for p in disable)
+        unknown = [p for p in self.disable if p not in OFFLOAD_PARTS]
+        if unknown:
+            raise BackendError(f"udp backend: unknown offload part {unknown[0]!r}")
+        self._features: Optional[dict] = None
         self.fw = None
         self.tun_name: Optional[str] = None
         self.lease: Optional[Lease] = None
@@ -85,16 +98,41 @@ class UdpBackend:
         # choice); without accept_local the kernel drops it as a martian and senders just time out.
         _sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
         fw.start()
-        log.info("udp backend: %s up, %s/32, mtu %d, udp %s:%d", self.tun_name,
-                 lease.subnet.network_address, self.mtu(), self.ext.iface_addr, self.port)
+        log.info("udp backend: %s up, %s/32, mtu %d, udp %s:%d, fast path %s", self.tun_name,
+                 lease.subnet.network_address, self.mtu(), self.ext.iface_addr, self.port,
+                 _features_text(fw.features))
+        self._log_fallbacks()
+
+    def _asked(self) -> set:
+        """The offload parts this backend asked the fast path for."""
+        if not self.offload:
+            return set()
+        asked = {p for p in OFFLOAD_PARTS if p not in self.disable}
+        if "tun_tso" not in asked:
+            asked.discard("tcp_gro")           # merged TUN writes need the TUN's vnet header
+        return asked
+
+    def _log_fallbacks(self) -> None:
+        """Log each offload part asked for but off now (the kernel refused it at open, or later:
+        EIO on a GSO send, EINVAL on a GSO TUN write); once per part."""
+        now = self.fw.features
+        prev = self._features or {}
+        for part in sorted(self._asked()):
+            if not now.get(part) and prev.get(part, True):
+                log.warning("udp backend: fast-path offload %s refused by the kernel, now off "
+                            "(offload_fallbacks=%d)", part.replace("_", "-"),
+                            self.fw.stats().get("offload_fallbacks", 0))
+        self._features = dict(now)
 
     def _tier_options(self) -> dict:
-        # Offload and multi-queue tiers are opt-in switches of the forwarder (PERF.md tiers 2, 3).
+        # Offload and multi-queue tiers are opt-in switches of the forwarder (PERF.md tiers 2, 3);
+        # each offload part can be kept off on its own (-fastpath-disable).
         opts = {}
         if self.workers != 1:
             opts["workers"] = self.workers
         if self.offload:
             opts["offload"] = True
+            opts.update({part: False for part in self.disable})
         return opts
 
     # -- peers ----------------------------------------------------------------------------------
@@ -125,6 +163,8 @@ class UdpBackend:
         """Re-add the Network route if someone deleted it (the TUN itself lives as long as we do)."""
         if self.tun_name and self.network is not None:
             netlink.route_replace(self.network, dev=self.tun_name)
+        if self.fw is not None:
+            self._log_fallbacks()
 
     def stats(self) -> dict:
         return self.fw.stats() if self.fw else {}

@@ -1,0 +1,64 @@
+"""The daemon's fast-path switches: -fastpath-offload, -fastpath-disable, -fastpath-workers, and
+how the udp backend turns them into Forwarder.open keywords and logs offload fallbacks."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from fastflannel.agent.backends.base import BackendError
+from fastflannel.agent.backends.udp import OFFLOAD_PARTS, UdpBackend
+from fastflannel.agent.flags import FlagError, Options, parse_flags
+
+
+def test_disable_flag_default_and_values():
+    assert Options().fastpath_disable == []
+    o = parse_flags(["-fastpath-offload", "-fastpath-disable=udp-gso,tcp-gro", "-fastpath-workers=2"])
+    assert (o.fastpath_offload, o.fastpath_disable, o.fastpath_workers) == (True, ["udp-gso", "tcp-gro"], 2)
+    assert parse_flags([], {"FLANNELD_FASTPATH_DISABLE": "tun-tso,udp-gro"}).fastpath_disable == ["tun-tso", "udp-gro"]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["-fastpath-disable=udp-gso,gro"], "-fastpath-disable: unknown offload part 'gro'"),
+    (["-fastpath-workers=65"], "-fastpath-workers must be 1..64"),
+])
+def test_bad_fastpath_flags(argv, msg):
+    with pytest.raises(FlagError, match=msg):
+        parse_flags(argv)
+
+
+def _backend(**kw) -> UdpBackend:
+    return UdpBackend(SimpleNamespace(mtu=1500), {}, **kw)
+
+
+def test_backend_forwarder_options():
+    assert _backend()._tier_options() == {}
+    assert _backend(workers=2)._tier_options() == {"workers": 2}
+    assert _backend(offload=True, disable=["udp-gso", "tun-tso"])._tier_options() == {
+        "offload": True, "udp_gso": False, "tun_tso": False}
+    assert _backend(offload=False, disable=["udp-gso"])._tier_options() == {}
+    with pytest.raises(BackendError):
+        _backend(disable=["nope"])
+
+
+class _FakeForwarder:
+    def __init__(self, features):
+        self.features = dict(features, workers=1)
+
+    def stats(self):
+        return {"offload_fallbacks": 1}
+
+
+def test_backend_logs_each_fallback_once(caplog):
+    b = _backend(offload=True, disable=["udp-gro"])
+    b.fw = _FakeForwarder({p: p != "udp_gro" for p in OFFLOAD_PARTS})
+    with caplog.at_level(logging.WARNING, logger="fastflannel.udp"):
+        b._log_fallbacks()                 # everything asked for is on; udp-gro was disabled
+        assert caplog.records == []
+        b.fw.features["udp_gso"] = False   # EIO on a GSO send turned it off
+        b._log_fallbacks()
+        b._log_fallbacks()
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "udp backend: fast-path offload udp-gso refused by the kernel"]
+    assert "now off (offload_fallbacks=1)" in caplog.records[0].getMessage()
