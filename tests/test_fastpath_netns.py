@@ -170,13 +170,15 @@ while True:
 """
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
-def test_interoperates_with_a_flannel_style_proxy(lab, offload):
-    """h1 runs our Forwarder, h2 a per-packet proxy written from flannel's description."""
+@pytest.mark.parametrize("offload, workers", [(False, 1), (True, 1), (True, 2)],
+                         ids=["tier1", "offload", "offload-workers2"])
+def test_interoperates_with_a_flannel_style_proxy(lab, offload, workers):
+    """h1 runs our Forwarder, h2 a per-packet proxy written from flannel's description. With
+    workers=2 h1 sends from per-worker ports: flannel's receiver does not look at the port."""
     hosts = Hosts(lab)
     h1, h2 = hosts.h["h1"], hosts.h["h2"]
     stats = os.path.join(lab.tmp, "stats-h1.json")
-    cfg1 = {"bind_ip": h1.ip, "tun_ip": LEASE["h1"], "offload": offload, "stats": stats,
+    cfg1 = {"bind_ip": h1.ip, "tun_ip": LEASE["h1"], "offload": offload, "stats": stats, "workers": workers,
             "routes": [[LEASE["h2"] + "/20", h2.ip]]}
     lab.spawn(h1.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(cfg1)], "node-h1.log")
     cfg2 = {"bind_ip": h2.ip, "tun_ip": LEASE["h2"], "route": [LEASE["h1"] + "/20", h1.ip]}
@@ -186,6 +188,8 @@ def test_interoperates_with_a_flannel_style_proxy(lab, offload):
     assert ping.returncode == 0, ping.stdout + lab.log("proxy-h2.log")
     hosts.tcp_transfer(3 * MB, seed=6, port=5003, src="h1", dst="h2")
     hosts.tcp_transfer(3 * MB, seed=7, port=5004, src="h2", dst="h1")
+    if workers > 1:
+        parallel_transfer(hosts, streams=8, nbytes=MB, seed=8, port=5005)
 
 
 def _pcap_udp_payloads(path: str):
@@ -285,9 +289,10 @@ while True:
 """
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
-def test_icmp_net_unreachable_for_unknown_subnet(lab, offload):
-    ov = Overlay(lab, offload=offload)
+@pytest.mark.parametrize("offload, workers", [(False, 1), (True, 1), (True, 2)],
+                         ids=["tier1", "offload", "offload-workers2"])
+def test_icmp_net_unreachable_for_unknown_subnet(lab, offload, workers):
+    ov = Overlay(lab, offload=offload, workers=workers)
     # flannel sources the reply from the TUN's own address; the kernel drops a packet arriving
     # with a local source address as martian unless accept_local is set on the receiving device.
     lab.sh(ov.h["h1"].ns, f"sysctl -qw net.ipv4.conf.{ov.stats('h1')['tun']}.accept_local=1")
@@ -345,9 +350,10 @@ print("sent")
 """
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
-def test_malformed_and_spoofed_are_dropped_and_counted(lab, offload):
-    ov = Overlay(lab, offload=offload)
+@pytest.mark.parametrize("offload, workers", [(False, 1), (True, 1), (False, 2)],
+                         ids=["tier1", "offload", "workers2"])
+def test_malformed_and_spoofed_are_dropped_and_counted(lab, offload, workers):
+    ov = Overlay(lab, offload=offload, workers=workers)
     attacker = lab.add_host("h3")
     before = ov.stats("h2")
     p = labmod.run(lab.ns_cmd(attacker.ns, sys.executable, "-c", ATTACK, ov.h["h2"].ip, str(PORT),
