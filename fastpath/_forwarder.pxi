@@ -92,6 +92,8 @@ cdef class Forwarder:
             if on is None and offload or on:
                 parts |= OFFLOAD_PARTS[name]
         for name in _refuse:
+            if name not in OFFLOAD_PARTS:
+                raise ValueError(f"unknown offload part {name!r}")
             refuse |= OFFLOAD_PARTS[name]
         cdef ff_opts o
         name = tun.encode() if isinstance(tun, str) else bytes(tun)

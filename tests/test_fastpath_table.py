@@ -231,9 +231,52 @@ def test_forwarder_adopts_a_tun_fd(netns_required):
         os.close(fd)
 
 
+def test_forwarder_features_and_workers(netns_required):
+    """features: each offload part as asked (None follows offload), tcp_gro only with tun_tso;
+    a part refused at open reads False and is counted; workers=N gives N queues of counters."""
+    cases = [({}, dict.fromkeys(fp.OFFLOAD_PARTS, False)),
+             ({"offload": True}, dict.fromkeys(fp.OFFLOAD_PARTS, True)),
+             ({"offload": True, "udp_gso": False}, {"tun_tso": True, "udp_gso": False, "udp_gro": True, "tcp_gro": True}),
+             ({"udp_gro": True}, {"tun_tso": False, "udp_gso": False, "udp_gro": True, "tcp_gro": False}),
+             ({"tcp_gro": True}, dict.fromkeys(fp.OFFLOAD_PARTS, False)),
+             ({"offload": True, "_refuse": ("tun_tso",)}, {"tun_tso": False, "udp_gso": True, "udp_gro": True, "tcp_gro": False}),
+             ({"offload": True, "_refuse": ("udp_gro",), "workers": 3}, {"tun_tso": True, "udp_gso": True, "udp_gro": False, "tcp_gro": True})]
+    for kw, want in cases:
+        with fp.Forwarder() as fw:
+            fw.open(tun="fftbl%d", bind_ip="127.0.0.1", port=0, **kw)
+            f = fw.features
+            assert f.pop("workers") == fw.workers == kw.get("workers", 1)
+            assert f == want, kw
+            assert fw.stats()["offload_fallbacks"] == len(kw.get("_refuse", ()))
+            assert len(fw.queue_stats()) == fw.workers
+            fw.start()
+
+
+def test_forwarder_workers_adopt_a_multiqueue_tun(netns_required):
+    """workers=2 with tun_fd=: the fd must be a multi-queue TUN (more queues are opened by its name)."""
+    import fcntl
+    import os
+
+    TUNSETIFF, IFF_TUN, IFF_NO_PI, IFF_MULTI_QUEUE = 0x400454CA, 0x0001, 0x1000, 0x0100
+    for flags, ok in ((IFF_TUN | IFF_NO_PI, False), (IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE, True)):
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"ffmq%d", flags))
+            with fp.Forwarder() as fw:
+                if not ok:
+                    with pytest.raises(ValueError):
+                        fw.open(tun_fd=fd, bind_ip="127.0.0.1", port=0, workers=2)
+                    continue
+                fw.open(tun_fd=fd, bind_ip="127.0.0.1", port=0, workers=2)
+                assert fw.tun_name.startswith("ffmq") and fw.workers == 2
+                fw.start()
+        finally:
+            os.close(fd)
+
+
 def test_forwarder_rejects_bad_options(netns_required):
-    for kw in ({"batch": 0}, {"batch": 5000}, {"port": 70000}, {"workers": 2},
-               {"bind_ip": "not-an-ip"}, {"tun": "x" * 20}):
+    for kw in ({"batch": 0}, {"batch": 5000}, {"port": 70000}, {"workers": 0}, {"workers": 65},
+               {"bind_ip": "not-an-ip"}, {"tun": "x" * 20}, {"_refuse": ("gro",)}):
         with pytest.raises(ValueError):
             fp.Forwarder().open(**{"tun": "fftbl%d", **kw})
     with pytest.raises(OSError) as e:             # a kernel refusal keeps its errno

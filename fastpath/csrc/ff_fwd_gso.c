@@ -219,8 +219,9 @@ void ff_gro_rx_free(struct ff_worker *w)
 
 /* A merged item the kernel refused (EINVAL: e.g. the virtio_net_hdr regression of PERF.md
  * 1.4): its head was rewritten in place, so cut the item again, as the kernel would have, into
- * complete segments (ff_gso_split) and write those. Returns the segments written. */
-static int write_segments(struct ff_worker *w, int item)
+ * complete segments (ff_gso_split) and write those. Returns the segments written and adds
+ * their bytes to *bytes. */
+static int write_segments(struct ff_worker *w, int item, uint64_t *bytes)
 {
     uint8_t *frame = w->reseg, *seg = w->reseg + FF_VNET_HDR_LEN + FF_BUF_BYTES;
     uint8_t *segp[FF_GSO_MAX_SEGS];
@@ -240,8 +241,12 @@ static int write_segments(struct ff_worker *w, int item)
         segp[i] = seg + (size_t)i * each;
     k = ff_gso_split(&h, frame + FF_VNET_HDR_LEN, (size_t)len - FF_VNET_HDR_LEN, segp, each,
                      seg_lens, FF_GSO_MAX_SEGS);
-    for (int i = 0; i < k; i++)
-        ok += ff_tun_write(w, segp[i], seg_lens[i], FF_TUN_WRITE_RETRIES) == 0;
+    for (int i = 0; i < k; i++) {
+        if (ff_tun_write(w, segp[i], seg_lens[i], FF_TUN_WRITE_RETRIES) == 0) {
+            ok++;
+            *bytes += seg_lens[i];
+        }
+    }
     return ok;
 }
 
@@ -288,7 +293,7 @@ static void gro_write(struct ff_worker *w, uint32_t k)
         /* a kernel that refuses our GSO frames: stop merging, resend this one as segments */
         if (rc == -EINVAL && segs > 1 && w->reseg) {
             tcp_gro_off(w);
-            sent = write_segments(w, j);
+            sent = write_segments(w, j, &tx_bytes);
             tx += (uint64_t)sent;
             STAT_ADD(w, FF_ST_TUN_ERROR, segs - sent);
             continue;
