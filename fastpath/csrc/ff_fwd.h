@@ -1,4 +1,5 @@
-/* The udp-backend forwarder: a TUN device and a UDP socket joined by two worker pthreads.
+/* The udp-backend forwarder: a TUN device and a UDP socket joined by two worker pthreads (per
+ * TUN queue with workers > 1: see ff_opts.workers and fastpath/README.md).
  *
  *   tun->udp: poll, drain up to `batch` packets from the TUN, validate, look up the peer,
  *             TTL-1, sendmmsg; no route -> ICMP net-unreachable written back into the TUN.
