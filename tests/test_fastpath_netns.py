@@ -541,6 +541,10 @@ def test_workers2_parallel_streams(lab, offload):
     keys = ("udp_tx_bytes", "udp_rx_bytes", "tun_rx_packets", "tun_tx_packets")
     ov.wait_for(lambda: all(sum(q[k] for q in s["queues"]) == s[k]
                             for s in (ov.stats("h1"), ov.stats("h2")) for k in keys), "queue sums")
+    # steering: what h1's worker i sent (from its port = i mod 2) is what h2's worker i received
+    s1, s2 = ov.stats("h1"), ov.stats("h2")
+    for q1, q2 in zip(s1["queues"], s2["queues"]):
+        assert 0.95 * q1["udp_tx_packets"] <= q2["udp_rx_packets"] <= q1["udp_tx_packets"], (s1["queues"], s2["queues"])
     _assert_clean(s1, s2)
 
 
@@ -552,9 +556,12 @@ def test_workers2_one_flow_stays_on_one_worker(lab, offload):
     ov.tcp_transfer(8 * MB, seed=22, port=5022)
     ov.wait_for(lambda: ov.stats("h2")["tun_tx_bytes"] > 8 * MB, "counters")
     s1, s2 = ov.stats("h1"), ov.stats("h2")
+    busy = set()
     for s, key in ((s1, "udp_tx_bytes"), (s2, "udp_rx_bytes"), (s2, "tun_tx_bytes"), (s1, "udp_rx_packets")):
-        vals = sorted(q[key] for q in s["queues"])
-        assert vals[0] == 0, (key, s["queues"])
+        vals = [q[key] for q in s["queues"]]
+        assert min(vals) == 0, (key, s["queues"])
+        busy.add(vals.index(max(vals)))
+    assert len(busy) == 1, (s1["queues"], s2["queues"])       # worker i <-> the peer's worker i
     _assert_clean(s1, s2)
 
 
