@@ -103,6 +103,30 @@ void ff_send_singly(struct ff_worker *w, const struct msghdr *train, uint32_t co
     ff_send_msgs(w, one, count, NULL);
 }
 
+static void count_sent(struct ff_worker *w, const struct mmsghdr *msgs, uint32_t from,
+                       uint32_t to, const struct ff_gso_group *groups)
+{
+    uint64_t pkts = 0, bytes = 0;
+
+    for (uint32_t k = from; k < to; k++) {
+        pkts += groups ? groups[k].count : 1;
+        bytes += msgs[k].msg_len;
+    }
+    STAT_ADD(w, FF_ST_UDP_TX_PACKETS, pkts);
+    STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
+}
+
+/* EIO on a UDP_SEGMENT train: GSO off for this worker's socket (once counted), the train resent
+ * one datagram at a time. */
+static void gso_refused(struct ff_worker *w, const struct msghdr *train, uint32_t count)
+{
+    if (!__atomic_load_n(&w->g.gso_off, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&w->g.gso_off, 1, __ATOMIC_RELAXED);
+        STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
+    }
+    ff_send_singly(w, train, count);
+}
+
 /* sendmmsg m messages; groups (NULL = one packet per message) says how many inner packets each
  * carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped, except that EIO
  * on a GSO message (UDP GSO refused by the kernel or the device, PERF.md 1.4) turns GSO off for
@@ -116,38 +140,24 @@ void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
     while (off < m) {
         int gso = groups && groups[off].count > 1, r;
         if (gso && ff_refused(w->fw, FF_F_UDP_GSO)) {
-            r = -1;
+            r = -1;              /* tests: as the kernel would refuse it */
             errno = EIO;
         } else
             r = sendmmsg(w->sock_fd, msgs + off, m - off, 0);
         if (r > 0) {
-            uint64_t pkts = 0, bytes = 0;
-            for (uint32_t k = off; k < off + (uint32_t)r; k++) {
-                pkts += groups ? groups[k].count : 1;
-                bytes += msgs[k].msg_len;
-            }
-            STAT_ADD(w, FF_ST_UDP_TX_PACKETS, pkts);
-            STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
+            count_sent(w, msgs, off, off + (uint32_t)r, groups);
             off += (uint32_t)r;
+        } else if (r < 0 && errno == EINTR) {
             continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < FF_SEND_RETRIES) {
+        } else if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < FF_SEND_RETRIES) {
             ff_wait_out(w->sock_fd);
-            continue;
-        }
-        if (r < 0 && errno == EIO && gso) {
-            if (!__atomic_load_n(&w->g.gso_off, __ATOMIC_RELAXED)) {
-                __atomic_store_n(&w->g.gso_off, 1, __ATOMIC_RELAXED);
-                STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
-            }
-            ff_send_singly(w, &msgs[off].msg_hdr, groups[off].count);
+        } else if (r < 0 && errno == EIO && gso) {
+            gso_refused(w, &msgs[off].msg_hdr, groups[off].count);
             off++;
-            continue;
+        } else {
+            STAT_ADD(w, FF_ST_SEND_ERROR, groups ? groups[off].count : 1);
+            off++;
         }
-        STAT_ADD(w, FF_ST_SEND_ERROR, groups ? groups[off].count : 1);
-        off++;
     }
 }
 
