@@ -38,7 +38,8 @@ def make_backend(cfg: NetworkConfig, ext, opts):
     if kind == "udp":
         from .backends.udp import UdpBackend
         return UdpBackend(ext, cfg.backend, batch=opts.fastpath_batch, anti_spoof=opts.udp_anti_spoof,
-                          workers=opts.fastpath_workers, offload=opts.fastpath_offload)
+                          workers=opts.fastpath_workers, offload=opts.fastpath_offload,
+                          disable=opts.fastpath_disable)
     if kind == "vxlan":
         from .backends.vxlan import VxlanBackend
         return VxlanBackend(ext, cfg.backend, state_dir=_state_dir(opts))

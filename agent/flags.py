@@ -73,7 +73,8 @@ class Options:
     # fastflannel's own
     fastpath_workers: int = 1
     fastpath_batch: int = 64                        # packets per recvmmsg/sendmmsg
-    fastpath_offload: bool = False
+    # On by default: every part falls back by itself when the kernel refuses it (PERF.md §1.4).
+    fastpath_offload: bool = True
     fastpath_disable: List[str] = field(default_factory=list)   # of OFFLOAD_PARTS
     udp_anti_spoof: bool = True
     # bookkeeping: flag names set on the command line / from the environment, positional args
@@ -134,7 +135,8 @@ _FLAGS: Tuple[_Flag, ...] = (
     _Flag("log_backtrace_at", "str", "when logging hits line file:N, emit a stack trace (accepted, ignored)"),
     _Flag("fastpath-workers", "int", "fastflannel: udp fast-path worker threads per direction"),
     _Flag("fastpath-batch", "int", f"fastflannel: packets per batched syscall (1..{MAX_BATCH})"),
-    _Flag("fastpath-offload", "bool", "fastflannel: enable TUN/UDP segmentation offloads"),
+    _Flag("fastpath-offload", "bool", "fastflannel: TUN/UDP segmentation offloads (default true; "
+          "-fastpath-offload=false for the plain batched tier)"),
     _Flag("fastpath-disable", "csv", "fastflannel: offload parts to keep off with -fastpath-offload, "
           "a comma list of " + ", ".join(OFFLOAD_PARTS)),
     _Flag("udp-anti-spoof", "bool", "fastflannel: drop udp datagrams not sent by a known peer"),

@@ -6,7 +6,7 @@ Each mode is a fresh two-host cluster running the fastflannel daemon (real etcd,
   vxlan        kernel VXLAN through the daemon's vxlan backend (the reference)
   udp-batch1   udp backend, batch 1: one packet per syscall, flannel's proxy design
   udp          udp backend, batched recvmmsg/sendmmsg (tier 1)
-  udp-offload  udp backend with TUN TSO/GRO + UDP GSO/GRO (tier 2)
+  udp-offload  udp backend with TUN TSO/GRO + UDP GSO/GRO (tier 2, the daemon's default)
   udp-mq       tier 2 plus two multi-queue workers (tier 3)
 Measured with iperf3 (one TCP stream, four TCP streams) and bench/udpblast.c (64-byte UDP packet
 rate from a sendmmsg sender, counted at the receiver); CPU seconds per Gbit from /proc/stat (all cores, so kernel work in softirq counts too). Writes
@@ -30,8 +30,8 @@ from fastflannel.agent.lab import Lab, cleanup_stale, wait_for  # noqa: E402
 
 MODES = {
     "vxlan": ("vxlan", []),
-    "udp-batch1": ("udp", ["-fastpath-batch=1"]),
-    "udp": ("udp", []),
+    "udp-batch1": ("udp", ["-fastpath-offload=false", "-fastpath-batch=1"]),
+    "udp": ("udp", ["-fastpath-offload=false"]),
     "udp-offload": ("udp", ["-fastpath-offload"]),
     "udp-mq": ("udp", ["-fastpath-offload", "-fastpath-workers=2"]),
 }

@@ -196,3 +196,18 @@ def test_own_lease_deleted_is_taken_back_and_stolen_lease_is_never_overwritten(l
     assert cluster.leases()[key.rsplit("/", 1)[1]] == '{"PublicIP":"192.0.2.99","PublicIPv6":null}'
     log = cluster.log("h1")
     assert "192.0.2.99" in log and "Traceback" not in log
+
+
+def test_offload_host_and_plain_host_interoperate(lab):
+    # Offloads never change the wire: one inner packet per datagram, so a plain peer (or flannel)
+    # still talks to an offloading, multi-queue one.
+    cluster = Cluster(lab, SEED_CONFIG_UDP, hosts=("h1", "h2"))
+    cluster.start("h1", extra=["-fastpath-offload=false"])
+    cluster.start("h2", extra=["-fastpath-workers=2"])
+    cluster.wait_all()
+    cluster.add_containers()
+    for a, b in (("h1", "h2"), ("h2", "h1")):
+        assert cluster.ping(a, b), cluster.log(a)[-2000:]
+        res = tcp_transfer(lab, cluster.containers[a].ns, cluster.containers[b].ns,
+                           cluster.containers[b].ip, 8 << 20)
+        assert res["ok"], (a, b, res)

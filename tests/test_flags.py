@@ -28,7 +28,7 @@ def test_defaults():
     assert o.iptables_resync == 5 and o.iptables_forward_rules is True
     assert o.healthz_ip == "0.0.0.0" and o.healthz_port == 0
     assert o.kube_subnet_mgr is False and o.version is False and o.v == 0
-    assert (o.fastpath_workers, o.fastpath_batch, o.fastpath_offload, o.udp_anti_spoof) == (1, 64, False, True)
+    assert (o.fastpath_workers, o.fastpath_batch, o.fastpath_offload, o.udp_anti_spoof) == (1, 64, True, True)
     assert o.args == [] and o.set_on_command_line == () and o.set_from_env == ()
 
 
@@ -82,7 +82,7 @@ def test_all_the_values():
               "-iface-can-reach=192.0.2.1", "-public-ip=192.0.2.10", "-subnet-file=/tmp/s.env",
               "-subnet-lease-renew-margin=1439", "-ip-masq-fully-random-disable", "-iptables-resync=9",
               "-healthz-ip=127.0.0.1", "-healthz-port=8471", "-version", "-fastpath-workers=4",
-              "-fastpath-batch=1024", "-fastpath-offload", "-udp-anti-spoof=false", "-public-ipv6=fc00::1",
+              "-fastpath-batch=1024", "-fastpath-offload=false", "-udp-anti-spoof=false", "-public-ipv6=fc00::1",
               "-ip-blackhole-route", "-vmodule=x=2", "-log_backtrace_at=a.go:1", "-kube-api-url=x",
               "-net-config-path=/n", "-kube-subnet-mgr=false")
     assert (o.etcd_keyfile, o.etcd_certfile, o.etcd_cafile, o.etcd_username, o.etcd_password) == \
@@ -90,7 +90,7 @@ def test_all_the_values():
     assert (o.iface_can_reach, o.public_ip, o.subnet_file) == ("192.0.2.1", "192.0.2.10", "/tmp/s.env")
     assert o.subnet_lease_renew_margin == 1439 and o.ip_masq_fully_random_disable is True
     assert (o.iptables_resync, o.healthz_ip, o.healthz_port, o.version) == (9, "127.0.0.1", 8471, True)
-    assert (o.fastpath_workers, o.fastpath_batch, o.fastpath_offload, o.udp_anti_spoof) == (4, 1024, True, False)
+    assert (o.fastpath_workers, o.fastpath_batch, o.fastpath_offload, o.udp_anti_spoof) == (4, 1024, False, False)
     assert o.public_ipv6 == "fc00::1" and o.ip_blackhole_route and o.vmodule == "x=2"
 
 
