@@ -4,6 +4,7 @@
 
 Each mode is a fresh two-host cluster running the fastflannel daemon (real etcd, real devices):
   vxlan        kernel VXLAN through the daemon's vxlan backend (the reference)
+  host-gw      plain kernel routes through the daemon's host-gw backend (no encapsulation)
   udp-batch1   udp backend, batch 1: one packet per syscall, flannel's proxy design
   udp          udp backend, batched recvmmsg/sendmmsg (tier 1)
   udp-offload  udp backend with TUN TSO/GRO + UDP GSO/GRO (tier 2, the daemon's default)
@@ -30,6 +31,7 @@ from fastflannel.agent.lab import Lab, cleanup_stale, wait_for  # noqa: E402
 
 MODES = {
     "vxlan": ("vxlan", []),
+    "host-gw": ("host-gw", []),
     "udp-batch1": ("udp", ["-fastpath-offload=false", "-fastpath-batch=1"]),
     "udp": ("udp", ["-fastpath-offload=false"]),
     "udp-offload": ("udp", ["-fastpath-offload"]),
