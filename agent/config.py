@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .lease import json_key
+
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
 
@@ -36,21 +38,10 @@ class ConfigError(ValueError):
     """The network config is invalid; the message names the field (flannel's wording where it has one)."""
 
 
-def _ci_lookup(obj: dict, name: str, default: Any = None) -> Any:
-    """Go's decoder: an exact key wins, otherwise the first case-insensitive match."""
-    if name in obj:
-        return obj[name]
-    low = name.lower()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.lower() == low:
-            return v
-    return default
-
-
 def ci_get(obj: dict, name: str, default: Any = None) -> Any:
     """A key of a JSON object matched like Go (exact first, then case-insensitive); `default`
     when absent or null. For backends that get the raw Backend dict."""
-    value = _ci_lookup(obj, name, None) if isinstance(obj, dict) else None
+    value = json_key(obj, name, None) if isinstance(obj, dict) else None
     return default if value is None else value
 
 
@@ -150,7 +141,7 @@ def _load(raw: Union[str, bytes]) -> tuple[str, dict]:
 
 def _backend(obj: dict) -> tuple[str, dict]:
     """flannel's parseBackendType: absent -> "udp"; present -> its Type, lowercased at lookup."""
-    be = _ci_lookup(obj, "Backend", _SENTINEL)
+    be = json_key(obj, "Backend", _SENTINEL)
     if be is _SENTINEL:
         return DEFAULT_BACKEND, {}
     if not isinstance(be, dict):
@@ -160,7 +151,7 @@ def _backend(obj: dict) -> tuple[str, dict]:
             return "", {}
         raise ConfigError(f"error decoding Backend property of config: Backend must be an object, "
                           f"got {json.dumps(be)}")
-    btype = _ci_lookup(be, "Type")
+    btype = json_key(be, "Type")
     if btype is not None and not isinstance(btype, str):
         raise ConfigError(f"error decoding Backend property of config: Type must be a string, "
                           f"got {json.dumps(btype)}")
@@ -206,13 +197,13 @@ def _range_end(network: IPv4Network, given: Optional[IPv4Address], default: IPv4
 def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
     """Decode and validate a network config; raise ConfigError with flannel's message on failure."""
     text, obj = _load(raw)
-    net_v = _ci_lookup(obj, "Network")
+    net_v = json_key(obj, "Network")
     network = _parse_cidr(net_v, "Network") if net_v is not None else None
-    subnet_len = _parse_uint(_ci_lookup(obj, "SubnetLen"), "SubnetLen")
-    smin = _parse_ip(_ci_lookup(obj, "SubnetMin"), "SubnetMin")
-    smax = _parse_ip(_ci_lookup(obj, "SubnetMax"), "SubnetMax")
-    v4 = _parse_bool(_ci_lookup(obj, "EnableIPv4"), "EnableIPv4", True)
-    v6 = _parse_bool(_ci_lookup(obj, "EnableIPv6"), "EnableIPv6", False)
+    subnet_len = _parse_uint(json_key(obj, "SubnetLen"), "SubnetLen")
+    smin = _parse_ip(json_key(obj, "SubnetMin"), "SubnetMin")
+    smax = _parse_ip(json_key(obj, "SubnetMax"), "SubnetMax")
+    v4 = _parse_bool(json_key(obj, "EnableIPv4"), "EnableIPv4", True)
+    v6 = _parse_bool(json_key(obj, "EnableIPv6"), "EnableIPv6", False)
     btype, backend = _backend(obj)
 
     if not v4 and not v6:

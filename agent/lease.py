@@ -88,15 +88,15 @@ def encode_attrs(attrs: LeaseAttrs) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
-def _ci_get(obj: dict, name: str) -> Any:
-    """Go's decoder: exact key first, then a case-insensitive match."""
+def json_key(obj: dict, name: str, default: Any = None) -> Any:
+    """Go's JSON decoder: an exact key wins, otherwise the first case-insensitive match."""
     if name in obj:
         return obj[name]
     low = name.lower()
     for k, v in obj.items():
         if isinstance(k, str) and k.lower() == low:
             return v
-    return None
+    return default
 
 
 def decode_attrs(raw: bytes | str) -> LeaseAttrs:
@@ -106,7 +106,7 @@ def decode_attrs(raw: bytes | str) -> LeaseAttrs:
         raise LeaseFormatError(f"lease value is not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise LeaseFormatError("lease value is not a JSON object")
-    pub = _ci_get(obj, "PublicIP")
+    pub = json_key(obj, "PublicIP")
     if pub is not None and not isinstance(pub, str):
         # Go's ip.IP4 unmarshals only from a JSON string; ipaddress would take 5 as 0.0.0.5.
         raise LeaseFormatError(f"bad PublicIP {pub!r}")
@@ -114,10 +114,10 @@ def decode_attrs(raw: bytes | str) -> LeaseAttrs:
         public_ip = ipaddress.IPv4Address(pub if pub is not None else "0.0.0.0")
     except ValueError:
         raise LeaseFormatError(f"bad PublicIP {pub!r}") from None
-    btype = _ci_get(obj, "BackendType")
+    btype = json_key(obj, "BackendType")
     if btype is not None and not isinstance(btype, str):
         raise LeaseFormatError(f"bad BackendType {btype!r}")
-    bdata = _ci_get(obj, "BackendData")
+    bdata = json_key(obj, "BackendData")
     if bdata is not None and not isinstance(bdata, dict):
         raise LeaseFormatError("BackendData is not a JSON object")
     return LeaseAttrs(public_ip=public_ip, backend_type=btype or None, backend_data=bdata)
