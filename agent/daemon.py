@@ -107,7 +107,7 @@ class Daemon:
             return
         from .iface import choose_external_interface
         ext = choose_external_interface(list(opts.iface), list(opts.iface_regex), opts.public_ip or None,
-                                        getattr(opts, "iface_can_reach", None) or None)
+                                        opts.iface_can_reach or None)
         log.info("Using interface with name %s and address %s (public %s, mtu %d)",
                  ext.name, ext.iface_addr, ext.ext_addr, ext.mtu)
         self.backend = make_backend(cfg, ext, opts)
@@ -122,7 +122,6 @@ class Daemon:
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)
-        self.cfg = cfg
         self.keeper = LeaseKeeper(mgr, self.lease)
         self.tracker = PeerTracker(self.lease.subnet)
         leases, rev = self.registry.list_leases()
@@ -132,7 +131,7 @@ class Daemon:
         self.backend.sync_peers(self.tracker.leases())
         self._mark("peers")
         self._spawn("lease-watch", self._watch, rev)
-        self._spawn("lease-keeper", self._keep)
+        self._spawn("lease-keeper", self.keeper.run, self.stop)
 
     def _connect(self) -> None:
         from .registry import EtcdRegistry
@@ -218,9 +217,6 @@ class Daemon:
         t = threading.Thread(target=wrapper, name=name, daemon=True)
         t.start()
         self._threads.append(t)
-
-    def _keep(self) -> None:
-        self.keeper.run(self.stop)
 
     def _watch(self, rev: int) -> None:
         own = self.lease.subnet
