@@ -99,7 +99,7 @@ class Daemon:
         prev = read_prev_subnet(opts.subnet_file)
         if opts.healthz_port:
             from .healthz import HealthServer
-            self.health = HealthServer(opts.healthz_ip, opts.healthz_port, lambda: self.ready)
+            self.health = HealthServer(opts.healthz_ip, opts.healthz_port, lambda: self.ready, self._stats)
             self.health.start()
         self._connect()
         cfg = self._get_config()
@@ -132,6 +132,10 @@ class Daemon:
         self._mark("peers")
         self._spawn("lease-watch", self._watch, rev)
         self._spawn("lease-keeper", self.keeper.run, self.stop)
+
+    def _stats(self) -> dict:
+        stats = getattr(self.backend, "stats", None)
+        return stats() if stats else {}
 
     def _connect(self) -> None:
         from .registry import EtcdRegistry

@@ -1,18 +1,24 @@
-"""flanneld's health endpoints (FLANNEL.md §3.7): exact paths, any method, plain-text bodies."""
+"""flanneld's health endpoints (FLANNEL.md §3.7): exact paths, any method, plain-text bodies.
+
+fastflannel adds `/stats`: the fast path's counters as JSON (udp backend; `{}` otherwise).
+"""
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Optional
 
 
-def _handler(is_ready: Callable[[], bool]):
+def _handler(is_ready: Callable[[], bool], stats: Callable[[], dict]):
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             if self.path == "/healthz":
                 code, body = 200, "flanneld is running"
             elif self.path == "/readyz":
                 code, body = (200, "flanneld is ready") if is_ready() else (503, "flanneld is not ready yet")
+            elif self.path == "/stats":
+                code, body = 200, json.dumps(stats(), sort_keys=True)
             else:
                 code, body = 404, "404 page not found"
             data = body.encode()
@@ -32,8 +38,9 @@ def _handler(is_ready: Callable[[], bool]):
 
 
 class HealthServer:
-    def __init__(self, ip: str, port: int, is_ready: Callable[[], bool]):
-        self.server = ThreadingHTTPServer((ip, port), _handler(is_ready))
+    def __init__(self, ip: str, port: int, is_ready: Callable[[], bool],
+                 stats: Optional[Callable[[], dict]] = None):
+        self.server = ThreadingHTTPServer((ip, port), _handler(is_ready, stats or dict))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="healthz", daemon=True)
 

@@ -1,6 +1,7 @@
 """End to end: namespace hosts running the fastflannel daemon (udp backend) against a real etcd."""
 from __future__ import annotations
 
+import ast
 import ipaddress
 import itertools
 import json
@@ -146,6 +147,10 @@ def test_missing_config_waits_with_v3_hint_then_proceeds(lab):
     env = cluster.wait_subnet("h1", timeout=15)
     assert env["FLANNEL_NETWORK"] == "10.0.0.0/8"
     assert _http_get(lab, ns, "http://127.0.0.1:8471/readyz") == "200 'flanneld is ready'"
+    # fastflannel's /stats: the fast path's counters, live.
+    code, body = _http_get(lab, ns, "http://127.0.0.1:8471/stats").split(" ", 1)
+    stats = json.loads(ast.literal_eval(body))  # the helper prints repr() of the body
+    assert code == "200" and {"udp_rx_packets", "no_route", "spoofed"} <= set(stats), stats
 
 
 def test_config_only_in_v2_store_prints_the_v3_command(lab):
