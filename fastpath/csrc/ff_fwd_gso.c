@@ -343,6 +343,12 @@ uint32_t ff_udp_to_tun_batch_gro(struct ff_worker *w)
             STAT_ADD(w, FF_ST_BAD_LENGTH, 1);
             continue;
         }
+        if (b->msgs[i].msg_len == 0) {
+            /* an empty datagram: the iterator yields nothing, but it is one (short) datagram */
+            dgrams++;
+            (void)ff_udp_accept(w, t, pkt_buf(b, (uint32_t)i), 0, sender, trunc);
+            continue;
+        }
         ff_udp_gro_iter_init(&it, pkt_buf(b, (uint32_t)i), b->msgs[i].msg_len, gso);
         while (ff_udp_gro_next(&it, &dg, &dlen)) {
             uint32_t len;

@@ -130,7 +130,8 @@ static void gso_refused(struct ff_worker *w, const struct msghdr *train, uint32_
 /* sendmmsg m messages; groups (NULL = one packet per message) says how many inner packets each
  * carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped, except that EIO
  * on a GSO message (UDP GSO refused by the kernel or the device, PERF.md 1.4) turns GSO off for
- * this worker's socket and the train is sent again one datagram at a time. */
+ * this worker's socket and the train is sent again one datagram at a time; EMSGSIZE/EINVAL on a
+ * GSO message (a segment above the path MTU) resends that train one datagram at a time. */
 void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
                   const struct ff_gso_group *groups)
 {
@@ -153,6 +154,12 @@ void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
             ff_wait_out(w->sock_fd);
         } else if (r < 0 && errno == EIO && gso) {
             gso_refused(w, &msgs[off].msg_hdr, groups[off].count);
+            off++;
+        } else if (r < 0 && (errno == EMSGSIZE || errno == EINVAL) && gso) {
+            /* the path MTU to this peer is below a segment (a learned PMTU, a smaller route
+             * MTU): the kernel refuses trains it would have to fragment, but fragments single
+             * datagrams, as for flannel. Resend this train singly; GSO stays on (other peers). */
+            ff_send_singly(w, &msgs[off].msg_hdr, groups[off].count);
             off++;
         } else {
             STAT_ADD(w, FF_ST_SEND_ERROR, groups ? groups[off].count : 1);

@@ -104,13 +104,14 @@ static int run(uint32_t flags, uint32_t workers, uint32_t refuse)
 
     mk(p, 60, 0x0a630001u, 0x0a0a0001u);
     sendto_fw(s, port, p, 10);                       /* short */
+    sendto_fw(s, port, p, 0);                        /* empty: short too (and one datagram) */
     p[0] = 0x65;
     sendto_fw(s, port, p, 60);                       /* bad header */
     p[0] = 0x45;
     sendto_fw(s, port, p, 50);                       /* bad length: total 60 > 50 */
     sendto_fw(s, port, p, 60);                       /* valid, but 127.0.0.1 is no peer yet */
     CHECK_EQ(wait_stat(fw, FF_ST_UNKNOWN_SENDER, 1), 1);
-    CHECK_EQ(wait_stat(fw, FF_ST_SHORT, 1), 1);
+    CHECK_EQ(wait_stat(fw, FF_ST_SHORT, 2), 2);
     CHECK_EQ(wait_stat(fw, FF_ST_BAD_HEADER, 1), 1);
     CHECK_EQ(wait_stat(fw, FF_ST_BAD_LENGTH, 1), 1);
 
@@ -134,9 +135,9 @@ static int run(uint32_t flags, uint32_t workers, uint32_t refuse)
     }
     {
         uint64_t st[FF_ST__COUNT];
-        wait_stat(fw, FF_ST_UDP_RX_PACKETS, 105);
+        wait_stat(fw, FF_ST_UDP_RX_PACKETS, 106);
         ff_fwd_stats(fw, st);
-        CHECK_EQ(st[FF_ST_UDP_RX_PACKETS], 105);
+        CHECK_EQ(st[FF_ST_UDP_RX_PACKETS], 106);
         CHECK_EQ(st[FF_ST_TUN_TX_PACKETS] + st[FF_ST_TUN_ERROR], 100);
         CHECK_EQ(st[FF_ST_SPOOFED], 1);
         CHECK_EQ(st[FF_ST_UNKNOWN_SENDER], 1);

@@ -1,0 +1,548 @@
+"""Correctness under offload (issue #5): what crosses two (or three) Forwarder nodes in namespaces
+with TSO split, UDP GSO/GRO and userspace TCP GRO on must arrive exactly as sent, and every
+datagram on the underlay must be one complete inner IPv4 packet (flannel's wire format).
+
+Same setup as tests/test_fastpath_netns.py (its Hosts/Overlay helpers are reused): each host
+namespace runs fastflannel.fastpath.node; traffic only goes between addresses inside the
+namespaces the `lab` fixture creates and deletes. Every loop is bounded in time and count.
+
+Captures: a veth hands a UDP_SEGMENT train to the peer (and to tcpdump) as one GSO skb, so a
+capture would show several inner packets per "datagram" although the kernel (or a NIC) cuts them
+at gso_size. With `tx-udp-segmentation` off on the capturing hosts' eth0 the kernel segments the
+train in software before the device, so the capture shows the datagrams the wire carries.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import sys
+import time
+
+import pytest
+
+from fastflannel.agent import lab as labmod
+from fastflannel.fastpath import reference as ref
+
+from test_fastpath_netns import LEASE, MB, PORT, SERVER, Hosts, Overlay, _pcap_udp_payloads
+
+pytestmark = pytest.mark.netns
+
+DROPS = ("short", "bad_header", "bad_length", "unknown_sender", "spoofed", "send_error", "tun_error", "ttl",
+         "no_route")
+
+
+def _ip(s: str) -> bytes:
+    return bytes(map(int, s.split(".")))
+
+
+def _assert_no_drops(*stats) -> None:
+    for s in stats:
+        assert {k: s[k] for k in DROPS} == dict.fromkeys(DROPS, 0), s
+
+
+def _settled(ov, names, keys=("udp_tx_packets", "udp_rx_packets", "tun_tx_packets", "tun_rx_packets")):
+    """Counters once two consecutive snapshots (>= 100 ms apart, the node's write period) agree."""
+    prev = None
+    for _ in range(40):
+        cur = {n: ov.stats(n) for n in names}
+        snap = {n: tuple(cur[n][k] for k in keys) for n in names}
+        if snap == prev:
+            return cur
+        prev = snap
+        time.sleep(0.25)
+    pytest.fail(f"counters did not settle: {prev}")
+
+
+class Pair(Hosts):
+    """Two hosts with a Forwarder each, routes to one another; per-host node config (mtu, ...)."""
+
+    stats_path = Overlay.stats_path
+    stats = Overlay.stats
+
+    def __init__(self, lab: labmod.Lab, cfg: dict | None = None, per_host: dict | None = None):
+        super().__init__(lab)
+        self.cfg: dict = {}
+        peers = {"h1": "h2", "h2": "h1"}
+        for name, host in self.h.items():
+            other = peers[name]
+            c = {"bind_ip": host.ip, "port": PORT, "tun_ip": LEASE[name],
+                 "routes": [[LEASE[other] + "/20", self.h[other].ip]], "stats": self.stats_path(name),
+                 **(cfg or {}), **((per_host or {}).get(name, {}))}
+            self.cfg[name] = c
+            lab.spawn(host.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(c)], f"node-{name}.log")
+        for name in self.h:
+            self.wait_for(lambda n=name: os.path.exists(self.stats_path(n)), f"{name} forwarder up")
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.lab.procs if "node-" in getattr(p, "log_path", ""))
+
+
+class Capture:
+    """tcpdump on one host's eth0 into a pcap; stop() flushes it and returns the UDP frames."""
+
+    def __init__(self, hosts: Hosts, name: str, filt: str, tag: str = "cap"):
+        self.hosts, self.tag = hosts, tag
+        self.pcap = os.path.join(hosts.lab.tmp, f"{tag}.pcap")
+        self.proc = hosts.lab.spawn(hosts.h[name].ns, ["tcpdump", "-i", "eth0", "-n", "-U", "-B", "32768", "-s", "0",
+                                                      "-w", self.pcap, filt], f"{tag}.log")
+        hosts.wait_for(lambda: "listening on" in hosts.lab.log(f"{tag}.log"), "tcpdump", timeout=10)
+
+    def stop(self) -> list:
+        size, deadline = -1, time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.getsize(self.pcap) != size:   # written out
+            size = os.path.getsize(self.pcap)
+            time.sleep(0.4)
+        labmod.stop_process(self.proc)
+        log = self.hosts.lab.log(f"{self.tag}.log").splitlines()
+        counts = {" ".join(l.split()[1:]): int(l.split()[0]) for l in log if l[:1].isdigit()}
+        # the capture itself is complete: everything the filter took was written, none dropped
+        assert counts["packets dropped by kernel"] == 0, log
+        assert counts["packets captured"] == counts["packets received by filter"], log
+        return list(_pcap_udp_payloads(self.pcap))
+
+
+def _no_udp_tso(hosts: Hosts, *names: str) -> None:
+    for n in names:
+        hosts.lab.sh(hosts.h[n].ns, "ethtool -K eth0 tx-udp-segmentation off")
+
+
+def _check_inner(inner: bytes, mtu: int) -> int:
+    """One complete inner IPv4 packet: exact length, fits the MTU, IP and L4 checksums valid.
+    Returns its protocol."""
+    assert ref.validate(inner) == ref.PKT_OK, inner[:40].hex()
+    tot = struct.unpack_from("!H", inner, 2)[0]
+    assert tot == len(inner) <= mtu, (tot, len(inner))           # exactly one packet, no superframe
+    ihl = (inner[0] & 15) * 4
+    assert ref.checksum(inner[:ihl]) == 0, inner[:ihl].hex()
+    proto = inner[9]
+    frag = struct.unpack_from("!H", inner, 6)[0] & 0x3FFF
+    if proto in (6, 17) and not frag:
+        seg = inner[ihl:]
+        if proto == 17 and seg[6:8] == b"\0\0":
+            return proto                                          # UDP without checksum
+        pseudo = inner[12:20] + struct.pack("!BBH", 0, proto, len(seg))
+        assert ref.checksum(pseudo + seg) == 0, (proto, len(inner), seg[:20].hex())
+    return proto
+
+
+# ---- 1 / 5: UDP byte-exact (sizes 1..65507, inner fragments), windowed with acks -------------
+UDP_PRELUDE = r"""
+import random, struct
+def sizes(seed, n, mtu):
+    top = mtu - 28                                    # largest unfragmented UDP payload
+    frag = (mtu - 20) // 8 * 8                        # payload of a non-last inner fragment
+    fixed = [1, 2, 3, 4, 5, 27, 28, 29, 100, top - 1, top, top + 1, top + 2, mtu - 20, mtu, mtu + 1,
+             2 * frag - 8, 2 * frag - 7, 3000, 4096, 8000, 16384, 32768, 65507, 1]
+    runs = [1000] * 48 + [top] * 48 + [3000] * 24 + [9000] * 8 + [200] * 64
+    r = random.Random(seed)
+    rest = [r.randint(1, top) if r.random() < 0.92 else r.randint(top + 1, 12000)
+            for _ in range(n - len(fixed) - len(runs))]
+    return (fixed + runs + rest)[:n]
+def payload(seed, i, size):
+    b = random.Random(seed * 1000003 + i).randbytes(size)
+    return struct.pack("!I", i) + b[4:] if size >= 4 else b
+def frags(size, mtu):                                 # as __ip_append_data cuts a datagram:
+    l, each, n = size + 8, (mtu - 20) // 8 * 8, 1     # 8-byte-aligned pieces, the last one up
+    while l > mtu - 20:                               # to mtu - 20 bytes
+        l, n = l - each, n + 1
+    return n
+"""
+
+UDP_RECV = UDP_PRELUDE + r"""
+import select, socket, sys, time
+host, port, n, seed, mtu, window = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:7])
+socks = []
+for f in (0, 1):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
+    s.bind((host, port + f)); socks.append(s)
+sz = sizes(seed, n, mtu)
+print("ready", flush=True)
+deadline = time.monotonic() + 40
+pos = nbytes = reordered = 0
+ack_to = None
+while pos < n:
+    end = min(n, pos + window)
+    want = {f: [payload(seed, i, sz[i]) for i in range(pos, end) if i % 2 == f] for f in (0, 1)}
+    got = {0: [], 1: []}
+    while len(got[0]) + len(got[1]) < end - pos:
+        if time.monotonic() > deadline:
+            print("TIMEOUT at", pos, {f: len(g) for f, g in got.items()}, flush=True); sys.exit(1)
+        for s in select.select(socks, [], [], 0.5)[0]:
+            d, addr = s.recvfrom(65535)
+            f = socks.index(s)
+            if f == 0:
+                ack_to = addr
+            got[f].append(d)
+    for f in (0, 1):
+        if got[f] != want[f]:
+            if sorted(got[f]) != sorted(want[f]):
+                print("MISMATCH at", pos, "flow", f, [len(x) for x in got[f]], [len(x) for x in want[f]], flush=True)
+                sys.exit(1)
+            reordered += 1
+        nbytes += sum(map(len, got[f]))
+    pos = end
+    socks[0].sendto(struct.pack("!I", pos), ack_to)
+extra = select.select(socks, [], [], 0.5)[0]
+print("ok" if not extra else "EXTRA", n, nbytes, reordered, flush=True)
+"""
+
+UDP_SEND = UDP_PRELUDE + r"""
+import socket, sys, time
+host, port, n, seed, mtu, window = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:7])
+socks = []
+for f in (0, 1):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port + f)); socks.append(s)
+socks[0].settimeout(5)
+sz = sizes(seed, n, mtu)
+pos = 0
+while pos < n:
+    end = min(n, pos + window)
+    for i in range(pos, end):
+        socks[i % 2].send(payload(seed, i, sz[i]))
+    while True:
+        try:
+            a = struct.unpack("!I", socks[0].recv(16))[0]
+        except socket.timeout:
+            sys.exit(f"no ack for {pos}..{end}")
+        if a == end:
+            break
+        if a > end:
+            sys.exit(f"ack {a} beyond {end}")
+    pos = end
+print("sent", n, flush=True)
+"""
+
+
+def _ns():
+    d = {}
+    exec(UDP_PRELUDE, d)
+    return d
+
+
+def udp_transfer(hosts: Hosts, n: int, seed: int, mtu: int = 1472, window: int = 16, port: int = 6001,
+                 src: str = "h1", dst: str = "h2") -> dict:
+    """n datagrams (UDP_PRELUDE sizes, two flows) src -> dst; every one must arrive byte-exact, none
+    extra. Returns {"bytes", "reordered" (windows whose per-flow order differed), "frags", "acks"}."""
+    log = f"udprecv{port}.log"
+    rcv = hosts.lab.spawn(hosts.h[dst].ns, [sys.executable, "-c", UDP_RECV, LEASE[dst], str(port), str(n), str(seed),
+                                           str(mtu), str(window)], log)
+    hosts.wait_for(lambda: "ready" in hosts.lab.log(log), "udp receiver")
+    snd = hosts.py(src, UDP_SEND, LEASE[dst], str(port), str(n), str(seed), str(mtu), str(window), timeout=60)
+    rcv.wait(60)
+    out = hosts.lab.log(log).split()
+    assert snd.returncode == 0 and out[:2] == ["ready", "ok"], (snd.stderr, hosts.lab.log(log))
+    d = _ns()
+    sz = d["sizes"](seed, n, mtu)
+    assert out[2:4] == [str(n), str(sum(sz))], out
+    return {"bytes": sum(sz), "reordered": int(out[4]), "frags": sum(d["frags"](s, mtu) for s in sz),
+            "acks": -(-n // window), "sizes": sz}
+
+
+def test_udp_sizes_cover_the_boundaries():
+    """The generator really covers 1..65507, MTU-28 and fragmenting sizes, and equal-size runs."""
+    sz = _ns()["sizes"](1, 2000, 1472)
+    assert len(sz) == 2000 and min(sz) == 1 and max(sz) == 65507
+    assert {1443, 1444, 1445, 3000} <= set(sz)
+    assert sum(s > 1444 for s in sz) > 100 and sum(s <= 1444 for s in sz) > 1500
+    f = _ns()["frags"]
+    assert (f(1444, 1472), f(1445, 1472), f(2892, 1472), f(2893, 1472), f(65507, 1472)) == (1, 2, 2, 3, 46)
+
+
+@pytest.mark.parametrize("offload, workers", [({"h1": True, "h2": True}, 1), ({"h1": True, "h2": True}, 2),
+                                              ({"h1": False, "h2": True}, 1)],
+                         ids=["offload", "offload-workers2", "plain-and-offload"])
+def test_udp_datagrams_byte_exact(lab, offload, workers):
+    """2000 UDP datagrams of 1..65507 bytes (inner IP fragments above 1444) over two flows, in
+    windows of 16 acked by the receiver: each arrives byte-exact, none lost or extra, and every
+    inner packet (fragment) is one datagram on the wire each way (exact counters). With a plain
+    node on one side the same runs both directions (item 5 of the list: UDP plain <-> offload)."""
+    ov = Overlay(lab, offload=offload, workers=workers)
+    runs = [("h1", "h2", 31, 6001)] + ([("h2", "h1", 32, 6011)] if not offload["h1"] else [])
+    want = {"h1": dict.fromkeys(("udp_tx_packets", "udp_rx_packets", "tun_tx_packets"), 0)}
+    want["h2"] = dict(want["h1"])
+    for src, dst, seed, port in runs:
+        r = udp_transfer(ov, 2000, seed=seed, port=port, src=src, dst=dst)
+        if workers == 1:
+            assert r["reordered"] == 0, r["reordered"]
+        want[src]["udp_tx_packets"] += r["frags"]
+        want[dst]["udp_rx_packets"] += r["frags"]
+        want[dst]["tun_tx_packets"] += r["frags"]
+        want[dst]["udp_tx_packets"] += r["acks"]
+        want[src]["udp_rx_packets"] += r["acks"]
+        want[src]["tun_tx_packets"] += r["acks"]
+    s = _settled(ov, ("h1", "h2"))
+    for n in ("h1", "h2"):
+        assert {k: s[n][k] for k in want[n]} == want[n], (n, s[n])
+        assert s[n]["tun_gro_merged"] == 0, s[n]             # fragments and UDP are never merged
+    _assert_no_drops(s["h1"], s["h2"])
+
+
+# ---- 2: every datagram on the wire during TCP both ways: one packet, checksums valid ---------
+@pytest.mark.parametrize("workers", [1, 2], ids=["workers1", "workers2"])
+def test_every_wire_datagram_is_one_packet_with_valid_checksums(lab, workers):
+    ov = Overlay(lab, offload=True, workers=workers)
+    h1, h2 = ov.h["h1"], ov.h["h2"]
+    _no_udp_tso(ov, "h1", "h2")
+    cap = Capture(ov, "h1", f"udp port {PORT}")
+    ov.tcp_transfer(4 * MB, seed=41, port=5041)
+    ov.tcp_transfer(2 * MB, seed=42, port=5042, src="h2", dst="h1")
+    s = _settled(ov, ("h1", "h2"))
+    frames = cap.stop()
+    out = [f for f in frames if f[0] == _ip(h1.ip)]
+    back = [f for f in frames if f[0] == _ip(h2.ip)]
+    assert len(out) + len(back) == len(frames)
+    # the wire count equals the inner-packet counters: one packet per datagram, nothing lost
+    assert (len(out), len(back)) == (s["h1"]["udp_tx_packets"], s["h2"]["udp_tx_packets"]), s
+    assert s["h2"]["udp_rx_packets"] == len(out) and s["h1"]["udp_rx_packets"] == len(back)
+    protos, big = {}, 0
+    for src, dst, sport, dport, inner in frames:
+        assert dport == PORT and {src, dst} == {_ip(h1.ip), _ip(h2.ip)}
+        p = _check_inner(inner, 1472)
+        protos[p] = protos.get(p, 0) + 1
+        big += len(inner) > 1400
+        # inner addresses are the two leases; TTL left at 63 (64 - the sending forwarder's 1)
+        assert {inner[12:16], inner[16:20]} == {_ip(LEASE["h1"]), _ip(LEASE["h2"])} and inner[8] == 63
+    assert protos == {6: len(frames)}, protos
+    assert big > 3500, big                                   # the bulk was full-size segments
+    for n in ("h1", "h2"):
+        assert s[n]["tun_gso_frames"] > 0 and s[n]["tun_gro_merged"] >= 0
+    assert s["h2"]["tun_gro_merged"] > 0 and s["h1"]["tun_gro_merged"] > 0
+    _assert_no_drops(s["h1"], s["h2"])
+
+
+# ---- 3: mixed MTUs -------------------------------------------------------------------------
+def _route_mtu(lab, ns: str, dst: str) -> str:
+    out = lab.sh(ns, f"ip route get {dst}").stdout
+    toks = out.split()
+    return toks[toks.index("mtu") + 1] if "mtu" in toks else ""
+
+
+def _icmp_frag_needed_sent(lab, ns: str) -> int:
+    out = lab.sh(ns, "cat /proc/net/snmp").stdout.splitlines()
+    names, vals = [l.split() for l in out if l.startswith("IcmpMsg:")][:2] or ([], [])
+    d = dict(zip(names, vals))
+    return int(d.get("OutType3", 0))
+
+
+def test_mixed_tun_and_endpoint_mtus(lab):
+    """h1's TUN MTU 1472, h2's 1400; endpoints behind bridges with interface MTU 1500 (above
+    either TUN). TCP both ways between the endpoints arrives byte-exact. What happens: each
+    endpoint's first full-size segment is refused by its own host (forwarding into a smaller
+    TUN, DF set) with ICMP frag-needed, so the endpoint learns the path MTU of its side (1472,
+    1400) - a local hop, the ICMP never crosses the overlay. The receiving forwarder writes
+    packets larger than its own TUN MTU (1472 > 1400) and the kernel accepts them. The TUN
+    addresses themselves talk with MSS clamped by each TUN (no ICMP)."""
+    ov = Pair(lab, cfg={"offload": True}, per_host={"h1": {"mtu": 1472}, "h2": {"mtu": 1400}})
+    c1 = lab.add_container(ov.h["h1"], {"FLANNEL_SUBNET": "10.10.16.1/20", "FLANNEL_MTU": "1500"})
+    c2 = lab.add_container(ov.h["h2"], {"FLANNEL_SUBNET": "10.10.32.1/20", "FLANNEL_MTU": "1500"})
+    for (a, b) in ((c1, c2), (c2, c1)):
+        r = labmod.tcp_transfer(lab, a.ns, b.ns, b.ip, 4 * MB, port=5051, timeout=30)
+        assert r["ok"], r
+    assert (_route_mtu(lab, c1.ns, c2.ip), _route_mtu(lab, c2.ns, c1.ip)) == ("1472", "1400")
+    assert _icmp_frag_needed_sent(lab, ov.h["h1"].ns) >= 1 and _icmp_frag_needed_sent(lab, ov.h["h2"].ns) >= 1
+    ov.tcp_transfer(2 * MB, seed=52, port=5052)
+    ov.tcp_transfer(2 * MB, seed=53, port=5053, src="h2", dst="h1")
+    s = _settled(ov, ("h1", "h2"))
+    for n in ("h1", "h2"):
+        assert s[n]["tun_gso_frames"] > 0 and s[n]["tun_gro_merged"] > 0, s[n]
+    _assert_no_drops(s["h1"], s["h2"])
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_underlay_path_mtu_below_tun_mtu(lab, offload):
+    """The underlay path to h2 carries only 1400 bytes (a router's frag-needed was learned, here
+    pinned as a route MTU on h1) while the TUN MTU is 1472: full-size inner packets need a
+    1500-byte datagram, which h1's kernel must fragment on the outer layer (DF is not forced).
+    TCP (full-size TSO segments, equal-size runs = UDP_SEGMENT trains) and UDP arrive exactly."""
+    ov = Overlay(lab, offload=offload)
+    lab.sh(ov.h["h1"].ns, f"ip route add {ov.h['h2'].ip}/32 dev eth0 mtu 1400")
+    ov.tcp_transfer(4 * MB, seed=54, port=5054)
+    udp_transfer(ov, 600, seed=55, port=6055)
+    s = _settled(ov, ("h1", "h2"))
+    _assert_no_drops(s["h1"], s["h2"])
+    if offload:
+        assert s["h1"]["tun_gso_frames"] > 0, s["h1"]
+
+
+# ---- 4: IPv4 options ------------------------------------------------------------------------
+OPT_CLIENT = r"""
+import random, socket, sys, time
+data = random.Random(int(sys.argv[4])).randbytes(int(sys.argv[3]))
+deadline = time.monotonic() + 10
+while True:
+    c = socket.socket()
+    c.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes.fromhex(sys.argv[5]))
+    try:
+        c.settimeout(10); c.connect((sys.argv[1], int(sys.argv[2]))); break
+    except OSError:
+        c.close()
+        if time.monotonic() > deadline: raise
+        time.sleep(0.1)
+c.settimeout(60); c.sendall(data); c.close()
+"""
+
+
+def test_ipv4_options_cross_unmerged_and_intact(lab):
+    """A TCP connection whose packets carry IPv4 options (Record Route, one slot) crosses two
+    offload nodes: the sender's TSO superframes with options are split with the options copied
+    into every segment, the receiver's GRO passes them unmerged (not one merge), the transfer is
+    byte-exact and every inner packet on the wire has the same 8 option bytes and valid
+    checksums. ping -R (options on ICMP) works through the path as well."""
+    import hashlib
+    ov = Overlay(lab, offload=True)
+    _no_udp_tso(ov, "h1", "h2")
+    cap = Capture(ov, "h1", f"udp port {PORT}")
+    before = {n: ov.stats(n) for n in ov.h}
+    nbytes, seed, port = 3 * MB, 61, 5061
+    srv = lab.spawn(ov.h["h2"].ns, [sys.executable, "-c", SERVER, LEASE["h2"], str(port)], "optsrv.log")
+    ov.wait_for(lambda: "listening" in lab.log("optsrv.log"), "tcp server")
+    rr = "07070400" + "00000000"                # RR, length 7, pointer 4 (empty slot), EOL
+    cli = ov.py("h1", OPT_CLIENT, LEASE["h2"], str(port), str(nbytes), str(seed), rr)
+    assert cli.returncode == 0, cli.stderr
+    srv.wait(60)
+    want = hashlib.sha256(random.Random(seed).randbytes(nbytes)).hexdigest()
+    assert lab.log("optsrv.log").split() == ["listening", str(nbytes), want]
+    s = _settled(ov, ("h1", "h2"))
+    frames = cap.stop()
+    fwd = [f[4] for f in frames if f[0] == _ip(ov.h["h1"].ip)]
+    rev = [f[4] for f in frames if f[0] == _ip(ov.h["h2"].ip)]
+    assert len(fwd) == s["h1"]["udp_tx_packets"] - before["h1"]["udp_tx_packets"] and len(fwd) > 2000
+    # the sender's kernel filled the slot with its source address (pointer 8)
+    opt = bytes([7, 7, 8]) + _ip(LEASE["h1"]) + b"\0"
+    for inner in fwd:
+        assert inner[0] == 0x47 and inner[20:28] == opt, inner[:28].hex()
+        assert _check_inner(inner, 1472) == 6
+    assert sum(len(i) == 1472 for i in fwd) > 1500                 # full-size segments with options
+    rev_opts = {i[20:(i[0] & 15) * 4] for i in rev}
+    assert len(rev_opts) == 1 and len(next(iter(rev_opts))) == 8, rev_opts   # the echoed route
+    for inner in rev:
+        assert _check_inner(inner, 1472) == 6
+    # TSO superframes with options were split on h1; nothing merged into h2's TUN
+    assert s["h1"]["tun_gso_frames"] - before["h1"]["tun_gso_frames"] > 0, s["h1"]
+    assert s["h2"]["tun_gro_merged"] == before["h2"]["tun_gro_merged"], s["h2"]
+    assert s["h2"]["tun_tx_packets"] - before["h2"]["tun_tx_packets"] == len(fwd)
+    ping = lab.sh(ov.h["h1"].ns, f"ping -R -c 3 -i 0.2 -W 2 {LEASE['h2']}", check=False)
+    assert ping.returncode == 0 and "RR:" in ping.stdout, ping.stdout + ping.stderr
+    _assert_no_drops(*[ov.stats(n) for n in ov.h])
+
+
+# ---- 6: hostile input while a transfer runs ---------------------------------------------------
+HOSTILE = r"""
+import json, random, socket, struct, sys, time
+target, port, peer, seed, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+flow = json.loads(sys.argv[6])            # [inner src, inner dst, sport, dport] of the running transfer
+r = random.Random(seed)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sent = {"plain": [], "forged": []}
+
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+
+def ip4(src, dst, proto, body, tot=None, ihl=5, ver=4, frag=0, ttl=64, opts=b""):
+    h = struct.pack("!BBHHHBBH4s4s", ver << 4 | ihl, 0, tot if tot is not None else 20 + len(opts) + len(body),
+                    r.randrange(65536), frag, ttl, proto, 0, socket.inet_aton(src), socket.inet_aton(dst)) + opts
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    return h + body
+
+def plain(b):                              # from this namespace's own address: not a peer
+    u.sendto(b, (target, port)); sent["plain"].append(b.hex())
+
+def forged(inner):                         # outer source = the real peer (raw IP_HDRINCL)
+    udp = struct.pack("!HHHH", 8285, port, 8 + len(inner), 0)
+    outer = ip4(peer, target, 17, udp + inner)
+    raw.sendto(outer, (target, 0)); sent["forged"].append(inner.hex())
+
+src, dst, sport, dport = flow
+for k in range(rounds):
+    n = r.choice([0, 1, 2, 19, 20, 21, 40, 60, r.randrange(1, 1500), r.randrange(1, 1500), r.randrange(1500, 9000)])
+    plain(r.randbytes(n))                                                     # random garbage
+    body = r.randbytes(r.randrange(0, 200))
+    plain(ip4("10.10.16.9", "10.10.32.0", 17, body, tot=20 + len(body) + r.randrange(1, 400)))   # total > datagram
+    plain(ip4("10.10.16.9", "10.10.32.0", 17, body, tot=r.randrange(0, 20)))    # total < header
+    plain(ip4("10.10.16.9", "10.10.32.0", 6, body, ihl=r.randrange(0, 5)))      # IHL < 5
+    plain(ip4("10.10.16.9", "10.10.32.0", 6, body)[:r.randrange(0, 20)])        # truncated header
+    # forged from the peer, inner source in its subnet: accepted by the forwarder, and must not
+    # disturb the running flow's merges. Lying TCP for the flow's 4-tuple (bad checksum, odd
+    # data offsets), lying lengths (trailing bytes after total length), fragments, options.
+    seq = r.randrange(1 << 32)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, r.randrange(1 << 32), r.choice([0x50, 0xf0, 0x10, 0x70]),
+                      0x10, 65535, r.randrange(1, 65536), 0) + r.randbytes(r.randrange(0, 1400))
+    forged(ip4(src, dst, 6, tcp))
+    forged(ip4(src, dst, 6, tcp[:30]) + r.randbytes(r.randrange(1, 64)))       # trailing garbage
+    forged(ip4(src, dst, 6, tcp[:200], frag=r.choice([0x2000, 0x0010, 0x2020])))   # fragment pieces
+    forged(ip4(src, dst, 6, tcp[:100], ihl=6, opts=b"\x01\x01\x01\x00"))        # NOP NOP NOP EOL
+    time.sleep(0.002)
+print(json.dumps(sent), flush=True)
+"""
+
+
+def _expected_verdicts(hexes: list) -> dict:
+    want = {"short": 0, "bad_header": 0, "bad_length": 0, "unknown_sender": 0}
+    names = {ref.PKT_SHORT: "short", ref.PKT_BAD_HEADER: "bad_header", ref.PKT_BAD_LENGTH: "bad_length",
+             ref.PKT_OK: "unknown_sender"}
+    for h in hexes:
+        want[names[ref.validate(bytes.fromhex(h))]] += 1
+    return want
+
+
+HOSTILE_CLIENT = r"""
+import random, socket, sys, time
+data = random.Random(int(sys.argv[4])).randbytes(int(sys.argv[3]))
+c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+c.bind((sys.argv[5], int(sys.argv[6]))); c.settimeout(10)
+c.connect((sys.argv[1], int(sys.argv[2])))
+c.settimeout(60)
+view = memoryview(data)
+for i in range(0, len(data), 1 << 16):      # paced so the attack overlaps the whole transfer
+    c.sendall(view[i:i + (1 << 16)]); time.sleep(0.01)
+c.close()
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["workers1", "workers2"])
+def test_hostile_input_during_transfer(lab, workers):
+    """A third namespace floods h2 (offload) with random-length garbage and lying IPv4 headers
+    from its own address, and forges datagrams from h1's address whose inner packets lie (bad
+    TCP checksums on the running flow's 4-tuple, trailing bytes, fragments, options) while h1
+    sends 12 MiB to h2. Every plain datagram is dropped and counted exactly as the reference
+    validator classifies it; the forged ones are accepted (they pass every check a forwarder
+    can make) and the kernel drops them; the transfer is byte-exact and the node stays up."""
+    import hashlib
+    ov = Pair(lab, cfg={"offload": True, "workers": workers})
+    attacker = lab.add_host("h3")
+    before = ov.stats("h2")
+    nbytes, seed, port, cport = 12 * MB, 71, 5071, 40071
+    srv = lab.spawn(ov.h["h2"].ns, [sys.executable, "-c", SERVER, LEASE["h2"], str(port)], "hsrv.log")
+    ov.wait_for(lambda: "listening" in lab.log("hsrv.log"), "tcp server")
+    cli = lab.spawn(ov.h["h1"].ns, [sys.executable, "-c", HOSTILE_CLIENT, LEASE["h2"], str(port), str(nbytes),
+                                   str(seed), LEASE["h1"], str(cport)], "hcli.log")
+    flow = json.dumps([LEASE["h1"], LEASE["h2"], cport, port])
+    atk = labmod.run(lab.ns_cmd(attacker.ns, sys.executable, "-c", HOSTILE, ov.h["h2"].ip, str(PORT),
+                                ov.h["h1"].ip, "72", "150", flow), check=False, timeout=60)
+    assert atk.returncode == 0, atk.stderr
+    assert ov.alive() and cli.poll() is None, "the transfer should still be running during the attack"
+    cli.wait(60)
+    srv.wait(60)
+    assert cli.returncode == 0, lab.log("hcli.log")
+    want = hashlib.sha256(random.Random(seed).randbytes(nbytes)).hexdigest()
+    assert lab.log("hsrv.log").split() == ["listening", str(nbytes), want]
+    sent = json.loads(atk.stdout)
+    s2 = _settled(ov, ("h2",))["h2"]
+    delta = {k: s2[k] - before[k] for k in ("short", "bad_header", "bad_length", "unknown_sender", "spoofed",
+                                            "ttl", "tun_error", "send_error")}
+    exp = _expected_verdicts(sent["plain"])
+    assert delta == dict(exp, spoofed=0, ttl=0, tun_error=0, send_error=0), (delta, exp)
+    assert exp["short"] and exp["bad_header"] and exp["bad_length"] and exp["unknown_sender"], exp
+    assert s2["udp_rx_packets"] - before["udp_rx_packets"] >= len(sent["plain"]) + len(sent["forged"])
+    assert ov.alive()
+    # still forwarding afterwards, both ways
+    ov.tcp_transfer(MB, seed=73, port=5073, src="h2", dst="h1")
+    assert ov.alive()
