@@ -369,14 +369,46 @@ def test_mixed_tun_and_endpoint_mtus(lab):
     _assert_no_drops(s["h1"], s["h2"])
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
-def test_underlay_path_mtu_below_tun_mtu(lab, offload):
-    """The underlay path to h2 carries only 1400 bytes (a router's frag-needed was learned, here
-    pinned as a route MTU on h1) while the TUN MTU is 1472: full-size inner packets need a
-    1500-byte datagram, which h1's kernel must fragment on the outer layer (DF is not forced).
-    TCP (full-size TSO segments, equal-size runs = UDP_SEGMENT trains) and UDP arrive exactly."""
+FRAG_NEEDED = r"""
+import socket, struct, sys
+# ICMP destination unreachable / fragmentation needed (3/4), next-hop MTU argv[3], as a router
+# on the path would send it: it quotes the outer header of a datagram argv[1] -> argv[2], 8285 -> 8285.
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1500, 1, 0x4000, 63, 17, 0, socket.inet_aton(sys.argv[1]),
+                 socket.inet_aton(sys.argv[2]))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+quote = ip + struct.pack("!HHHH", 8285, 8285, 1480, 0)
+icmp = struct.pack("!BBHHH", 3, 4, 0, 0, int(sys.argv[3])) + quote
+icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+r.sendto(icmp, (sys.argv[1], 0))
+print("sent")
+"""
+
+
+@pytest.mark.parametrize("offload, how", [(False, "route"), (True, "route"), (True, "icmp")],
+                         ids=["tier1", "offload", "offload-icmp"])
+def test_underlay_path_mtu_below_tun_mtu(lab, offload, how):
+    """The underlay path to h2 carries only 1400 bytes while the TUN MTU is 1472: full-size inner
+    packets need 1500-byte datagrams. The smaller path MTU is either pinned as a route MTU on h1
+    or learned the way it is in the field: an ICMP frag-needed (MTU 1400) from a "router" (a
+    third namespace) quoting one of h1's outer datagrams - h1's kernel records the PMTU for h2
+    (outer DF is set: the socket uses the default IP_PMTUDISC_WANT). Either way h1's kernel
+    fragments the outer datagrams (h2 reassembles them) - but refuses UDP_SEGMENT trains whose
+    segment is above the path MTU (EMSGSIZE); those are resent singly. TCP (full-size TSO
+    segments in equal-size runs = trains) and UDP arrive exactly; nothing is dropped."""
     ov = Overlay(lab, offload=offload)
-    lab.sh(ov.h["h1"].ns, f"ip route add {ov.h['h2'].ip}/32 dev eth0 mtu 1400")
+    h1, h2 = ov.h["h1"], ov.h["h2"]
+    if how == "route":
+        lab.sh(h1.ns, f"ip route add {h2.ip}/32 dev eth0 mtu 1400")
+    else:
+        router = lab.add_host("h3")
+        p = labmod.run(lab.ns_cmd(router.ns, sys.executable, "-c", FRAG_NEEDED, h1.ip, h2.ip, "1400"), check=False)
+        assert p.returncode == 0, p.stderr
+        ov.wait_for(lambda: _route_mtu(lab, h1.ns, h2.ip) == "1400", "PMTU learned from the ICMP", timeout=5)
     reasm0 = _snmp(lab, ov.h["h2"].ns, "Ip", "ReasmOKs")
     ov.tcp_transfer(4 * MB, seed=54, port=5054)
     r = udp_transfer(ov, 600, seed=55, port=6055)
