@@ -28,6 +28,7 @@
 #define FF_TUN_WRITE_RETRIES 3
 #define FF_POLLOUT_MS 5
 #define FF_ERROR_BACKOFF_NS (10 * 1000 * 1000)
+#define FF_IDLE_SPINS 32            /* empty tries (each after a sched_yield) before poll sleeps */
 
 /* Workers: two per TUN queue q, w[2q] tun->udp and w[2q+1] udp->tun. */
 #define FF_TUN_SIDE(i) (((i) & 1u) == 0)

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -338,10 +339,23 @@ void *ff_worker_main(void *arg)
         }
         if (pfd[1].revents)
             break;
-        /* drain until EAGAIN before going back to poll (flannel's "optimistic reads") */
+        /* drain until EAGAIN before going back to poll (flannel's "optimistic reads"), then
+         * stay awake a little: up to FF_IDLE_SPINS more tries, each after a sched_yield (which
+         * hands the core to any runnable thread, e.g. the TCP endpoints, and returns at once
+         * when there is none). Sleeping in poll after every drain cost a wakeup (and, on a VM,
+         * a halt/IPI round trip) per burst: ~25% of both cores idle and 9.1 Gbit/s for one
+         * TCP stream on the 2-vCPU e2e box; with the spin 10.4-10.9, idle ~18%. */
         n = 0;
-        while (!stopping(fw) && (got = batch(w)) > 0)
-            n += got;
+        for (int idle = 0; !stopping(fw);) {
+            if ((got = batch(w)) > 0) {
+                n += got;
+                idle = 0;
+            } else if (idle++ < FF_IDLE_SPINS) {
+                sched_yield();
+            } else {
+                break;
+            }
+        }
         /* a persistent error condition (e.g. a detached TUN) keeps poll returning at once with
          * nothing to read: back off instead of spinning on a core */
         if (n == 0 && (pfd[0].revents & (POLLERR | POLLHUP | POLLNVAL)))
