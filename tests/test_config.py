@@ -183,41 +183,34 @@ def test_ci_get_helper():
     assert ci_get({}, "Port", 8285) == 8285 and ci_get(None, "Port", 7) == 7
 
 
-try:
-    from hypothesis import given, settings, strategies as st
-except ImportError:         # the randomized tests need hypothesis; everything else runs without it
-    st = None
+from hypothesis import given, settings, strategies as st   # installed by scripts/install-deps.sh
 
 
-if st is None:
-    def test_randomized_tests_need_hypothesis():
-        pytest.skip("hypothesis is not installed: randomized parser tests skipped")
-else:
-    _json = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
-                         | st.text(max_size=20), lambda c: st.lists(c, max_size=4)
-                         | st.dictionaries(st.text(max_size=10), c, max_size=4), max_leaves=12)
-    _keys = st.sampled_from(["Network", "network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
-                             "EnableIPv4", "EnableIPv6", "backend", "x"])
-    _cidr = st.builds(lambda a, p: f"{a}/{p}", st.ip_addresses(v=4), st.integers(0, 34))
-    _vals = _json | _cidr | st.ip_addresses(v=4).map(str) | st.integers(0, 40) \
-        | st.builds(lambda t: {"Type": t}, st.sampled_from(["udp", "vxlan", "host-gw", "x", ""]))
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
+                     | st.text(max_size=20), lambda c: st.lists(c, max_size=4)
+                     | st.dictionaries(st.text(max_size=10), c, max_size=4), max_leaves=12)
+_keys = st.sampled_from(["Network", "network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
+                         "EnableIPv4", "EnableIPv6", "backend", "x"])
+_cidr = st.builds(lambda a, p: f"{a}/{p}", st.ip_addresses(v=4), st.integers(0, 34))
+_vals = _json | _cidr | st.ip_addresses(v=4).map(str) | st.integers(0, 40) \
+    | st.builds(lambda t: {"Type": t}, st.sampled_from(["udp", "vxlan", "host-gw", "x", ""]))
 
-    @settings(max_examples=300, deadline=None)
-    @given(st.dictionaries(_keys, _vals, max_size=6))
-    def test_random_documents_only_raise_configerror(doc):
-        try:
-            c = parse_config(json.dumps(doc))
-        except ConfigError:
-            return
-        # Whatever is accepted is internally consistent.
-        assert c.subnet_len <= 30 and c.subnet_len >= c.network.prefixlen + 2
-        assert c.subnet_min in c.network and c.subnet_max in c.network
-        assert c.backend_type in ("udp", "vxlan", "host-gw")
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_keys, _vals, max_size=6))
+def test_random_documents_only_raise_configerror(doc):
+    try:
+        c = parse_config(json.dumps(doc))
+    except ConfigError:
+        return
+    # Whatever is accepted is internally consistent.
+    assert c.subnet_len <= 30 and c.subnet_len >= c.network.prefixlen + 2
+    assert c.subnet_min in c.network and c.subnet_max in c.network
+    assert c.backend_type in ("udp", "vxlan", "host-gw")
 
-    @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=64) | st.text(max_size=64))
-    def test_random_bytes_only_raise_configerror(raw):
-        try:
-            parse_config(raw)
-        except ConfigError:
-            pass
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64) | st.text(max_size=64))
+def test_random_bytes_only_raise_configerror(raw):
+    try:
+        parse_config(raw)
+    except ConfigError:
+        pass

@@ -112,45 +112,38 @@ def test_lease_public_ip_and_event():
 
 
 
-try:
-    from hypothesis import given, settings, strategies as st
-except ImportError:         # the randomized tests need hypothesis; everything else runs without it
-    st = None
+from hypothesis import given, settings, strategies as st   # installed by scripts/install-deps.sh
 
 
-if st is None:
-    def test_randomized_tests_need_hypothesis():
-        pytest.skip("hypothesis is not installed: randomized parser tests skipped")
-else:
-    @settings(max_examples=300, deadline=None)
-    @given(st.text(alphabet="0123456789.-&:abcdefx/ ", max_size=40))
-    def test_random_keys_parse_or_raise_formaterror(key):
-        try:
-            n = parse_subnet_key(key)
-        except LeaseFormatError:
-            return
-        assert subnet_key(n) == key.rsplit("/", 1)[-1].split("&")[0]
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789.-&:abcdefx/ ", max_size=40))
+def test_random_keys_parse_or_raise_formaterror(key):
+    try:
+        n = parse_subnet_key(key)
+    except LeaseFormatError:
+        return
+    assert subnet_key(n) == key.rsplit("/", 1)[-1].split("&")[0]
 
-    @settings(max_examples=200, deadline=None)
-    @given(st.ip_addresses(v=4), st.integers(0, 31))
-    def test_key_roundtrip(ip, plen):
-        n = N((ip, plen), strict=False)
-        assert parse_subnet_key(subnet_key(n)) == n
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses(v=4), st.integers(0, 31))
+def test_key_roundtrip(ip, plen):
+    n = N((ip, plen), strict=False)
+    assert parse_subnet_key(subnet_key(n)) == n
 
-    _scalar = st.none() | st.booleans() | st.integers() | st.text(max_size=15)
-    _json = st.recursive(_scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                         max_leaves=8)
+_scalar = st.none() | st.booleans() | st.integers() | st.text(max_size=15)
+_json = st.recursive(_scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                     max_leaves=8)
 
-    @settings(max_examples=300, deadline=None)
-    @given(st.dictionaries(st.sampled_from(["PublicIP", "publicIP", "BackendType", "BackendData", "x"]),
-                           _json | st.ip_addresses(v=4).map(str), max_size=4))
-    def test_random_values_decode_or_raise_formaterror(doc):
-        import json
-        try:
-            a = decode_attrs(json.dumps(doc))
-        except LeaseFormatError:
-            return
-        assert decode_attrs(encode_attrs(a)) == a
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["PublicIP", "publicIP", "BackendType", "BackendData", "x"]),
+                       _json | st.ip_addresses(v=4).map(str), max_size=4))
+def test_random_values_decode_or_raise_formaterror(doc):
+    import json
+    try:
+        a = decode_attrs(json.dumps(doc))
+    except LeaseFormatError:
+        return
+    assert decode_attrs(encode_attrs(a)) == a
 
 
 def test_prefix_32_key_rejected_like_flannel():
