@@ -6,6 +6,7 @@ exercise the same user flow: put the config with etcdctl, start `fastflannel -if
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,18 @@ from typing import Dict, List, Optional, Sequence
 from .lab import Container, Host, Lab, LabError, read_subnet_env, stop_process, wait_for
 
 PREFIX = "/coreos.com/network"
+
+# The network config of the documents this project was created from (issue 4), per backend.
+SEED_BACKENDS = {
+    "udp": {"Type": "udp"},
+    "vxlan": {"Type": "vxlan", "VNI": 100, "Port": 8472},
+    "host-gw": {"Type": "host-gw"},
+}
+
+
+def seed_config(backend: str) -> str:
+    return json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0",
+                       "SubnetMax": "10.99.0.0", "Backend": SEED_BACKENDS[backend]})
 
 
 class Cluster:

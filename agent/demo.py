@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 
-from .cluster import Cluster
+from .cluster import SEED_BACKENDS, Cluster, seed_config
 from .lab import Lab, LabError, cleanup_stale, have_netns_privileges, tcp_transfer
-
-CONFIGS = {
-    "udp": {"Type": "udp"},
-    "vxlan": {"Type": "vxlan", "VNI": 100, "Port": 8472},
-    "host-gw": {"Type": "host-gw"},
-}
-
-
-def seed_config(backend: str) -> str:
-    return json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0",
-                       "SubnetMax": "10.99.0.0", "Backend": CONFIGS[backend]})
-
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
@@ -71,7 +58,7 @@ def run_demo(backend: str, n_hosts: int, mbytes: int) -> bool:
 
 def main(argv) -> int:
     ap = argparse.ArgumentParser(prog="fastflannel demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--backend", choices=sorted(CONFIGS), default="udp")
+    ap.add_argument("--backend", choices=sorted(SEED_BACKENDS), default="udp")
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--mbytes", type=int, default=8, help="TCP transfer size per host pair (MiB)")
     args = ap.parse_args(argv)

@@ -20,13 +20,6 @@ UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")
 HUB_IP = "192.0.2.1"
 ETCD_PORT = 2379
 
-# The network config from the documents this project was created from (issue 4), vxlan variant.
-SEED_CONFIG_VXLAN = ('{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", '
-                     '"SubnetMax": "10.99.0.0", "Backend": {"Type": "vxlan", "VNI": 100, "Port": 8472}}')
-SEED_CONFIG_UDP = ('{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", '
-                   '"SubnetMax": "10.99.0.0", "Backend": {"Type": "udp"}}')
-
-
 class LabError(RuntimeError):
     pass
 
@@ -298,7 +291,7 @@ def tcp_transfer(lab: "Lab", src_ns: str, dst_ns: str, dst_ip: str, nbytes: int,
             raise LabError(f"sink did not start: {sink.stderr.read()}")
         src = run(lab.ns_cmd(src_ns, sys.executable, "-c", _SOURCE, dst_ip, str(port), str(nbytes),
                              str(timeout)), check=False, timeout=timeout + 5)
-        out, err = sink.communicate(timeout=timeout + 5)
+        out, _ = sink.communicate(timeout=timeout + 5)
     finally:
         if sink.poll() is None:
             sink.kill()

@@ -114,11 +114,6 @@ def _ignore(codes: Tuple[int, ...], what: str, fn: Callable[[IPRoute], Any]) -> 
         raise
 
 
-def _attr(msg, name: str, default=None):
-    v = msg.get_attr(name)
-    return default if v is None else v
-
-
 # -- links --------------------------------------------------------------------------------------
 def link_index(name: str) -> Optional[int]:
     found = _call(f"look up link {name}", lambda i: i.link_lookup(ifname=name))

@@ -19,8 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastflannel.agent.cluster import PREFIX, Cluster  # noqa: E402
-from fastflannel.agent.demo import seed_config  # noqa: E402
+from fastflannel.agent.cluster import PREFIX, Cluster, seed_config  # noqa: E402
 from fastflannel.agent.lab import Lab, cleanup_stale, read_subnet_env, wait_for  # noqa: E402
 
 

@@ -10,13 +10,12 @@ import time
 
 import pytest
 
-from fastflannel.agent.cluster import PREFIX, Cluster
-from fastflannel.agent.lab import SEED_CONFIG_UDP, SEED_CONFIG_VXLAN, tcp_transfer, wait_for
+from fastflannel.agent.cluster import PREFIX, Cluster, seed_config
+from fastflannel.agent.lab import tcp_transfer, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
-HOSTGW_CONFIG = json.dumps({"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0",
-                            "SubnetMax": "10.99.0.0", "Backend": {"Type": "host-gw"}})
+SEED_CONFIG_UDP, SEED_CONFIG_VXLAN, HOSTGW_CONFIG = (seed_config(b) for b in ("udp", "vxlan", "host-gw"))
 
 
 def _subnet(env) -> ipaddress.IPv4Network:

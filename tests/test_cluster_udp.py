@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from fastflannel.agent.cluster import PREFIX, Cluster
-from fastflannel.agent.lab import SEED_CONFIG_UDP, tcp_transfer, wait_for
+from fastflannel.agent.cluster import PREFIX, Cluster, seed_config
+from fastflannel.agent.lab import tcp_transfer, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
-NETWORK = ipaddress.ip_network("10.0.0.0/8")
+SEED_CONFIG_UDP = seed_config("udp")
 
 
 def _subnet(env) -> ipaddress.IPv4Network:

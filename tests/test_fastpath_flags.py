@@ -62,3 +62,11 @@ def test_backend_logs_each_fallback_once(caplog):
     assert [r.getMessage().split(",")[0] for r in caplog.records] == [
         "udp backend: fast-path offload udp-gso refused by the kernel"]
     assert "now off (offload_fallbacks=1)" in caplog.records[0].getMessage()
+
+
+def test_flag_spellings_match_the_fast_path():
+    # flags.py keeps its own copy so parsing flags never loads the C extension; it must not drift.
+    from fastflannel import fastpath
+    from fastflannel.agent import flags
+    assert flags.OFFLOAD_PARTS == tuple(p.replace("_", "-") for p in fastpath.OFFLOAD_PARTS)
+    assert flags.MAX_WORKERS == fastpath.MAX_WORKERS

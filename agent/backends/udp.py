@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder   # offload keywords of Forwarder.open
 from .. import netlink
 from ..config import ci_get
 from ..lease import Lease, LeaseAttrs
@@ -26,8 +27,6 @@ TUN_TEMPLATE = "flannel%d"
 # The TUN's default txqueuelen (500) overflows under one TCP stream: each drop is a retransmit
 # (measured: ~15k drops in 4 s at 500, none at 5000; PERF.md §5.1, Firezone #10231).
 TUN_TXQUEUELEN = 5000
-# Forwarder.open's offload keywords (fastpath.OFFLOAD_PARTS); -fastpath-disable spells them with "-".
-OFFLOAD_PARTS = ("tun_tso", "udp_gso", "udp_gro", "tcp_gro")
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -65,7 +64,6 @@ class UdpBackend:
         self._features: Optional[dict] = None
         self.fw = None
         self.tun_name: Optional[str] = None
-        self.lease: Optional[Lease] = None
         self.network = None            # the cluster Network (IPv4Network), set by setup()
 
     def mtu(self) -> int:
@@ -76,9 +74,7 @@ class UdpBackend:
         return LeaseAttrs(public_ip=self.ext.ext_addr)
 
     def setup(self, lease: Lease, network) -> None:
-        from ...fastpath import Forwarder   # the extension loads only when this backend runs
-
-        self.lease, self.network = lease, network.network
+        self.network = network.network
         fw = Forwarder()
         try:
             fw.open(tun=TUN_TEMPLATE, bind_ip=str(self.ext.iface_addr), port=self.port,
@@ -125,8 +121,8 @@ class UdpBackend:
         self._features = dict(now)
 
     def _tier_options(self) -> dict:
-        # Offload and multi-queue tiers are opt-in switches of the forwarder (PERF.md tiers 2, 3);
-        # each offload part can be kept off on its own (-fastpath-disable).
+        # Offloads (tier 2, the daemon's default) and multi-queue workers (tier 3), PERF.md; each
+        # offload part can be kept off on its own (-fastpath-disable).
         opts = {}
         if self.workers != 1:
             opts["workers"] = self.workers
@@ -137,8 +133,6 @@ class UdpBackend:
 
     # -- peers ----------------------------------------------------------------------------------
     def _routes_array(self, leases: Iterable[Lease]) -> np.ndarray:
-        from ...fastpath import ROUTE_DTYPE
-
         rows = [(int(l.subnet.network_address), l.subnet.prefixlen, int(l.attrs.public_ip), self.port)
                 for l in leases if l.attrs is not None]
         return np.array(rows, dtype=ROUTE_DTYPE)
