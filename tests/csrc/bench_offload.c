@@ -1,5 +1,5 @@
-/* Micro-benchmarks of the offload building blocks (not a test; not globbed by CMake):
- *   BENCH=1 tests/csrc/build_offload_tests.sh
+/* Micro-benchmarks of the offload building blocks (not a test; an EXCLUDE_FROM_ALL target):
+ *   cmake -S . -B _build && cmake --build _build --target bench_offload && _build/bench_offload
  * Prints ns per operation, best of 5 runs. */
 #include <stdio.h>
 #include <stdlib.h>

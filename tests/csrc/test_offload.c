@@ -1,7 +1,7 @@
 /* Offload building blocks, part 1: checksums, partial-checksum finish, TSO/USO split and its
  * rejections, UDP GSO planning, UDP_GRO splitting and cmsgs, and 100k hostile inputs through
  * every entry point (GRO included). Part 2 (GRO) is test_offload_gro.c; the real-kernel test is
- * test_offload_tun.c. Run under ASan+UBSan by tests/csrc/build_offload_tests.sh, or by ctest.
+ * test_offload_tun.c. Run under ASan+UBSan by ctest (scripts/test.sh).
  * Exit status is nonzero when any check fails. */
 #include "offload_testlib.h"
 
