@@ -26,8 +26,9 @@ ext = Extension(
 )
 
 setup(
-    packages=["fastflannel.agent", "fastflannel.agent.backends", "fastflannel.fastpath"],
-    package_dir={"fastflannel.agent": "agent", "fastflannel.fastpath": "fastpath"},
+    packages=["fastflannel.agent", "fastflannel.agent.backends", "fastflannel.fastpath", "fastflannel.lab",
+              "fastflannel.lab.programs"],
+    package_dir={"fastflannel.agent": "agent", "fastflannel.fastpath": "fastpath", "fastflannel.lab": "lab"},
     package_data={"fastflannel.fastpath": ["*.pyi", "*.pxd", "py.typed"]},
     ext_modules=cythonize([ext], language_level=3, include_path=["fastpath"],
                           compiler_directives={"boundscheck": False, "wraparound": False}),

@@ -71,7 +71,7 @@ def run_daemon(argv: List[str]) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
-        from .demo import main as demo_main
+        from fastflannel.lab.demo import main as demo_main    # the lab ships beside the daemon, apart from it
         return demo_main(argv[1:])
     return run_daemon(argv)
 

@@ -19,8 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastflannel.agent.cluster import PREFIX, Cluster, seed_config  # noqa: E402
-from fastflannel.agent.lab import Lab, cleanup_stale, read_subnet_env, wait_for  # noqa: E402
+from fastflannel.lab import Lab, cleanup_stale, read_subnet_env, wait_for  # noqa: E402
+from fastflannel.lab.cluster import PREFIX, Cluster, seed_config  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

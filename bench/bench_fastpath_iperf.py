@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastflannel.agent.lab import Lab, cleanup_stale, have_netns_privileges, run  # noqa: E402
+from fastflannel.lab import Lab, cleanup_stale, have_netns_privileges, run  # noqa: E402
 
 LEASE = {"h1": "10.10.16.0", "h2": "10.10.32.0"}
 DROPS = ("no_route", "ttl", "short", "bad_header", "bad_length", "unknown_sender", "spoofed",

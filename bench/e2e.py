@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastflannel.agent.cluster import Cluster, seed_config  # noqa: E402
-from fastflannel.agent.lab import Lab, cleanup_stale, wait_for  # noqa: E402
+from fastflannel.lab import Lab, cleanup_stale, wait_for  # noqa: E402
+from fastflannel.lab.cluster import Cluster, seed_config  # noqa: E402
 
 MODES = {
     "vxlan": ("vxlan", []),

@@ -1,34 +1,39 @@
-"""Shared fixtures: a real etcd on loopback, and the namespace lab (root only, skipped with a reason)."""
+"""Shared fixtures: a real etcd on loopback, and the namespace lab (root only, skipped with a reason).
+
+Fixtures only: helpers that test modules share live in `tests/support/` (imported as `support`)
+or in the lab (`fastflannel.lab`).
+"""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
+import shutil
 import tempfile
-import time
 
 import pytest
 
-from fastflannel.agent import lab as labmod
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fastflannel.lab import Lab, LabError, have_netns_privileges
+from fastflannel.lab.etcd import EtcdMember, EtcdServer, etcd_binary, etcdctl_binary
 
 
 def _etcd_reason() -> str | None:
     try:
-        labmod.etcd_binary()
-    except labmod.LabError as e:
+        etcd_binary()
+        etcdctl_binary()
+    except LabError as e:
         return str(e)
     return None
 
 
 @pytest.fixture
+def etcd_required():
+    """Skips, saying why, when the etcd and etcdctl binaries are missing."""
+    reason = _etcd_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
 def netns_required():
-    reason = labmod.have_netns_privileges()
+    reason = have_netns_privileges()
     if reason:
         pytest.skip(reason)
 
@@ -36,49 +41,21 @@ def netns_required():
 @pytest.fixture
 def lab(netns_required):
     """A fresh namespace lab; every namespace and process it made is removed afterwards."""
-    with labmod.Lab() as L:
+    with Lab() as L:
         yield L
 
 
 @pytest.fixture
-def etcd_server():
+def etcd_server(etcd_required):
     """A real etcd v3 server on 127.0.0.1 (root namespace), fresh data dir; yields its endpoint URL."""
-    reason = _etcd_reason()
-    if reason:
-        pytest.skip(reason)
-    client, peer = _free_port(), _free_port()
-    data = tempfile.mkdtemp(prefix="ff-etcd-")
-    url = f"http://127.0.0.1:{client}"
-    log = open(os.path.join(data, "etcd.log"), "wb")
-    p = subprocess.Popen([labmod.etcd_binary(), "--name", "t", "--data-dir", os.path.join(data, "d"),
-                          "--listen-client-urls", url, "--advertise-client-urls", url,
-                          "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                          "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
-                         stdout=log, stderr=subprocess.STDOUT)
-    env = dict(os.environ, ETCDCTL_API="3")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if subprocess.run([labmod.etcdctl_binary(), f"--endpoints={url}", "endpoint", "health"],
-                          capture_output=True, env=env).returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        p.kill()
-        pytest.fail("etcd did not start: " + open(os.path.join(data, "etcd.log")).read()[-2000:])
+    workdir = tempfile.mkdtemp(prefix="ff-etcd-")
+    server = EtcdServer(EtcdMember.local(workdir))
     try:
-        yield url
-    finally:
-        p.terminate()
         try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-        log.close()
-        subprocess.run(["rm", "-rf", data])
-
-
-def etcdctl(url: str, *args: str) -> subprocess.CompletedProcess:
-    """Run etcdctl (v3 API) against a test server; used by tests to act as the admin would."""
-    return subprocess.run([labmod.etcdctl_binary(), f"--endpoints={url}", *args], capture_output=True,
-                          text=True, env=dict(os.environ, ETCDCTL_API="3"), timeout=20)
+            server.start()
+        except LabError as e:
+            pytest.fail(str(e))
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,47 +28,7 @@ pytestmark = pytest.mark.netns
 NETWORK = "10.0.0.0/8"
 VX_CFG = {"Type": "vxlan", "VNI": 100, "Port": 8472}
 SUBNETS = {"h1": "10.10.0.0/20", "h2": "10.10.16.0/20", "h3": "10.10.32.0/20"}
-
-DRIVER = r"""
-import ipaddress, json, logging, sys
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
-from fastflannel.agent.iface import choose_external_interface
-from fastflannel.agent.lease import Lease, LeaseAttrs
-from fastflannel.agent.backends.vxlan import VxlanBackend
-from fastflannel.agent.backends.hostgw import HostGwBackend
-
-def lease(d):
-    return Lease(ipaddress.ip_network(d["subnet"]),
-                 LeaseAttrs(ipaddress.ip_address(d["ip"]), d.get("type"), d.get("data")))
-
-be = None
-for line in sys.stdin:
-    cmd = json.loads(line)
-    op, res = cmd["op"], {}
-    try:
-        if op == "new":
-            ext = choose_external_interface(["eth0"], [], cmd.get("public_ip"), None)
-            if cmd["kind"] == "vxlan":
-                be = VxlanBackend(ext, cmd["cfg"], state_dir=cmd["state_dir"])
-            else:
-                be = HostGwBackend(ext, cmd["cfg"])
-            res = {"attrs": be.lease_attrs().to_json().decode(), "mtu": be.mtu()}
-        elif op == "setup":
-            be.setup(lease(cmd["lease"]), ipaddress.ip_network(cmd["network"]))
-        elif op in ("add_peer", "remove_peer"):
-            getattr(be, op)(lease(cmd["lease"]))
-        elif op == "sync_peers":
-            be.sync_peers([lease(d) for d in cmd["leases"]])
-        elif op == "check":
-            be.check()
-        else:
-            raise ValueError(op)
-        res["ok"] = True
-    except Exception as e:
-        res = {"error": type(e).__name__ + ": " + str(e)}
-    sys.stdout.write(json.dumps(res) + "\n")
-    sys.stdout.flush()
-"""
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "programs", "kernel_backend.py")
 
 
 class Node:
@@ -84,7 +45,7 @@ class Node:
 
     def start(self, kind: str = "vxlan", cfg=None, public_ip=None, state_dir=None):
         self.stop()
-        self.proc = subprocess.Popen(self.lab.ns_cmd(self.ns, sys.executable, "-c", DRIVER),
+        self.proc = subprocess.Popen(self.lab.ns_cmd(self.ns, sys.executable, DRIVER),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         res = self.call("new", kind=kind, cfg=VX_CFG if cfg is None else cfg, public_ip=public_ip,

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from fastflannel.agent.cluster import PREFIX, Cluster, seed_config
-from fastflannel.agent.lab import tcp_transfer, wait_for
+from fastflannel.lab import tcp_transfer, wait_for
+from fastflannel.lab.cluster import PREFIX, Cluster, seed_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 

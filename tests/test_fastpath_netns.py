@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fastflannel.agent import lab as labmod
+from fastflannel import lab as labmod
 from fastflannel.fastpath import reference as ref
 
 pytestmark = pytest.mark.netns

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from fastflannel.agent import lab as labmod
+from fastflannel import lab as labmod
 from fastflannel.fastpath import reference as ref
 
 from test_fastpath_netns import LEASE, MB, PORT, SERVER, Hosts, Overlay, _pcap_udp_payloads

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Network as N
 
-from fakeregistry import attrs
+from support.fakeregistry import attrs
 from fastflannel.agent.lease import Lease, LeaseEvent
 from fastflannel.agent.peers import PeerTracker
 

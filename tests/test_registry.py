@@ -16,11 +16,10 @@ import urllib.request
 
 import pytest
 
-from conftest import etcdctl
-from fastflannel.agent import lab as labmod
 from fastflannel.agent.errors import EtcdUnreachable, RegistryError, SubnetExists
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent, encode_attrs
 from fastflannel.agent.registry import EtcdOptions, EtcdRegistry, WatchBatch
+from fastflannel.lab.etcd import EtcdMember, EtcdServer, etcdctl
 
 pytestmark = pytest.mark.etcd
 
@@ -329,53 +328,21 @@ def test_http_without_certificates_warns(etcd_server, caplog):
 
 # ---- reconnect after an etcd restart (own server: same port, same data dir) -----------------
 
-class RestartableEtcd:
-    """An etcd of our own: restartable on the same port and data dir, optionally TLS or v2."""
+class RestartableEtcd(EtcdServer):
+    """An etcd of our own (the lab's launcher): restartable on the same port and data dir,
+    optionally TLS or v2."""
 
     def __init__(self, tls: bool = False, extra: tuple[str, ...] = ()):
-        ports = []
-        for _ in range(2):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
         self.dir = tempfile.mkdtemp(prefix="ff-etcd-restart-")
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{ports[0]}"
-        self.peer = f"http://127.0.0.1:{ports[1]}"
-        self.args = list(extra)
-        self.ctl: list[str] = []       # extra etcdctl flags (client certificates)
+        args, ctl = list(extra), []       # ctl: etcdctl flags (client certificates)
         if tls:
             self.pki = _make_pki(os.path.join(self.dir, "pki"))
-            self.args += ["--cert-file", self.pki["server.crt"], "--key-file", self.pki["server.key"],
-                          "--trusted-ca-file", self.pki["ca.crt"], "--client-cert-auth"]
-            self.ctl = ["--cacert", self.pki["ca.crt"], "--cert", self.pki["client.crt"],
-                        "--key", self.pki["client.key"]]
-        self.proc = None
-
-    def etcdctl(self, *args: str) -> subprocess.CompletedProcess:
-        return etcdctl(self.url, *self.ctl, *args)
-
-    def start(self):
-        log = open(os.path.join(self.dir, "etcd.log"), "ab")
-        self.proc = subprocess.Popen(
-            [labmod.etcd_binary(), "--name", "t", "--data-dir", os.path.join(self.dir, "d"),
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", self.peer, "--initial-advertise-peer-urls", self.peer,
-             "--initial-cluster", f"t={self.peer}", *self.args],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 20
-        while self.etcdctl("endpoint", "health").returncode != 0:
-            assert time.monotonic() < deadline, "etcd did not start: " + open(
-                os.path.join(self.dir, "etcd.log")).read()[-1500:]
-            time.sleep(0.1)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            args += ["--cert-file", self.pki["server.crt"], "--key-file", self.pki["server.key"],
+                     "--trusted-ca-file", self.pki["ca.crt"], "--client-cert-auth"]
+            ctl = ["--cacert", self.pki["ca.crt"], "--cert", self.pki["client.crt"],
+                   "--key", self.pki["client.key"]]
+        super().__init__(EtcdMember.local(self.dir, scheme="https" if tls else "http", extra_args=args,
+                                          ctl_flags=ctl))
 
 
 def _make_pki(d: str) -> dict[str, str]:

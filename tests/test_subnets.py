@@ -11,7 +11,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 
 import pytest
 
-from fakeregistry import FakeClock, FakeRegistry, attrs
+from support.fakeregistry import FakeClock, FakeRegistry, attrs
 from fastflannel.agent.config import parse_config
 from fastflannel.agent.errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
 from fastflannel.agent.lease import Lease, LeaseEvent

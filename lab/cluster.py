@@ -14,7 +14,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .lab import Container, Host, Lab, LabError, read_subnet_env, stop_process, wait_for
+from .netns import Container, Host, Lab, read_subnet_env
+from .proc import LabError, stop_process, wait_for
 
 PREFIX = "/coreos.com/network"
 

@@ -13,7 +13,9 @@ import sys
 import time
 
 from .cluster import SEED_BACKENDS, Cluster, seed_config
-from .lab import Lab, LabError, cleanup_stale, have_netns_privileges, tcp_transfer
+from .netns import Lab, cleanup_stale, have_netns_privileges
+from .proc import LabError
+from .traffic import tcp_transfer
 
 def _say(msg: str) -> None:
     print(msg, flush=True)

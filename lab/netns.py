@@ -12,23 +12,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from .etcd import EtcdMember, EtcdServer
+from .proc import LabError, run, stop_process
+
 UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")
 HUB_IP = "192.0.2.1"
-ETCD_PORT = 2379
-
-class LabError(RuntimeError):
-    pass
-
-
-def run(cmd: Sequence[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and p.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} -> rc={p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
-    return p
+ETCD_PORT = 2379                 # etcd's client port, on the hub's underlay address
+ETCD_PEER_PORT = 2380
 
 
 def have_netns_privileges() -> Optional[str]:
@@ -71,6 +64,7 @@ class Lab:
         self.procs: List[subprocess.Popen] = []
         self.hosts: Dict[str, Host] = {}
         self.hub = ""
+        self.etcd: Optional[EtcdServer] = None
         self.etcd_endpoint = ""
         self._next_host = 10
 
@@ -82,6 +76,9 @@ class Lab:
         self.close()
 
     def close(self) -> None:
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
         for p in reversed(self.procs):
             stop_process(p)
         self.procs.clear()
@@ -157,27 +154,22 @@ class Lab:
         """A real etcd v3 server in the hub namespace, reachable from every host at 192.0.2.1."""
         if not self.hub:
             self.make_underlay()
-        data = os.path.join(self.tmp, "etcd-data")
         url = f"http://{HUB_IP}:{ETCD_PORT}"
-        argv = [etcd_binary(), "--name", "lab", "--data-dir", data,
-                "--listen-client-urls", f"{url},http://127.0.0.1:{ETCD_PORT}",
-                "--advertise-client-urls", url,
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", "lab=http://127.0.0.1:2380", *extra_args]
-        self.spawn(self.hub, argv, "etcd.log", env=dict(os.environ, ETCD_UNSUPPORTED_ARCH="amd64"))
+        member = EtcdMember(name="lab", data_dir=os.path.join(self.tmp, "etcd-data"), client_url=url,
+                            peer_url=f"http://{HUB_IP}:{ETCD_PEER_PORT}", netns=self.hub,
+                            extra_args=tuple(extra_args), log_path=os.path.join(self.tmp, "etcd.log"))
+        self.etcd = EtcdServer(member)
+        self.etcd.start()
         self.etcd_endpoint = url
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.etcdctl("endpoint", "health", check=False).returncode == 0:
-                return url
-            time.sleep(0.2)
-        raise LabError("etcd did not become healthy:\n" + self.log("etcd.log")[-2000:])
+        return url
 
     def etcdctl(self, *args: str, check: bool = True, api: str = "3") -> subprocess.CompletedProcess:
-        flag = "--endpoints" if api == "3" else "--endpoint"
-        return run(self.ns_cmd(self.hub, etcdctl_binary(), f"{flag}=http://127.0.0.1:{ETCD_PORT}",
-                               *args), check=check, env=dict(os.environ, ETCDCTL_API=api))
+        if self.etcd is None:
+            raise LabError("no etcd in this lab: call start_etcd() first")
+        p = self.etcd.etcdctl(*args, api=api)
+        if check and p.returncode != 0:
+            raise LabError(f"etcdctl {' '.join(args)} -> rc={p.returncode}: {p.stderr.strip()}")
+        return p
 
     # -- containers --------------------------------------------------------------------------
     def add_container(self, host: Host, subnet_env: Dict[str, str], bridge: str = "cni0") -> "Container":
@@ -216,100 +208,3 @@ def read_subnet_env(path: str) -> Dict[str, str]:
                 k, v = line.rstrip("\n").split("=", 1)
                 env[k] = v
     return env
-
-
-def stop_process(p: subprocess.Popen, timeout: float = 5) -> None:
-    if p.poll() is not None:
-        return
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait(timeout)
-
-
-def _find_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    raise LabError(f"{name} not found: install Debian's etcd-server/etcd-client (scripts/install-deps.sh)")
-
-
-def etcd_binary() -> str:
-    return _find_binary("etcd")
-
-
-def etcdctl_binary() -> str:
-    return _find_binary("etcdctl")
-
-
-_SINK = r"""
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(float(sys.argv[3]))
-print("listening", flush=True)
-c, _ = s.accept(); c.settimeout(float(sys.argv[3])); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)
-"""
-
-_SOURCE = r"""
-import hashlib, random, socket, sys, time
-n = int(sys.argv[3]); rnd = random.Random(n); h = hashlib.sha256(); sent = 0
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
-t0 = time.monotonic()
-while sent < n:
-    b = rnd.randbytes(min(1 << 16, n - sent)); c.sendall(b); h.update(b); sent += len(b)
-c.shutdown(socket.SHUT_WR); c.recv(1); dt = time.monotonic() - t0
-print(sent, h.hexdigest(), f"{dt:.6f}", flush=True)
-"""
-
-
-def tcp_transfer(lab: "Lab", src_ns: str, dst_ns: str, dst_ip: str, nbytes: int, port: int = 5201,
-                 timeout: float = 30.0) -> dict:
-    """Send `nbytes` of seeded random data over TCP and compare SHA-256 on both ends.
-
-    Returns {"ok", "bytes", "seconds", "mbit_s"}; both sides are bounded by `timeout`.
-    """
-    import sys
-    sink = subprocess.Popen(lab.ns_cmd(dst_ns, sys.executable, "-c", _SINK, dst_ip, str(port), str(timeout)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = sink.stdout.readline()
-        if "listening" not in first:
-            raise LabError(f"sink did not start: {sink.stderr.read()}")
-        src = run(lab.ns_cmd(src_ns, sys.executable, "-c", _SOURCE, dst_ip, str(port), str(nbytes),
-                             str(timeout)), check=False, timeout=timeout + 5)
-        out, _ = sink.communicate(timeout=timeout + 5)
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
-    if src.returncode != 0:
-        return {"ok": False, "error": src.stderr.strip()[-300:], "bytes": 0, "seconds": 0.0, "mbit_s": 0.0}
-    sent_n, sent_h, secs = src.stdout.split()
-    got = out.split()
-    ok = len(got) == 2 and got[0] == sent_n and got[1] == sent_h
-    secs_f = float(secs)
-    return {"ok": ok, "bytes": int(sent_n), "seconds": secs_f,
-            "mbit_s": int(sent_n) * 8 / 1e6 / secs_f if secs_f > 0 else 0.0}
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

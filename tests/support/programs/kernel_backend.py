@@ -1,0 +1,61 @@
+"""Hold one kernel backend (vxlan or host-gw) and run the commands a test sends as JSON lines.
+
+Run inside a host namespace by tests/test_backends_kernel.py: one command per stdin line
+({"op": "new" | "setup" | "add_peer" | "remove_peer" | "sync_peers" | "check", ...}), one JSON
+answer per stdout line ({"ok": true, ...} or {"error": "<type>: <message>"}), so backend state
+lives across steps as it does in the daemon. Logs go to stderr.
+"""
+import ipaddress
+import json
+import logging
+import sys
+
+from fastflannel.agent.backends.hostgw import HostGwBackend
+from fastflannel.agent.backends.vxlan import VxlanBackend
+from fastflannel.agent.iface import choose_external_interface
+from fastflannel.agent.lease import Lease, LeaseAttrs
+
+
+def lease(d):
+    return Lease(ipaddress.ip_network(d["subnet"]),
+                 LeaseAttrs(ipaddress.ip_address(d["ip"]), d.get("type"), d.get("data")))
+
+
+def execute(be, cmd: dict):
+    """Run one command; returns (backend, answer)."""
+    op, res = cmd["op"], {}
+    if op == "new":
+        ext = choose_external_interface(["eth0"], [], cmd.get("public_ip"), None)
+        if cmd["kind"] == "vxlan":
+            be = VxlanBackend(ext, cmd["cfg"], state_dir=cmd["state_dir"])
+        else:
+            be = HostGwBackend(ext, cmd["cfg"])
+        res = {"attrs": be.lease_attrs().to_json().decode(), "mtu": be.mtu()}
+    elif op == "setup":
+        be.setup(lease(cmd["lease"]), ipaddress.ip_network(cmd["network"]))
+    elif op in ("add_peer", "remove_peer"):
+        getattr(be, op)(lease(cmd["lease"]))
+    elif op == "sync_peers":
+        be.sync_peers([lease(d) for d in cmd["leases"]])
+    elif op == "check":
+        be.check()
+    else:
+        raise ValueError(op)
+    res["ok"] = True
+    return be, res
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    be = None
+    for line in sys.stdin:
+        try:
+            be, res = execute(be, json.loads(line))
+        except Exception as e:  # every failure goes back to the test as an answer
+            res = {"error": type(e).__name__ + ": " + str(e)}
+        sys.stdout.write(json.dumps(res) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
