@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The test command from the README: the C core under ASan+UBSan (ctest), then every pytest suite.
-# Needs root for the namespace tests (they say why when they skip). Run install-deps.sh first.
+# The test command from the README: the C core under ASan+UBSan (ctest), then every pytest suite,
+# all with the project's virtual environment (scripts/install-deps.sh makes it; run here first,
+# a no-op when nothing changed). Needs root for the namespace tests (they say why when they skip).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/env.sh"
+bash scripts/install-deps.sh
+ff_activate
+export FASTFLANNEL_DEV=1          # development build: -Werror and the fast path's test hooks
 if [ -f CMakeLists.txt ]; then
   cmake -S . -B _build-asan -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
   cmake --build _build-asan -j2 >/dev/null
