@@ -6,6 +6,14 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+/* Older C library headers (glibc 2.17 of manylinux2014 images) lack these; the values are the
+ * kernel ABI (linux/udp.h: UDP_SEGMENT since Linux 4.18, UDP_GRO since 5.0). */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 #include "ff_offload.h"
 
