@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Dict, Optional
 
-from . import errors
+from . import errors, sdnotify
 from .backends.base import BackendError
 from .config import ConfigError, NetworkConfig, parse_config
 from .lease import Lease, LeaseEvent
@@ -27,6 +27,7 @@ log = logging.getLogger("fastflannel")
 CONFIG_RETRY_S = 1.0         # flannel's getConfig retry period
 CHECK_PERIOD_S = 10.0        # flannel's route check period (host-gw/vxlan repair)
 DEFAULT_STATE_DIR = "/var/lib/fastflannel"
+HEARTBEAT_STALE_S = 10.0     # main loop ticks every 0.5 s; no tick for this long = stuck (watchdog stops)
 
 
 class DaemonError(RuntimeError):
@@ -78,6 +79,10 @@ class Daemon:
         self.timings: Dict[str, float] = {}
         self._threads = []
         self._t0 = time.monotonic()
+        # systemd (agent/sdnotify.py): READY=1 once serving, STOPPING=1, watchdog pings while healthy
+        self.systemd = sdnotify.Notifier.from_env()
+        self.watchdog = sdnotify.Watchdog(self.systemd, self.healthy, self.stop)
+        self._heartbeat = time.monotonic()
 
     # -- start-up -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -132,6 +137,9 @@ class Daemon:
         self._mark("peers")
         self._spawn("lease-watch", self._watch, rev)
         self._spawn("lease-keeper", self.keeper.run, self.stop)
+        self._heartbeat = time.monotonic()
+        self.systemd.notify("READY=1")   # as flanneld: subnet.env written, backend running
+        self.watchdog.start()
 
     def _stats(self) -> dict:
         stats = getattr(self.backend, "stats", None)
@@ -252,7 +260,7 @@ class Daemon:
         next_check = time.monotonic() + CHECK_PERIOD_S
         next_rules = time.monotonic() + resync
         while not self.stop.wait(0.5):
-            now = time.monotonic()
+            now = self._heartbeat = time.monotonic()
             if now >= next_check:
                 next_check = now + CHECK_PERIOD_S
                 self._guarded(self.backend.check, "backend check")
@@ -268,9 +276,16 @@ class Daemon:
         except Exception as e:  # repair loops log and try again next tick
             log.warning("%s failed: %s", what, e)
 
+    def healthy(self) -> bool:
+        """For the systemd watchdog: ready, not stopping, every worker alive, main loop ticking."""
+        return (self.ready and not self.stop.is_set() and all(t.is_alive() for t in self._threads)
+                and time.monotonic() - self._heartbeat < HEARTBEAT_STALE_S)
+
     # -- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
+        self.systemd.notify("STOPPING=1")
         self.stop.set()
+        self.watchdog.join()
         for t in self._threads:
             t.join(timeout=2.0)
         if self.backend is not None:
