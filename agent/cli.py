@@ -1,4 +1,5 @@
-"""`fastflannel`: flanneld's command line (flags, FLANNELD_* variables), plus `fastflannel demo`.
+"""`fastflannel`: flanneld's command line (flags, FLANNELD_* variables), plus `fastflannel demo` and
+`fastflannel docker-opts` (flannel's mk-docker-opts.sh).
 
 Every expected failure (bad flag, bad config, unreachable etcd, no subnet left, lost lease) ends
 with one clear line on stderr and exit status 1, never a traceback.
@@ -17,12 +18,8 @@ log = logging.getLogger("fastflannel")
 
 
 def _setup_logging(verbosity: int) -> None:
-    # klog-like: -v=0 info, -v>=1 debug (flannel: -v=1 enables data-path error logs).
-    # Library loggers (pyroute2, grpc) stay at INFO; -v=3 and up opens them too.
-    logging.basicConfig(level=logging.DEBUG if verbosity >= 3 else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
-                        datefmt="%m%d %H:%M:%S")
-    logging.getLogger("fastflannel").setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
+    from .logfmt import setup      # klog lines, as flanneld writes them (agent/logfmt.py)
+    setup(verbosity)
 
 
 def _expected_errors() -> tuple:
@@ -40,13 +37,16 @@ def run_daemon(argv: List[str]) -> int:
     try:
         opts = parse_flags(argv, os.environ)
     except HelpRequested as h:
-        print(str(h), file=sys.stdout)
+        print(str(h), file=sys.stderr)          # flanneld: usage on stderr, exit 0
         return 0
     except FlagError as e:
+        # One line, not Go's error-then-usage (flanneld's usage() then exits 0): a typo in a unit
+        # file should fail the unit with a message the journal shows whole.
         print(f"fastflannel: {e}", file=sys.stderr)
         return 2
-    if opts.version:
-        print(f"fastflannel {__version__} (flanneld-compatible)")
+    if opts.version and "version" in opts.set_on_command_line:
+        # flanneld prints its bare version on stderr; it checks -version before FLANNELD_* apply.
+        print(f"v{__version__}", file=sys.stderr)
         return 0
     _setup_logging(opts.v)
     from .daemon import Daemon
@@ -73,6 +73,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "demo":
         from fastflannel.lab.demo import main as demo_main    # the lab ships beside the daemon, apart from it
         return demo_main(argv[1:])
+    if argv and argv[0] == "docker-opts":       # flannel's mk-docker-opts.sh (agent/dockeropts.py)
+        from .dockeropts import main as dockeropts_main
+        return dockeropts_main(argv[1:])
     return run_daemon(argv)
 
 
