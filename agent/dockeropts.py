@@ -30,8 +30,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
 
 from .subnetfile import read_subnet_env
 
@@ -71,10 +71,10 @@ def usage(prog: str = "fastflannel docker-opts") -> str:
             "\t-m\tDo not output --ip-masq (useful for older Docker version)\n")
 
 
-def _getopts(argv: List[str]) -> List[Tuple[str, str]]:
+def _getopts(argv: list[str]) -> list[tuple[str, str]]:
     """POSIX getopts over "f:d:icmk:?h": grouped flags (-ic), attached (-fFILE) or separate
     arguments, `--` ends the flags, the first non-flag word ends them too."""
-    out: List[Tuple[str, str]] = []
+    out: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -103,7 +103,7 @@ def _getopts(argv: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
-def parse_args(argv: List[str]) -> Args:
+def parse_args(argv: list[str]) -> Args:
     a = Args()
     for ch, value in _getopts(argv):
         if ch == "f":
@@ -127,7 +127,7 @@ def parse_args(argv: List[str]) -> Args:
     return a
 
 
-def shell_vars(args: Args, environ: Mapping[str, str]) -> Dict[str, str]:
+def shell_vars(args: Args, environ: Mapping[str, str]) -> dict[str, str]:
     """The script's variables after `. $flannel_env`: the environment, then the file on top."""
     env = dict(environ)
     if os.path.isfile(args.flannel_env):
@@ -135,7 +135,7 @@ def shell_vars(args: Args, environ: Mapping[str, str]) -> Dict[str, str]:
     return env
 
 
-def docker_options(args: Args, env: Dict[str, str]) -> Dict[str, str]:
+def docker_options(args: Args, env: dict[str, str]) -> dict[str, str]:
     """DOCKER_OPT_* name -> value, as the script sets and then finds them."""
     opts = {k: v for k, v in env.items() if "DOCKER_OPT_" in k}
     if env.get("FLANNEL_SUBNET"):
@@ -151,7 +151,7 @@ def docker_options(args: Args, env: Dict[str, str]) -> Dict[str, str]:
     return opts
 
 
-def render(args: Args, env: Dict[str, str]) -> str:
+def render(args: Args, env: dict[str, str]) -> str:
     opts = docker_options(args, env)
     combined = env.get(args.combined_key, "")
     if combined:
@@ -186,7 +186,7 @@ def _route_table() -> str:
         return ""                                # no `ip`: the script's grep finds nothing either
 
 
-def run(argv: List[str], environ: Optional[Mapping[str, str]] = None) -> None:
+def run(argv: list[str], environ: Mapping[str, str] | None = None) -> None:
     """Write the Docker env file; raise UsageError or DockerOptsError."""
     args = parse_args(argv)
     env = shell_vars(args, os.environ if environ is None else environ)
@@ -200,7 +200,7 @@ def run(argv: List[str], environ: Optional[Mapping[str, str]] = None) -> None:
             raise DockerOptsError(f"Your routing table already contains the subnet: {clash}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
         run(list(sys.argv[1:] if argv is None else argv))
     except UsageError as e:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 _HANDLER_NAME = "fastflannel-klog"
 _SEVERITY = ((logging.CRITICAL, "F"), (logging.ERROR, "E"), (logging.WARNING, "W"))
@@ -54,7 +54,7 @@ class KlogFormatter(logging.Formatter):
         return text
 
 
-def setup(verbosity: int, stream: Optional[TextIO] = None) -> None:
+def setup(verbosity: int, stream: TextIO | None = None) -> None:
     """Root logging for the daemon: klog lines on stderr (journald takes them from there).
 
     -v=0 info, -v>=1 debug for fastflannel's own loggers (flannel: -v=1 enables data-path error

@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 import threading
-from typing import Callable, Mapping, Optional
+from collections.abc import Mapping
+from typing import Callable
 
 log = logging.getLogger("fastflannel.sdnotify")
 
@@ -26,12 +27,12 @@ def _address(name: str) -> str:
 class Notifier:
     """Sends state lines to systemd; `socket_name` None means "not supervised"."""
 
-    def __init__(self, socket_name: Optional[str], watchdog_usec: Optional[int] = None):
+    def __init__(self, socket_name: str | None, watchdog_usec: int | None = None):
         self.socket_name = socket_name or None
         self.watchdog_usec = watchdog_usec
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Notifier":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
         env = os.environ if environ is None else environ
         return cls(env.get("NOTIFY_SOCKET"), _watchdog_usec(env))
 
@@ -47,14 +48,14 @@ class Notifier:
             log.error("Failed to notify systemd the message %s: %s", state.replace("\n", " "), e)
             return False
 
-    def watchdog_interval_s(self) -> Optional[float]:
+    def watchdog_interval_s(self) -> float | None:
         """Seconds between pings: half the timeout, as sd_watchdog_enabled(3) advises."""
         if not self.socket_name or not self.watchdog_usec:
             return None
         return self.watchdog_usec / 2 / 1e6
 
 
-def _watchdog_usec(env: Mapping[str, str]) -> Optional[int]:
+def _watchdog_usec(env: Mapping[str, str]) -> int | None:
     """WATCHDOG_USEC when it is meant for this process (sd_watchdog_enabled(3)): a positive
     integer, and WATCHDOG_PID, if set, is our pid."""
     text = env.get("WATCHDOG_USEC", "")
@@ -80,7 +81,7 @@ class Watchdog:
         self.healthy = healthy
         self.stop = stop
         self.pings = 0
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> bool:
         interval = self.notifier.watchdog_interval_s()
