@@ -62,7 +62,10 @@ case "$installed" in
 esac
 
 # 4. Smoke test from outside the tree.
-say "fastflannel -version: $("$V/fastflannel" -version 2>&1)"
-say "fastflannel-cni VERSION: $(CNI_COMMAND=VERSION "$V/fastflannel-cni")"
+version="$("$V/fastflannel" -version 2>&1)"                 # an assignment: set -e sees failures
+say "fastflannel -version: $version"
+cni_version="$(CNI_COMMAND=VERSION "$V/fastflannel-cni")"
+say "fastflannel-cni VERSION: $cni_version"
+case "$cni_version" in *'"supportedVersions"'*) ;; *) echo "wheel: CNI VERSION answered badly" >&2; exit 1 ;; esac
 PATH="$V:/usr/sbin:/usr/bin:/sbin:/bin" "$V/fastflannel" demo --hosts 2 --mbytes 4
 say "ok: $(basename "$wheel") installs without a compiler and runs the daemons and the demo"
