@@ -16,7 +16,8 @@ PY="$VENV/bin/python"
 ff_need_root() {
   [ "$(id -u)" -eq 0 ] && return 0
   if command -v sudo >/dev/null 2>&1; then
-    exec sudo --preserve-env=FASTFLANNEL_VENV,FASTFLANNEL_PYTHON,CI bash "$0" "$@"
+    # env.sh has cd'ed to the repo: name the script by its path from there
+    exec sudo --preserve-env=FASTFLANNEL_VENV,FASTFLANNEL_PYTHON,CI bash "$REPO/scripts/$(basename "$0")" "$@"
   fi
   echo "$(basename "$0"): needs root (network namespaces, apt-get); run it as root" >&2
   exit 1
