@@ -1,7 +1,8 @@
 """`fastflannel`: flanneld's command line (flags, FLANNELD_* variables), plus `fastflannel demo`.
 
-Every expected failure (bad flag, bad config, unreachable etcd, no subnet left, lost lease) ends
-with one clear line on stderr and exit status 1, never a traceback.
+Every operational failure (bad flag, bad config, unreachable etcd, no subnet left, lost lease, a
+refused netlink request, a missing iptables) is a FastflannelError and ends in `main` with one
+line on stderr and its exit status (2 for a bad flag, else 1), never a traceback.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
+from .errors import FastflannelError, HelpRequested, LeaseLost
 
 log = logging.getLogger("fastflannel")
 
@@ -25,26 +27,9 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("fastflannel").setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
 
 
-def _expected_errors() -> tuple:
-    from . import errors
-    from .backends.base import BackendError
-    from .config import ConfigError
-    from .daemon import DaemonError
-    from .iface import InterfaceError
-    return (errors.RegistryError, errors.LeaseLost, errors.OutOfSubnets, BackendError, ConfigError,
-            DaemonError, InterfaceError, OSError)
-
-
 def run_daemon(argv: List[str]) -> int:
-    from .flags import FlagError, HelpRequested, parse_flags
-    try:
-        opts = parse_flags(argv, os.environ)
-    except HelpRequested as h:
-        print(str(h), file=sys.stdout)
-        return 0
-    except FlagError as e:
-        print(f"fastflannel: {e}", file=sys.stderr)
-        return 2
+    from .flags import parse_flags
+    opts = parse_flags(argv, os.environ)
     if opts.version:
         print(f"fastflannel {__version__} (flanneld-compatible)")
         return 0
@@ -60,20 +45,30 @@ def run_daemon(argv: List[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         return daemon.run()
-    except _expected_errors() as e:
-        from . import errors
-        if isinstance(e, errors.LeaseLost):
-            log.error("Lease has been revoked. Shutting down daemon.")
-        print(f"fastflannel: {e}", file=sys.stderr)
-        return 1
+    except LeaseLost:
+        log.error("Lease has been revoked. Shutting down daemon.")     # flanneld's words
+        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The one place where errors end: one line on stderr and the error's exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
-        from fastflannel.lab.demo import main as demo_main    # the lab ships beside the daemon, apart from it
-        return demo_main(argv[1:])
-    return run_daemon(argv)
+    try:
+        if argv and argv[0] == "demo":
+            from fastflannel.lab.demo import main as demo_main   # the lab ships beside the daemon, apart from it
+            return demo_main(argv[1:])
+        return run_daemon(argv)
+    except HelpRequested as h:
+        print(h.text)
+        return h.exit_code
+    except FastflannelError as e:
+        print(f"fastflannel: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        # An OS failure no module turned into its own error (a file that cannot be written, a
+        # port in use) is still an operational failure: one line, not a traceback.
+        print(f"fastflannel: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .errors import ConfigError
 from .lease import json_key
 
 IPv4Network = ipaddress.IPv4Network
@@ -32,10 +33,6 @@ MAX_SUBNET_LEN = 30                 # bits; "SubnetLen must be less than /31"
 # Go's net.ParseCIDR: dotted quad, a slash, a decimal prefix length (no netmask form).
 _CIDR_RE = re.compile(r"^([0-9.]+)/([0-9]+)$")
 _SENTINEL = object()
-
-
-class ConfigError(ValueError):
-    """The network config is invalid; the message names the field (flannel's wording where it has one)."""
 
 
 def ci_get(obj: dict, name: str, default: Any = None) -> Any:

@@ -29,10 +29,6 @@ CHECK_PERIOD_S = 10.0        # flannel's route check period (host-gw/vxlan repai
 DEFAULT_STATE_DIR = "/var/lib/fastflannel"
 
 
-class DaemonError(RuntimeError):
-    """A fatal condition with a one-line operator message; the CLI prints it and exits 1."""
-
-
 def make_backend(cfg: NetworkConfig, ext, opts):
     kind = cfg.backend_type
     if kind == "udp":

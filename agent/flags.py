@@ -17,24 +17,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from .errors import FlagError, HelpRequested
+
 ENV_PREFIX = "FLANNELD"
 MAX_BATCH = 1024                    # UIO_MAXIOV: the most messages one sendmmsg/recvmmsg takes
 MAX_WORKERS = 64                    # TUN queues per fast path (fastpath MAX_WORKERS)
 # -fastpath-disable: offload parts that can be switched off one by one (a kernel bug in one of
 # them, PERF.md 1.4); fastpath.Forwarder.open takes them as keywords with "_" for "-".
 OFFLOAD_PARTS = ("tun-tso", "udp-gso", "udp-gro", "tcp-gro")
-
-
-class FlagError(ValueError):
-    """A bad command line or FLANNELD_* value; the message is one line for the operator."""
-
-
-class HelpRequested(Exception):
-    """-h/-help/--help was given; str(exc) (and .text) is the usage text."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
 
 
 @dataclass

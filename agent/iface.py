@@ -14,16 +14,13 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from . import netlink
+from .errors import InterfaceError
 
 log = logging.getLogger("fastflannel.iface")
 
 IPv4Address = ipaddress.IPv4Address
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 NOT_FOUND = "Failed to find interface to use that matches the interfaces and/or regexes provided"
-
-
-class InterfaceError(RuntimeError):
-    """No usable external interface; the message is flannel's where flannel has one."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ import subprocess
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
+from .errors import IptablesError
+
 log = logging.getLogger("fastflannel.ipmasq")
 
 IPv4Network = ipaddress.IPv4Network
@@ -33,10 +35,6 @@ RESTORE_WAIT_MIN = (1, 6, 2)
 
 # (table, chain, rulespec) — rulespec is the argv after `-A CHAIN`.
 Rule = Tuple[str, str, Tuple[str, ...]]
-
-
-class IptablesError(RuntimeError):
-    """An iptables command failed; the message carries the command and its stderr."""
 
 
 def masq_rules(network, subnet, random_fully: bool) -> List[Rule]:

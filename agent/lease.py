@@ -11,16 +11,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .errors import LeaseFormatError
+
 # flannel's regex (pkg/subnet/subnet.go) is unanchored at the start and leaves two dots
 # unescaped; we accept the same keys but anchor both ends so junk prefixes are rejected.
 _KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
-
-
-class LeaseFormatError(ValueError):
-    """A lease key or value that flannel would not have written."""
 
 
 @dataclass(frozen=True)

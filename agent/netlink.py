@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError
 
+from .errors import NetlinkError
+
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
 IPv4Interface = ipaddress.IPv4Interface
@@ -41,14 +43,6 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
 IFF_UP = 0x1
 VXLAN_DEFAULT_PORT = 8472       # Linux's default dstport (IANA 4789 is not the kernel default)
-
-
-class NetlinkError(RuntimeError):
-    """A netlink request failed; `errno` is the kernel's error number when there is one."""
-
-    def __init__(self, message: str, errno: Optional[int] = None):
-        super().__init__(message)
-        self.errno = errno
 
 
 # -- the handle ---------------------------------------------------------------------------------
@@ -84,23 +78,38 @@ def _handle() -> IPRoute:
             # groups=0: a request-only socket. pyroute2 subscribes to link/address/route events
             # by default; unread, they would fill the receive buffer of a long-running daemon.
             _ipr = IPRoute(netns=_netns, flags=0, groups=0) if _netns else IPRoute(groups=0)
-        except (OSError, _PyrNetlinkError) as e:
-            raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: {e}",
+        except Exception as e:  # pyroute2 may raise anything here (see _call)
+            raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: {_reason(e)}",
                                getattr(e, "errno", None) or getattr(e, "code", None)) from None
         _ipr_pid = os.getpid()
     return _ipr
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, _PyrNetlinkError):
+        return os.strerror(e.code) if e.code else str(e)
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return f"{type(e).__name__}: {e}"
+
+
 def _call(what: str, fn: Callable[[IPRoute], Any]) -> Any:
-    """Run `fn(handle)` under the lock; turn every failure into NetlinkError(`what`: reason)."""
+    """Run `fn(handle)` under the lock; turn every failure into NetlinkError(`what`: reason).
+
+    Besides the kernel's refusals (pyroute2's NetlinkError, OSError), pyroute2 encodes requests
+    lazily and lets its encoders' errors out as they come: ValueError for a bad MAC ("invalid
+    literal for int() with base 16"), struct.error for an out-of-range number, TypeError, ...
+    All of them are one failed request to the caller."""
     with _lock:
         ipr = _handle()
         try:
             return fn(ipr)
         except _PyrNetlinkError as e:
-            raise NetlinkError(f"{what}: {os.strerror(e.code) if e.code else e}", e.code) from None
+            raise NetlinkError(f"{what}: {_reason(e)}", e.code) from None
         except OSError as e:
-            raise NetlinkError(f"{what}: {e.strerror or e}", e.errno) from None
+            raise NetlinkError(f"{what}: {_reason(e)}", e.errno) from None
+        except Exception as e:  # pyroute2's encoders: see above
+            raise NetlinkError(f"{what}: {_reason(e)}") from None
 
 
 def _ignore(codes: Tuple[int, ...], what: str, fn: Callable[[IPRoute], Any]) -> bool:

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
+from ..errors import BackendError
 from ..lease import Lease, LeaseAttrs
-
-
-class BackendError(RuntimeError):
-    """A backend cannot start or program the kernel; the message is for the operator."""
 
 
 class Backend(Protocol):

@@ -9,7 +9,8 @@ uses the configured one).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder   # offload keywor
 from .. import netlink
 from ..config import ci_get
 from ..lease import Lease, LeaseAttrs
-from .base import BackendError
+from ..errors import BackendError, NetlinkError
 
 log = logging.getLogger("fastflannel.udp")
 
@@ -35,6 +36,16 @@ def _sysctl(key: str, value: str) -> None:
             f.write(value)
     except OSError as e:
         log.warning("cannot set %s=%s: %s", key.replace("/", "."), value, e)
+
+
+@contextmanager
+def _fast_path_errors(what: str) -> Iterator[None]:
+    """The fast path reports its C errors as OSError/ValueError; past this boundary they are
+    BackendError. KeyError (no such route) passes: callers treat it as "nothing to do"."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise BackendError(f"udp backend: cannot {what}: {e}") from None
 
 
 def _features_text(f: dict) -> str:
@@ -85,19 +96,27 @@ class UdpBackend:
             raise BackendError(f"udp backend: cannot open the fast path on "
                                f"{self.ext.iface_addr}:{self.port}: {e}") from None
         self.fw, self.tun_name = fw, fw.tun_name
-        netlink.link_set_mtu(self.tun_name, self.mtu())
-        netlink.link_set_txqueuelen(self.tun_name, TUN_TXQUEUELEN)
-        netlink.ensure_single_address(self.tun_name, lease.subnet.network_address, 32, network.network)
-        netlink.link_set_up(self.tun_name)
-        netlink.route_replace(network.network, dev=self.tun_name)
+        try:
+            self._configure_tun(lease)
+        except NetlinkError as e:
+            raise BackendError(f"udp backend: cannot configure {self.tun_name}: {e}") from None
         # The fast path's ICMP net-unreachable carries the TUN address as source (flannel's
         # choice); without accept_local the kernel drops it as a martian and senders just time out.
         _sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
-        fw.start()
+        with _fast_path_errors("start the fast path"):
+            fw.start()
         log.info("udp backend: %s up, %s/32, mtu %d, udp %s:%d, fast path %s", self.tun_name,
                  lease.subnet.network_address, self.mtu(), self.ext.iface_addr, self.port,
                  _features_text(fw.features))
         self._log_fallbacks()
+
+    def _configure_tun(self, lease: Lease) -> None:
+        assert self.tun_name is not None and self.network is not None
+        netlink.link_set_mtu(self.tun_name, self.mtu())
+        netlink.link_set_txqueuelen(self.tun_name, TUN_TXQUEUELEN)
+        netlink.ensure_single_address(self.tun_name, lease.subnet.network_address, 32, self.network)
+        netlink.link_set_up(self.tun_name)
+        netlink.route_replace(self.network, dev=self.tun_name)
 
     def _asked(self) -> set:
         """The offload parts this backend asked the fast path for."""
@@ -139,19 +158,29 @@ class UdpBackend:
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         arr = self._routes_array(leases)
-        self.fw.replace_routes(arr)
+        with _fast_path_errors("replace the peer routes"):
+            self._forwarder().replace_routes(arr)
         log.info("udp backend: %d peer routes", len(arr))
 
     def add_peer(self, lease: Lease) -> None:
-        self.fw.add_route(str(lease.subnet), str(lease.attrs.public_ip), self.port)
+        if lease.attrs is None:
+            return
+        with _fast_path_errors(f"add the route {lease.subnet}"):
+            self._forwarder().add_route(str(lease.subnet), str(lease.attrs.public_ip), self.port)
         log.info("udp backend: route %s -> %s:%d", lease.subnet, lease.attrs.public_ip, self.port)
 
     def remove_peer(self, lease: Lease) -> None:
         try:
-            self.fw.remove_route(str(lease.subnet))
+            with _fast_path_errors(f"remove the route {lease.subnet}"):
+                self._forwarder().remove_route(str(lease.subnet))
             log.info("udp backend: route %s removed", lease.subnet)
         except KeyError:
             log.info("udp backend: no route for %s to remove", lease.subnet)
+
+    def _forwarder(self) -> Forwarder:
+        if self.fw is None:
+            raise BackendError("udp backend: the fast path is not open (setup() first)")
+        return self.fw
 
     def check(self) -> None:
         """Re-add the Network route if someone deleted it (the TUN itself lives as long as we do)."""
