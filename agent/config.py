@@ -18,13 +18,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .backends import BACKENDS
 from .errors import ConfigError
 from .lease import json_key
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
 
-KNOWN_BACKENDS = ("udp", "vxlan", "host-gw")
 DEFAULT_BACKEND = "udp"             # flannel's parseBackendType when Backend is absent (#1221)
 DEFAULT_SUBNET_LEN = 24             # bits; for networks of prefix <= 22
 MIN_NETWORK_PREFIX = 28             # bits; a smaller network cannot hold four subnets of >= 4 addresses
@@ -157,7 +157,7 @@ def _backend(obj: dict) -> tuple[str, dict]:
 
 def _check_backend_type(btype: str) -> None:
     # flannel reports this only when it looks up the backend, after the network checks.
-    if btype not in KNOWN_BACKENDS:
+    if btype not in BACKENDS:
         hint = "" if btype else "\"\" (Backend.Type is missing)"
         raise ConfigError(f"unknown backend type: {btype}{hint}")
 

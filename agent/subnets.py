@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Sequence
 from .config import NetworkConfig
 from .errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
 from .lease import IPv4Address, IPv4Network, Lease, LeaseAttrs, LeaseEvent
+from .registry_api import LeaseStore
 
 SUBNET_TTL_S = 86400        # flannel's hard-coded subnetTTL (24 h)
 RACE_RETRIES = 10           # attempts at acquiring before giving up
@@ -45,7 +46,8 @@ def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: in
     flannel tests each candidate against every lease (O(candidates x leases)); merging the taken
     ranges once and jumping over them gives the same answer in O(leases log leases + limit)."""
     spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)
-    starts, ends = [], []
+    starts: List[int] = []
+    ends: List[int] = []
     for lo, hi in spans:                         # merge overlapping/nested ranges
         if ends and lo <= ends[-1] + 1:
             ends[-1] = max(ends[-1], hi)
@@ -66,7 +68,7 @@ def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: in
 
 
 class SubnetManager:
-    def __init__(self, registry, config: NetworkConfig, public_ip: IPv4Address,
+    def __init__(self, registry: LeaseStore, config: NetworkConfig, public_ip: IPv4Address,
                  prev_subnet: Optional[IPv4Network] = None, renew_margin_s: int = 3600,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
                  log: Optional[logging.Logger] = None):
@@ -143,6 +145,8 @@ class SubnetManager:
         returned unchanged, it never expires."""
         if lease.expiration is None:
             return lease
+        if lease.attrs is None:               # only REMOVED events lack attrs: a caller's bug
+            raise ValueError(f"cannot renew {lease.subnet} without its attrs")
         return self.registry.update_lease(lease.subnet, lease.attrs, SUBNET_TTL_S)
 
     def renew_delay(self, lease: Lease) -> float:
@@ -175,8 +179,10 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop: Optional[threading.Event] = None
+        if lease.attrs is None:
+            raise ValueError(f"LeaseKeeper needs our own lease with its attrs, got {lease}")
         self._lease = lease
-        self._attrs = lease.attrs
+        self._attrs: LeaseAttrs = lease.attrs
         self._lost: Optional[LeaseLost] = None
         self._removed = False
         self._retry_at: Optional[float] = None    # set after a failed registry call

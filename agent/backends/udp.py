@@ -14,11 +14,13 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder   # offload keywords of Forwarder.open
+from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder  # offload keywords of Forwarder.open
 from .. import netlink
-from ..config import ci_get
-from ..lease import Lease, LeaseAttrs
+from ..config import NetworkConfig
 from ..errors import BackendError, NetlinkError
+from ..iface import ExternalInterface
+from ..lease import IPv4Network, Lease, LeaseAttrs
+from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.udp")
 
@@ -56,26 +58,26 @@ def _features_text(f: dict) -> str:
 class UdpBackend:
     name = "udp"
 
-    def __init__(self, ext, backend_cfg: dict, *, batch: int = 64, anti_spoof: bool = True,
-                 workers: int = 1, offload: bool = False, disable: Iterable[str] = ()):
+    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         self.ext = ext
+        port = cfg.backend_option("Port", 0)
         try:
-            self.port = int(ci_get(backend_cfg, "Port", 0) or DEFAULT_PORT)
+            self.port = int(port or DEFAULT_PORT)
         except (TypeError, ValueError):
-            raise BackendError(f"udp backend: bad Port {ci_get(backend_cfg, 'Port')!r}") from None
+            raise BackendError(f"udp backend: bad Port {port!r}") from None
         if not 0 < self.port < 65536:
             raise BackendError(f"udp backend: Port {self.port} out of range")
-        self.batch, self.anti_spoof = batch, anti_spoof
-        self.workers, self.offload = workers, offload
+        self.batch, self.anti_spoof = opts.batch, opts.anti_spoof
+        self.workers, self.offload = opts.workers, opts.offload
         # offload parts kept off (-fastpath-disable: "udp-gso", ...), as Forwarder.open keywords
-        self.disable = tuple(p.replace("-", "_") for p in disable)
+        self.disable = tuple(p.replace("-", "_") for p in opts.disable)
         unknown = [p for p in self.disable if p not in OFFLOAD_PARTS]
         if unknown:
             raise BackendError(f"udp backend: unknown offload part {unknown[0]!r}")
         self._features: Optional[dict] = None
-        self.fw = None
+        self.fw: Optional[Forwarder] = None
         self.tun_name: Optional[str] = None
-        self.network = None            # the cluster Network (IPv4Network), set by setup()
+        self.network: Optional[IPv4Network] = None     # the cluster Network, set by setup()
 
     def mtu(self) -> int:
         return self.ext.mtu - ENCAP_OVERHEAD
@@ -84,8 +86,8 @@ class UdpBackend:
         # flannel's udp backend sets neither BackendType nor BackendData.
         return LeaseAttrs(public_ip=self.ext.ext_addr)
 
-    def setup(self, lease: Lease, network) -> None:
-        self.network = network.network
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
+        self.network = cfg.network
         fw = Forwarder()
         try:
             fw.open(tun=TUN_TEMPLATE, bind_ip=str(self.ext.iface_addr), port=self.port,
@@ -130,13 +132,14 @@ class UdpBackend:
     def _log_fallbacks(self) -> None:
         """Log each offload part asked for but off now (the kernel refused it at open, or later:
         EIO on a GSO send, EINVAL on a GSO TUN write); once per part."""
-        now = self.fw.features
+        fw = self._forwarder()
+        now = fw.features
         prev = self._features or {}
         for part in sorted(self._asked()):
             if not now.get(part) and prev.get(part, True):
                 log.warning("udp backend: fast-path offload %s refused by the kernel, now off "
                             "(offload_fallbacks=%d)", part.replace("_", "-"),
-                            self.fw.stats().get("offload_fallbacks", 0))
+                            fw.stats().get("offload_fallbacks", 0))
         self._features = dict(now)
 
     def _tier_options(self) -> dict:
