@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "demo":
-            from fastflannel.lab.demo import main as demo_main   # the lab ships beside the daemon, apart from it
+            from fastflannel.lab.demo import main as demo_main  # the lab ships beside the daemon, apart from it
             return demo_main(argv[1:])
         return run_daemon(argv)
     except HelpRequested as h:

@@ -2,11 +2,13 @@
 
 Start-up follows flanneld (docs/flannel-compat.md §"Start-up order"): config (retrying every
 second), interface, backend, lease, ip-masq and forward rules, subnet.env, ready; then the peer
-watch, the lease keeper and a 10 s repair tick run until SIGTERM/SIGINT or a lost lease. On exit the lease stays in etcd and
-kernel state stays in place, as flannel leaves them (the udp TUN goes away with its fd).
+watch, the lease keeper and a 10 s repair tick run until SIGTERM/SIGINT or a lost lease. On exit
+the lease stays in etcd and kernel state stays in place, as flannel leaves them (the udp TUN goes
+away with its fd). See docs/architecture.md §"Lifecycle".
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -232,7 +234,7 @@ class Daemon:
         for batch in registry.watch_leases(rev, self.stop):
             if batch.snapshot is not None:
                 snapshot = batch.snapshot
-                mine = [l for l in snapshot if l.subnet == own]
+                mine = [lease for lease in snapshot if lease.subnet == own]
                 run.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
                                     LeaseEvent(LeaseEvent.REMOVED, Lease(own, None)))
                 run.tracker.reset(snapshot)
@@ -247,7 +249,7 @@ class Daemon:
                 # One peer that cannot be programmed must not take the others down; the backend's
                 # periodic check() retries it.
                 fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
-                self._guarded(lambda: fn(ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
+                self._guarded(functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
             if others:
                 self._mark("last_peer_event")
 

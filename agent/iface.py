@@ -98,7 +98,7 @@ def _by_regex(pattern: str, public_ip: Optional[str]) -> ExternalInterface:
     for link in links:
         if rx.search(link["name"]):
             return _result(link["name"], interface_ip4_addr(link["name"]), public_ip)
-    names = ", ".join(l["name"] for l in links)
+    names = ", ".join(link["name"] for link in links)
     raise InterfaceError(f"Could not match pattern {pattern} to any of the available network interfaces ({names})")
 
 

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import IptablesError
@@ -124,7 +124,7 @@ class Iptables:
         self.run(argv, stdin=payload)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_version(prefix: Tuple[str, ...]) -> Tuple[int, ...]:
     try:
         p = subprocess.run(list(prefix) + ["iptables", "--version"], capture_output=True, text=True,

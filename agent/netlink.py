@@ -354,7 +354,7 @@ def route_list(dev: Optional[str] = None) -> List[Route]:
     idx = _require_index(dev, "list routes of") if dev else None
 
     def dump(i):
-        names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in i.link("dump")}
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in i.link("dump")}
         return names, i.route("dump", family=AF_INET)
 
     names, msgs = _call(f"list routes{' of ' + dev if dev else ''}", dump)

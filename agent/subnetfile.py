@@ -98,7 +98,7 @@ def read_subnet_env(path: str) -> Dict[str, str]:
     """KEY=VALUE pairs of an env file ({} if it does not exist). Blank lines, `#` comments and an
     `export ` prefix are accepted, like the godotenv reader flannel uses."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}

@@ -95,14 +95,14 @@ class SubnetManager:
 
     def _try_acquire(self, attrs: LeaseAttrs) -> Lease:
         leases, _rev = self.registry.list_leases()
-        mine = next((l for l in leases if l.attrs is not None and l.attrs.public_ip == self.public_ip), None)
+        mine = next((lease for lease in leases if lease.public_ip == self.public_ip), None)
         if mine is not None:
             if self.config.subnet_compatible(mine.subnet):
                 return self._reuse(mine, attrs)
             self.log.info("Found lease (%s) for current IP (%s) but not compatible with current "
                           "config, deleting", mine.subnet, self.public_ip)
             self.registry.delete_lease(mine.subnet)
-            leases = [l for l in leases if l.subnet != mine.subnet]
+            leases = [lease for lease in leases if lease.subnet != mine.subnet]
         subnet = self._previous_subnet(leases) or self._allocate(leases)
         lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S)
         self.log.info("Allocated lease %s for %s", subnet, self.public_ip)
@@ -118,7 +118,7 @@ class SubnetManager:
         prev = self.prev_subnet
         if prev is None:
             return None
-        holder = next((l for l in leases if l.subnet.overlaps(prev)), None)
+        holder = next((lease for lease in leases if lease.subnet.overlaps(prev)), None)
         if holder is not None:
             self.log.error("Found lease (%s, held by %s) matching previously leased subnet (%s), ignoring",
                            holder.subnet, holder.public_ip, prev)
@@ -133,7 +133,7 @@ class SubnetManager:
     def _allocate(self, leases: Sequence[Lease]) -> IPv4Network:
         cfg = self.config
         self.log.info("Picking subnet in range %s ... %s", cfg.subnet_min, cfg.subnet_max)
-        free = _free_candidates(cfg, [l.subnet for l in leases], MAX_CANDIDATES)
+        free = _free_candidates(cfg, [lease.subnet for lease in leases], MAX_CANDIDATES)
         if not free:
             raise OutOfSubnets(f"out of subnets: no free /{cfg.subnet_len} left in range "
                                f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(leases)} leases)")
@@ -293,11 +293,11 @@ class LeaseKeeper:
                 return new
             except SubnetExists:
                 current = reg.get_lease(lease.subnet)
-                if current is None:
-                    continue                        # deleted again in between: try once more
-                if current.public_ip != self.manager.public_ip:
-                    raise self._lost_error(lease.subnet, current.public_ip)
-                return current                      # someone (us, earlier) already put it back
+            if current is None:
+                continue                            # deleted again in between: try once more
+            if current.public_ip != self.manager.public_ip:
+                raise self._lost_error(lease.subnet, current.public_ip)
+            return current                          # someone (us, earlier) already put it back
         raise RegistryError(f"subnet {lease.subnet} keeps appearing and disappearing in etcd")
 
     def _default_wait(self, timeout: float) -> None:

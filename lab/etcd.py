@@ -69,7 +69,7 @@ class EtcdMember:
     log_path: str = ""               # default: <data_dir>.log
 
     @classmethod
-    def local(cls, workdir: str, name: str = "t", scheme: str = "http", **kw) -> "EtcdMember":
+    def local(cls, workdir: str, name: str = "t", scheme: str = "http", **kw) -> EtcdMember:
         """A member on 127.0.0.1 (this namespace) with two free ports; data in `workdir/<name>`."""
         return cls(name=name, data_dir=os.path.join(workdir, name),
                    client_url=f"{scheme}://127.0.0.1:{free_port()}",

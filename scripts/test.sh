@@ -3,6 +3,8 @@
 # Needs root for the namespace tests (they say why when they skip). Run install-deps.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python3 -m ruff check .          # lint (rules in pyproject.toml)
+python3 -m mypy                  # types of agent/, lab/ and the registry fake (pyproject.toml)
 if [ -f CMakeLists.txt ]; then
   cmake -S . -B _build-asan -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
   cmake --build _build-asan -j2 >/dev/null

@@ -82,7 +82,8 @@ def test_only_the_chosen_backend_is_imported():
 
 
 def test_hostgw_refuses_nat():
-    with pytest.raises(BackendError, match=re.escape("host-gw requires the public IP to be the interface's address (NAT?)")):
+    msg = "host-gw requires the public IP to be the interface's address (NAT?)"
+    with pytest.raises(BackendError, match=re.escape(msg)):
         new_backend(_ext(ip="192.168.1.5", public="203.0.113.9"), _cfg("host-gw"), BackendOptions())
 
 

@@ -131,7 +131,8 @@ def assert_peer_state(node, peer, dev="flannel.100"):
     fdb = node.sh(f"bridge fdb show dev {dev}")
     assert re.search(rf"^{mac} dst {re.escape(peer.ip)} self permanent", fdb, re.M), fdb
     routes = node.sh(f"ip route show {peer.subnet}")
-    assert re.search(rf"^{re.escape(str(peer.subnet))} via {re.escape(vtep)} dev {re.escape(dev)} .*onlink", routes, re.M), routes
+    route = rf"^{re.escape(str(peer.subnet))} via {re.escape(vtep)} dev {re.escape(dev)} .*onlink"
+    assert re.search(route, routes, re.M), routes
 
 
 def assert_no_peer_state(node, peer, dev="flannel.100"):
@@ -372,7 +373,8 @@ def test_hostgw_conflicting_route_replaced_identical_kept(nodes):
     h1.sh("ip route add 10.10.16.0/20 via 192.0.2.1 dev eth0")
     h1.call("add_peer", lease={"subnet": "10.10.16.0/20", "ip": "192.0.2.11", "type": "host-gw"})
     routes = h1.sh("ip route show 10.10.16.0/20")
-    assert routes.strip().splitlines() == [l for l in routes.strip().splitlines() if "via 192.0.2.11 dev eth0" in l]
+    lines = routes.strip().splitlines()
+    assert lines == [line for line in lines if "via 192.0.2.11 dev eth0" in line]
     assert len(routes.strip().splitlines()) == 1
     h1.call("add_peer", lease={"subnet": "10.10.16.0/20", "ip": "192.0.2.11", "type": "host-gw"})
     assert h1.sh("ip route show 10.10.16.0/20") == routes

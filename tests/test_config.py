@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastflannel.agent.config import ConfigError, NetworkConfig, parse_config
 
@@ -182,8 +185,6 @@ def test_ci_get_helper():
     assert ci_get({"port": 1, "Port": 2}, "Port") == 2 and ci_get({"PORT": 3}, "Port") == 3
     assert ci_get({}, "Port", 8285) == 8285 and ci_get(None, "Port", 7) == 7
 
-
-from hypothesis import given, settings, strategies as st   # installed by scripts/install-deps.sh
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)

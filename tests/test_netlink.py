@@ -46,8 +46,8 @@ def test_links(lab, ns):
     assert info["name"] == "eth0" and info["kind"] == "veth" and info["mtu"] == 1500
     assert info["state"] == "up" and info["vxlan"] is None
     assert info["address"] == sh(lab, ns, "cat /sys/class/net/eth0/address").strip()
-    assert [l["name"] for l in netlink.all_links()][0] == "lo"
-    assert {"eth0", "peer0"} <= {l["name"] for l in netlink.all_links()}
+    assert [link["name"] for link in netlink.all_links()][0] == "lo"
+    assert {"eth0", "peer0"} <= {link["name"] for link in netlink.all_links()}
     netlink.link_set_mtu("eth0", 1400)
     assert "mtu 1400" in sh(lab, ns, "ip link show eth0")
     netlink.link_set_address("peer0", "0a:00:00:00:00:42")

@@ -73,14 +73,14 @@ def test_create_get_list_update_delete(registry):
     assert got is not None and got.attrs == VX
     registry.create_lease(NET2, UDP, 0)                       # a reservation: no TTL
     leases, rev = registry.list_leases()
-    assert [(l.subnet, l.attrs) for l in leases] == [(NET, VX), (NET2, UDP)] and rev > 0
-    assert [l.expiration is None for l in leases] == [False, True]
+    assert [(lease.subnet, lease.attrs) for lease in leases] == [(NET, VX), (NET2, UDP)] and rev > 0
+    assert [lease.expiration is None for lease in leases] == [False, True]
     renewed = registry.update_lease(NET, UDP, DAY_S)
     assert renewed.attrs == UDP and registry.get_lease(NET).attrs == UDP
     registry.delete_lease(NET)
     registry.delete_lease(NET)                                 # absent: no error
     assert registry.get_lease(NET) is None
-    assert [l.subnet for l in registry.list_leases()[0]] == [NET2]
+    assert [lease.subnet for lease in registry.list_leases()[0]] == [NET2]
 
 
 def test_watch_sees_changes_after_the_revision_in_order(registry):

@@ -8,8 +8,13 @@ from ipaddress import IPv4Network as N
 import pytest
 
 from fastflannel.agent import subnetfile
-from fastflannel.agent.subnetfile import (parse_cidr, read_prev_subnet, read_subnet_env,
-                                          render_subnet_env, write_subnet_file)
+from fastflannel.agent.subnetfile import (
+    parse_cidr,
+    read_prev_subnet,
+    read_subnet_env,
+    render_subnet_env,
+    write_subnet_file,
+)
 
 
 def test_exact_bytes(tmp_path):

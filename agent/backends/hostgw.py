@@ -72,7 +72,7 @@ class HostGwBackend:
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
-            wanted = {l.subnet: gw for l in leases if (gw := self._gateway(l)) is not None}
+            wanted = {lease.subnet: gw for lease in leases if (gw := self._gateway(lease)) is not None}
             for sn in [s for s in self.routes if s not in wanted]:
                 self.remove_peer(Lease(sn, None))
             self.routes.update(wanted)

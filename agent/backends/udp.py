@@ -155,8 +155,8 @@ class UdpBackend:
 
     # -- peers ----------------------------------------------------------------------------------
     def _routes_array(self, leases: Iterable[Lease]) -> np.ndarray:
-        rows = [(int(l.subnet.network_address), l.subnet.prefixlen, int(l.attrs.public_ip), self.port)
-                for l in leases if l.attrs is not None]
+        rows = [(int(lease.subnet.network_address), lease.subnet.prefixlen, int(lease.attrs.public_ip), self.port)
+                for lease in leases if lease.attrs is not None]
         return np.array(rows, dtype=ROUTE_DTYPE)
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:

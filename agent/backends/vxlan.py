@@ -125,13 +125,13 @@ class VxlanBackend:
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
             wanted = {}
-            for l in leases:
-                if self._peer_attrs(l) is not None:
-                    wanted[l.subnet] = l
+            for lease in leases:
+                if self._peer_attrs(lease) is not None:
+                    wanted[lease.subnet] = lease
             for sn in [s for s in self.peers if s not in wanted]:
                 self._remove(self.peers[sn].lease)
-            for l in wanted.values():
-                self._add(l)
+            for lease in wanted.values():
+                self._add(lease)
             self._prune(wanted)
 
     def check(self) -> None:
@@ -179,7 +179,8 @@ class VxlanBackend:
             info = netlink.link_info(self.dev)
         except netlink.NetlinkError:
             return None
-        if info["kind"] == "vxlan" and info["vxlan"] and info["vxlan"]["id"] == self.vni and _usable_mac(info["address"]):
+        vx = info["vxlan"]
+        if info["kind"] == "vxlan" and vx and vx["id"] == self.vni and _usable_mac(info["address"]):
             return info["address"]
         return None
 
