@@ -1,4 +1,5 @@
-"""The network config JSON at `<prefix>/config`, parsed and checked the way flannel does (FLANNEL.md §2).
+"""The network config JSON at `<prefix>/config`, parsed and checked the way flannel does
+(docs/flannel-compat.md §"Config JSON and defaults").
 
 flannel (`pkg/subnet/config.go`) decodes with Go's encoding/json: keys match case-insensitively,
 unknown keys are ignored, a JSON `null` leaves the default in place, and a value of the wrong JSON

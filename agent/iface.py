@@ -1,5 +1,5 @@
-"""Choosing the external interface, as flanneld does (FLANNEL.md §3.3; flannel's pkg/ipmatch/match.go
-and pkg/ip/iface.go).
+"""Choosing the external interface, as flanneld does (docs/flannel-compat.md §"Interface choice";
+flannel's pkg/ipmatch/match.go and pkg/ip/iface.go).
 
 The result names the interface (its index and MTU size the backends' devices), the address on it
 (IfaceAddr: what udp binds to, what host-gw insists on) and ExtAddr, the PublicIP written into

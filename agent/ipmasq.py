@@ -1,5 +1,6 @@
 """flanneld's iptables rules: `-ip-masq` (nat FLANNEL-POSTRTG) and `-iptables-forward-rules`
-(filter FLANNEL-FWD), FLANNEL.md §3.5 (flannel's pkg/trafficmngr/iptables/iptables.go).
+(filter FLANNEL-FWD), docs/flannel-compat.md §"ip-masq rules" (flannel's
+pkg/trafficmngr/iptables/iptables.go).
 
 The rule lists are pure functions (`masq_rules`, `forward_rules`); the classes apply them:
 `ensure_rules()` checks every rule with `iptables -C` and, when any is missing, deletes the whole

@@ -1,4 +1,5 @@
-"""Lease values and keys exactly as flannel writes them (FLANNEL.md §1.1, §1.2).
+"""Lease values and keys exactly as flannel writes them (docs/flannel-compat.md §"Keys",
+§"Lease JSON").
 
 A lease lives at `<prefix>/subnets/<ip>-<len>`; its value is Go's JSON of `LeaseAttrs`, field order
 PublicIP, PublicIPv6, BackendType (omitempty), BackendData (omitempty). udp sets no BackendType.

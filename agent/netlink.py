@@ -1,10 +1,10 @@
 """Kernel networking through rtnetlink: links, addresses, routes, neighbours, FDB, VXLAN devices.
 
-The only module that imports pyroute2 (DESIGN.md). Every function works in the network namespace
-this process runs in (the daemon is started with `ip netns exec` in tests and demos), through one
-lazily opened IPRoute handle per process, guarded by a lock because the daemon calls in from its
-watch thread and its repair loop. `set_netns(name)` points the handle at another namespace; tests
-and tools use it, the daemon does not.
+The only module that imports pyroute2 (docs/architecture.md §"Who owns what"). Every function
+works in the network namespace this process runs in (the daemon is started with `ip netns exec`
+in tests and demos), through one lazily opened IPRoute handle per process, guarded by a lock
+because the daemon calls in from its watch thread and its repair loop. `set_netns(name)` points
+the handle at another namespace; tests and tools use it, the daemon does not.
 
 Every failure is raised as `NetlinkError` naming the operation and the object, with the errno
 kept in `.errno` (e.g. errno.ENODEV when a link is missing).
@@ -232,7 +232,7 @@ def vxlan_create(name: str, vni: int, local_ip: AddrLike, dev_index: Optional[in
     """`ip link add NAME type vxlan id VNI local IP dev DEV [dstport PORT] [no]learning [gbp]`.
 
     port 0 leaves the kernel default (8472); TTL 0 / TOS 0 inherit, no l2miss/l3miss, udpcsum at
-    the kernel default, as flannel creates it (FLANNEL.md §5.1). Returns the new ifindex."""
+    the kernel default, as flannel creates it (docs/flannel-compat.md §"vxlan device"). Returns the new ifindex."""
     kw: Dict[str, Any] = dict(ifname=name, kind="vxlan", vxlan_id=int(vni), vxlan_local=str(local_ip),
                               vxlan_learning=1 if learning else 0)
     if dev_index:

@@ -1,4 +1,5 @@
-"""Lease policy: which subnet this host takes, and keeping it (FLANNEL.md §1.3–§1.6).
+"""Lease policy: which subnet this host takes, and keeping it (docs/flannel-compat.md
+§"Acquisition", §"TTL and renewal", §"Reservations").
 
 `SubnetManager.acquire` follows flannel's `tryAcquireLease` order:
   1. reuse the first lease (etcd key order) whose PublicIP is ours; delete it if it no longer fits
@@ -6,7 +7,7 @@
   2. reuse the subnet remembered in subnet.env, only if no lease overlaps it and it fits;
   3. pick at random among the first 100 free aligned subnets in [SubnetMin, SubnetMax].
 
-Deliberate differences from flannel v0.18+ (each fixes a fault noted in FLANNEL.md):
+Deliberate differences from flannel v0.18+ (each fixes a fault of flannel's):
 * A lost create race (`SubnetExists`) is retried, up to RACE_RETRIES attempts; flannel v3 exits.
 * A reservation (a key without TTL, `expiration is None`) reused by PublicIP stays a reservation
   (ttl 0) and is never renewed; flannel v3 sees TTL -1 and turns it into a 24 h lease (#1329).

@@ -1,4 +1,5 @@
-"""Network config parsing: flannel's defaults, key matching and every validation message (FLANNEL.md §2)."""
+"""Network config parsing: flannel's defaults, key matching and every validation message
+(docs/flannel-compat.md §"Config JSON and defaults")."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""choose_external_interface (FLANNEL.md §3.3) in a namespace with two uplinks:
+"""choose_external_interface (docs/flannel-compat.md §"Interface choice") in a namespace with two uplinks:
 eth0 192.0.2.10/24 (default route via 192.0.2.1) and eth1 198.51.100.5/24 + 198.51.100.6/24,
 with a link-local address added first on eth1 so the address sort is exercised."""
 from __future__ import annotations

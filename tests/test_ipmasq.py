@@ -1,5 +1,5 @@
-"""ip-masq and forward rules: the pure rule lists against FLANNEL.md §3.5, then the real thing in a
-namespace (iptables is per network namespace), read back with iptables-save, and a masquerade
+"""ip-masq and forward rules: the pure rule lists against docs/flannel-compat.md §"ip-masq rules",
+then the real thing in a namespace (iptables is per network namespace), read back with iptables-save, and a masquerade
 that actually rewrites a container's source address on the lab underlay."""
 from __future__ import annotations
 

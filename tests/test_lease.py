@@ -1,4 +1,5 @@
-"""Lease values and keys, byte for byte as flannel writes them (FLANNEL.md §1.1, §1.2)."""
+"""Lease values and keys, byte for byte as flannel writes them
+(docs/flannel-compat.md §"Keys", §"Lease JSON")."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address as A

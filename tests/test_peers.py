@@ -1,4 +1,4 @@
-"""PeerTracker: flannel's LeaseWatcher cache (FLANNEL.md §1.7), plus pruning on reset."""
+"""PeerTracker: flannel's LeaseWatcher cache (docs/flannel-compat.md §"Watch"), plus pruning on reset."""
 from __future__ import annotations
 
 import logging

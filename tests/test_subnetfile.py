@@ -1,4 +1,5 @@
-"""subnet.env: exact bytes, atomic replace, modes, and reading the previous subnet (FLANNEL.md §3.6)."""
+"""subnet.env: exact bytes, atomic replace, modes, and reading the previous subnet
+(docs/flannel-compat.md §"subnet.env")."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """host-gw backend: one plain route per peer, `<peer subnet> via <peer PublicIP> dev <ext iface>`
-(FLANNEL.md §6; flannel's pkg/backend/hostgw and route_network.go). Hosts must share a link.
+(docs/flannel-compat.md §"host-gw"; flannel's backend/hostgw and route_network.go). Hosts must
+share a link.
 
 A route with the same destination but another gateway or device is replaced, an identical one is
 left alone; every check() (the daemon calls it every 10 s) re-adds routes that went missing;

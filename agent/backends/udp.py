@@ -1,4 +1,5 @@
-"""udp backend: TUN `flannel%d` + the C fast path, flannel's wire format (FLANNEL.md §4).
+"""udp backend: TUN `flannel%d` + the C fast path, flannel's wire format
+(docs/flannel-compat.md §"udp device and socket", §"udp wire format").
 
 The TUN carries `<lease IP>/32`, MTU = interface MTU − 28 (IPv4 20 + UDP 8) and the route
 `<Network> dev flannel0`; the UDP socket is bound to the interface address on Backend.Port
@@ -28,7 +29,7 @@ DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28          # bytes: outer IPv4 (20) + UDP (8) headers
 TUN_TEMPLATE = "flannel%d"
 # The TUN's default txqueuelen (500) overflows under one TCP stream: each drop is a retransmit
-# (measured: ~15k drops in 4 s at 500, none at 5000; PERF.md §5.1, Firezone #10231).
+# (measured: ~15k drops in 4 s at 500, none at 5000; Firezone #10231).
 TUN_TXQUEUELEN = 5000
 
 
@@ -143,7 +144,7 @@ class UdpBackend:
         self._features = dict(now)
 
     def _tier_options(self) -> dict:
-        # Offloads (tier 2, the daemon's default) and multi-queue workers (tier 3), PERF.md; each
+        # Offloads (tier 2, the daemon's default) and multi-queue workers (tier 3), docs/fastpath.md; each
         # offload part can be kept off on its own (-fastpath-disable).
         opts = {}
         if self.workers != 1:

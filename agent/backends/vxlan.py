@@ -1,4 +1,5 @@
-"""vxlan backend: a kernel VXLAN device with flannel's v0.9+ per-peer scheme (FLANNEL.md §5).
+"""vxlan backend: a kernel VXLAN device with flannel's v0.9+ per-peer scheme
+(docs/flannel-compat.md §"vxlan device", §"vxlan per-peer state").
 
 Device `flannel.<VNI>`: id VNI, local = ExtAddr (flannel v0.27.4+), dev = the external interface,
 dstport when Port > 0 (else the kernel's 8472), nolearning unless Learning, gbp when GBP, MTU =
@@ -10,7 +11,7 @@ DirectRouting, a peer on the same link gets a plain `S via P` route instead.
 Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>.mac` so a restart announces the
 same MAC (peers keep their entries); sync_peers() prunes the state of peers that vanished while
 we were down; check() recreates a deleted device *and* replays the peers (flannel's watcher does
-not, §5.1), and re-programs any peer whose neighbour, FDB entry or route went missing.
+not), and re-programs any peer whose neighbour, FDB entry or route went missing.
 """
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ class VxlanBackend:
         return {}     # the kernel forwards; it keeps no counters of ours
 
     def close(self) -> None:
-        # flannel leaves the device, neighbours, FDB entries and routes in place (§3.4).
+        # flannel leaves the device, neighbours, FDB entries and routes in place
+        # (docs/flannel-compat.md §"Start-up order").
         pass
 
     # -- MAC persistence --------------------------------------------------------------------------
@@ -174,7 +176,8 @@ class VxlanBackend:
 
     def _existing_device_mac(self) -> Optional[str]:
         # A device kept from an earlier run keeps its MAC; announcing that same MAC spares peers
-        # a change (a stale FDB entry in flannel, §5.2).
+        # a change (a stale FDB entry in flannel,
+        # docs/flannel-compat.md §"vxlan per-peer state").
         try:
             info = netlink.link_info(self.dev)
         except netlink.NetlinkError:
