@@ -15,7 +15,7 @@ from fastflannel.agent.backends.base import BackendOptions
 from fastflannel.agent.config import ConfigError, NetworkConfig, parse_config
 from fastflannel.agent.errors import BackendError
 from fastflannel.agent.iface import ExternalInterface
-from fastflannel.agent.lease import LeaseAttrs
+from fastflannel.agent.lease import Lease, LeaseAttrs
 
 A = ipaddress.IPv4Address
 
@@ -107,3 +107,12 @@ def test_udp_takes_its_port_from_the_config_and_its_switches_from_the_options():
     assert (be.port, be.batch, be.workers, be.anti_spoof) == (8300, 8, 2, False)    # type: ignore[attr-defined]
     with pytest.raises(BackendError, match="Port 70000 out of range"):
         new_backend(_ext(), _cfg("udp", Port=70000), BackendOptions())
+
+
+def test_udp_peers_before_setup_are_a_backend_error():
+    be = new_backend(_ext(), _cfg("udp"), BackendOptions())
+    peer = Lease(ipaddress.IPv4Network("10.10.16.0/20"), LeaseAttrs(A("10.1.1.2")))
+    with pytest.raises(BackendError, match="fast path is not open"):
+        be.add_peer(peer)
+    with pytest.raises(BackendError, match="fast path is not open"):
+        be.sync_peers([peer])
