@@ -1,7 +1,7 @@
 """Build the fastpath extension: the plain-C core (fastpath/csrc) plus its Cython wrapper.
 
 The import names are namespaced (fastflannel.agent, fastflannel.fastpath) while the source
-folders stay at the top level, as DESIGN.md lays out; `fastflannel` itself is a namespace package.
+folders stay at the top level (docs/architecture.md §"Modules"); `fastflannel` itself is a namespace package.
 """
 
 import numpy

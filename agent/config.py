@@ -1,4 +1,5 @@
-"""The network config JSON at `<prefix>/config`, parsed and checked the way flannel does (FLANNEL.md §2).
+"""The network config JSON at `<prefix>/config`, parsed and checked the way flannel does
+(docs/flannel-compat.md §"Config JSON and defaults").
 
 flannel (`pkg/subnet/config.go`) decodes with Go's encoding/json: keys match case-insensitively,
 unknown keys are ignored, a JSON `null` leaves the default in place, and a value of the wrong JSON
@@ -18,12 +19,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .backends import BACKENDS
+from .errors import ConfigError
 from .lease import json_key
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
 
-KNOWN_BACKENDS = ("udp", "vxlan", "host-gw")
 DEFAULT_BACKEND = "udp"             # flannel's parseBackendType when Backend is absent (#1221)
 DEFAULT_SUBNET_LEN = 24             # bits; for networks of prefix <= 22
 MIN_NETWORK_PREFIX = 28             # bits; a smaller network cannot hold four subnets of >= 4 addresses
@@ -32,10 +34,6 @@ MAX_SUBNET_LEN = 30                 # bits; "SubnetLen must be less than /31"
 # Go's net.ParseCIDR: dotted quad, a slash, a decimal prefix length (no netmask form).
 _CIDR_RE = re.compile(r"^([0-9.]+)/([0-9]+)$")
 _SENTINEL = object()
-
-
-class ConfigError(ValueError):
-    """The network config is invalid; the message names the field (flannel's wording where it has one)."""
 
 
 def ci_get(obj: dict, name: str, default: Any = None) -> Any:
@@ -160,7 +158,7 @@ def _backend(obj: dict) -> tuple[str, dict]:
 
 def _check_backend_type(btype: str) -> None:
     # flannel reports this only when it looks up the backend, after the network checks.
-    if btype not in KNOWN_BACKENDS:
+    if btype not in BACKENDS:
         hint = "" if btype else "\"\" (Backend.Type is missing)"
         raise ConfigError(f"unknown backend type: {btype}{hint}")
 

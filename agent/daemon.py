@@ -1,60 +1,56 @@
 """The fastflannel daemon: one lifecycle, one cancellation root (`Daemon.stop`).
 
-Start-up follows flanneld (FLANNEL.md §3.4): config (retrying every second), interface, backend,
-lease, ip-masq and forward rules, subnet.env, ready; then the peer watch, the lease keeper and a
-10 s repair tick run until SIGTERM/SIGINT or a lost lease. On exit the lease stays in etcd and
-kernel state stays in place, as flannel leaves them (the udp TUN goes away with its fd).
+Start-up follows flanneld (docs/flannel-compat.md §"Start-up order"): config (retrying every
+second), interface, backend, lease, ip-masq and forward rules, subnet.env, ready; then the peer
+watch, the lease keeper and a 10 s repair tick run until SIGTERM/SIGINT or a lost lease. On exit
+the lease stays in etcd and kernel state stays in place, as flannel leaves them (the udp TUN goes
+away with its fd). See docs/architecture.md §"Lifecycle".
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
 import threading
 import time
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from . import errors, sdnotify
-from .backends.base import BackendError
-from .config import ConfigError, NetworkConfig, parse_config
+from . import sdnotify
+from .backends import new_backend
+from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
+from .config import NetworkConfig, parse_config
+from .errors import ConfigError, DaemonError, EtcdUnreachable, RegistryError
+from .flags import Options
 from .lease import Lease, LeaseEvent
 from .peers import PeerTracker
+from .registry_api import Registry
 from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_subnet_file
 from .subnets import LeaseKeeper, SubnetManager
+
+if TYPE_CHECKING:
+    from .healthz import HealthServer
+    from .ipmasq import ForwardRules, IPMasq
+    from .registry import EtcdOptions
 
 log = logging.getLogger("fastflannel")
 
 CONFIG_RETRY_S = 1.0         # flannel's getConfig retry period
 CHECK_PERIOD_S = 10.0        # flannel's route check period (host-gw/vxlan repair)
-DEFAULT_STATE_DIR = "/var/lib/fastflannel"
 HEARTBEAT_STALE_S = 10.0     # main loop ticks every 0.5 s; no tick for this long = stuck (watchdog stops)
 
 
-class DaemonError(RuntimeError):
-    """A fatal condition with a one-line operator message; the CLI prints it and exits 1."""
+def backend_options(opts: Options) -> BackendOptions:
+    """The flags a backend may use. FASTFLANNEL_STATE_DIR moves the state dir (the lab gives each
+    namespace host its own)."""
+    return BackendOptions(state_dir=os.environ.get("FASTFLANNEL_STATE_DIR") or DEFAULT_STATE_DIR,
+                          batch=opts.fastpath_batch, workers=opts.fastpath_workers,
+                          offload=opts.fastpath_offload, disable=tuple(opts.fastpath_disable),
+                          anti_spoof=opts.udp_anti_spoof)
 
 
-def make_backend(cfg: NetworkConfig, ext, opts):
-    kind = cfg.backend_type
-    if kind == "udp":
-        from .backends.udp import UdpBackend
-        return UdpBackend(ext, cfg.backend, batch=opts.fastpath_batch, anti_spoof=opts.udp_anti_spoof,
-                          workers=opts.fastpath_workers, offload=opts.fastpath_offload,
-                          disable=opts.fastpath_disable)
-    if kind == "vxlan":
-        from .backends.vxlan import VxlanBackend
-        return VxlanBackend(ext, cfg.backend, state_dir=_state_dir(opts))
-    if kind == "host-gw":
-        from .backends.hostgw import HostGwBackend
-        return HostGwBackend(ext, cfg.backend)
-    raise DaemonError(f"unknown backend type: {kind}")
-
-
-def _state_dir(opts) -> str:
-    return getattr(opts, "state_dir", None) or os.environ.get("FASTFLANNEL_STATE_DIR") or DEFAULT_STATE_DIR
-
-
-def etcd_options(opts):
+def etcd_options(opts: Options) -> EtcdOptions:
     from .registry import EtcdOptions
     return EtcdOptions(endpoints=list(opts.etcd_endpoints), prefix=opts.etcd_prefix,
                        keyfile=opts.etcd_keyfile or None, certfile=opts.etcd_certfile or None,
@@ -62,22 +58,29 @@ def etcd_options(opts):
                        password=opts.etcd_password or None)
 
 
+@dataclass
+class _Running:
+    """What start-up built; the watch, the lease keeper and the repair loop work on it."""
+    backend: Backend
+    lease: Lease
+    keeper: LeaseKeeper
+    tracker: PeerTracker
+
+
 class Daemon:
-    def __init__(self, opts, registry=None):
+    def __init__(self, opts: Options, registry: Optional[Registry] = None):
         self.opts = opts
         self.stop = threading.Event()
         self.ready = False
         self.fatal: Optional[BaseException] = None
         self.registry = registry
-        self.backend = None
-        self.lease: Optional[Lease] = None
-        self.keeper: Optional[LeaseKeeper] = None
-        self.tracker: Optional[PeerTracker] = None
-        self.health = None
-        self.masq = None
-        self.fwd_rules = None
+        self.backend: Optional[Backend] = None      # set as soon as it exists, so shutdown closes it
+        self.running: Optional[_Running] = None
+        self.health: Optional[HealthServer] = None
+        self.masq: Optional[IPMasq] = None
+        self.fwd_rules: Optional[ForwardRules] = None
         self.timings: Dict[str, float] = {}
-        self._threads = []
+        self._threads: List[threading.Thread] = []
         self._t0 = time.monotonic()
         # systemd (agent/sdnotify.py): READY=1 once serving, STOPPING=1, watchdog pings while healthy
         self.systemd = sdnotify.Notifier.from_env()
@@ -106,8 +109,8 @@ class Daemon:
             from .healthz import HealthServer
             self.health = HealthServer(opts.healthz_ip, opts.healthz_port, lambda: self.ready, self._stats)
             self.health.start()
-        self._connect()
-        cfg = self._get_config()
+        registry = self._connect()
+        cfg = self._get_config(registry)
         if cfg is None:
             return
         from .iface import choose_external_interface
@@ -115,58 +118,62 @@ class Daemon:
                                         opts.iface_can_reach or None)
         log.info("Using interface with name %s and address %s (public %s, mtu %d)",
                  ext.name, ext.iface_addr, ext.ext_addr, ext.mtu)
-        self.backend = make_backend(cfg, ext, opts)
-        mgr = SubnetManager(self.registry, cfg, ext.ext_addr, prev,
-                            renew_margin_s=opts.subnet_lease_renew_margin * 60)
-        self.lease = mgr.acquire(self.backend.lease_attrs())
-        log.info("Acquired lease %s (public %s)", self.lease.subnet, ext.ext_addr)
+        backend = self.backend = new_backend(ext, cfg, backend_options(opts))
+        mgr = SubnetManager(registry, cfg, ext.ext_addr, prev, renew_margin_s=opts.subnet_lease_renew_margin * 60)
+        lease = mgr.acquire(backend.lease_attrs())
+        log.info("Acquired lease %s (public %s)", lease.subnet, ext.ext_addr)
         self._mark("lease")
-        self.backend.setup(self.lease, cfg)
-        self._setup_rules(cfg)
-        write_subnet_file(opts.subnet_file, cfg.network, self.lease.subnet, self.backend.mtu(), opts.ip_masq)
+        backend.setup(lease, cfg)
+        self._setup_rules(cfg, lease)
+        write_subnet_file(opts.subnet_file, cfg.network, lease.subnet, backend.mtu(), opts.ip_masq)
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)
-        self.keeper = LeaseKeeper(mgr, self.lease)
-        self.tracker = PeerTracker(self.lease.subnet)
-        leases, rev = self.registry.list_leases()
-        self.tracker.reset(leases)
+        self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), PeerTracker(lease.subnet)))
+
+    def _run_peers(self, registry: Registry, run: _Running) -> None:
+        """The peers as listed now, then the watch and the lease keeper in their threads."""
+        self.running = run
+        leases, rev = registry.list_leases()
+        run.tracker.reset(leases)
         # The full set, so state for peers that vanished while we were down is removed (flannel
-        # leaves it behind, FLANNEL.md §1.7).
-        self.backend.sync_peers(self.tracker.leases())
+        # leaves it behind, docs/flannel-compat.md §"Watch").
+        run.backend.sync_peers(run.tracker.leases())
         self._mark("peers")
-        self._spawn("lease-watch", self._watch, rev)
-        self._spawn("lease-keeper", self.keeper.run, self.stop)
+        self._spawn("lease-watch", self._watch, registry, run, rev)
+        self._spawn("lease-keeper", run.keeper.run, self.stop)
         self._heartbeat = time.monotonic()
         self.systemd.notify("READY=1")   # as flanneld: subnet.env written, backend running
         self.watchdog.start()
 
     def _stats(self) -> dict:
-        stats = getattr(self.backend, "stats", None)
-        return stats() if stats else {}
+        return self.backend.stats() if self.backend is not None else {}
 
-    def _connect(self) -> None:
-        from .registry import EtcdRegistry
+    def _connect(self) -> Registry:
+        """The registry, connected (retrying every second while etcd is unreachable) unless
+        stop was set first."""
         if self.registry is None:
+            from .registry import EtcdRegistry
             self.registry = EtcdRegistry(etcd_options(self.opts))
-        warned = False
+        registry, warned = self.registry, False
         while not self.stop.is_set():
             try:
-                self.registry.connect()
-                return
-            except errors.EtcdUnreachable as e:
+                registry.connect()
+                break
+            except EtcdUnreachable as e:
                 if not warned:
                     log.error("%s (retrying every %ds)", e, CONFIG_RETRY_S)
                     warned = True
                 self.stop.wait(CONFIG_RETRY_S)
+        return registry
 
-    def _get_config(self) -> Optional[NetworkConfig]:
+    def _get_config(self, registry: Registry) -> Optional[NetworkConfig]:
         key = self.opts.etcd_prefix.rstrip("/") + "/config"
         hinted = False
         while not self.stop.is_set():
             try:
-                raw = self.registry.get_network_config()
-            except errors.RegistryError as e:
+                raw = registry.get_network_config()
+            except RegistryError as e:
                 log.error("Couldn't fetch network config: %s", e)
                 raw = None
             if raw is not None:
@@ -179,7 +186,7 @@ class Daemon:
             if not hinted:
                 log.error("Couldn't fetch network config: flannel config not found in etcd store "
                           "(%s). Did you create your config using etcdv3 API?", key)
-                v2 = self._config_in_v2()
+                v2 = self._config_in_v2(registry)
                 if v2 is not None:
                     log.error("The config exists only in the etcd v2 store (written with the old "
                               "`etcdctl set`). Write it with the v3 API: ETCDCTL_API=3 etcdctl put %s %s",
@@ -188,24 +195,25 @@ class Daemon:
             self.stop.wait(CONFIG_RETRY_S)
         return None
 
-    def _config_in_v2(self) -> Optional[str]:
+    @staticmethod
+    def _config_in_v2(registry: Registry) -> Optional[str]:
         try:
-            return self.registry.config_from_v2_store()
+            return registry.config_from_v2_store()
         except Exception:  # best effort hint only
             return None
 
-    def _setup_rules(self, cfg: NetworkConfig) -> None:
+    def _setup_rules(self, cfg: NetworkConfig, lease: Lease) -> None:
         from .ipmasq import ForwardRules, IPMasq, remove_old_masq_rules
         if self.opts.ip_masq:
-            self._remove_stale_masq(cfg, remove_old_masq_rules)
-            self.masq = IPMasq(cfg.network, self.lease.subnet,
+            self._remove_stale_masq(cfg, lease, remove_old_masq_rules)
+            self.masq = IPMasq(cfg.network, lease.subnet,
                                random_fully=not self.opts.ip_masq_fully_random_disable)
             self.masq.ensure_rules()
         if self.opts.iptables_forward_rules:
             self.fwd_rules = ForwardRules(cfg.network)
             self.fwd_rules.ensure_rules()
 
-    def _remove_stale_masq(self, cfg: NetworkConfig, remove) -> None:
+    def _remove_stale_masq(self, cfg: NetworkConfig, lease: Lease, remove: Callable[..., None]) -> None:
         """flannel deletes the masq rules built from the previous subnet.env when its values changed."""
         old = read_subnet_env(self.opts.subnet_file)
         try:
@@ -213,13 +221,13 @@ class Daemon:
             old_sub = parse_cidr(old["FLANNEL_SUBNET"])
         except (KeyError, ValueError):
             return
-        if (old_net, old_sub) != (cfg.network, self.lease.subnet):
+        if (old_net, old_sub) != (cfg.network, lease.subnet):
             log.info("Removing masquerade rules of the previous network %s / subnet %s", old_net, old_sub)
             self._guarded(lambda: remove(old_net, old_sub), "removing old masquerade rules")
 
     # -- running --------------------------------------------------------------------------------
-    def _spawn(self, name: str, fn, *args) -> None:
-        def wrapper():
+    def _spawn(self, name: str, fn: Callable[..., object], *args: Any) -> None:
+        def wrapper() -> None:
             try:
                 fn(*args)
             except BaseException as e:  # any fatal error in a worker ends the daemon
@@ -230,31 +238,33 @@ class Daemon:
         t.start()
         self._threads.append(t)
 
-    def _watch(self, rev: int) -> None:
-        own = self.lease.subnet
-        for batch in self.registry.watch_leases(rev, self.stop):
+    def _watch(self, registry: Registry, run: _Running, rev: int) -> None:
+        own = run.lease.subnet
+        for batch in registry.watch_leases(rev, self.stop):
             if batch.snapshot is not None:
-                mine = [l for l in batch.snapshot if l.subnet == own]
-                self.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
-                                     LeaseEvent(LeaseEvent.REMOVED, Lease(own, None)))
-                self.tracker.reset(batch.snapshot)
-                self._guarded(lambda: self.backend.sync_peers(self.tracker.leases()), "peer sync")
+                snapshot = batch.snapshot
+                mine = [lease for lease in snapshot if lease.subnet == own]
+                run.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
+                                    LeaseEvent(LeaseEvent.REMOVED, Lease(own, None)))
+                run.tracker.reset(snapshot)
+                self._guarded(lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync")
             others = []
             for ev in batch.events:
                 if ev.lease.subnet == own:
-                    self.keeper.on_event(ev)
+                    run.keeper.on_event(ev)
                 else:
                     others.append(ev)
-            for ev in self.tracker.apply(others):
+            for ev in run.tracker.apply(others):
                 # One peer that cannot be programmed must not take the others down; the backend's
                 # periodic check() retries it.
-                fn = self.backend.add_peer if ev.kind == LeaseEvent.ADDED else self.backend.remove_peer
-                self._guarded(lambda: fn(ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
+                fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
+                self._guarded(functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
             if others:
                 self._mark("last_peer_event")
 
     def _loop(self) -> None:
-        if self.lease is None:
+        run = self.running
+        if run is None:
             return
         resync = max(1, int(self.opts.iptables_resync))
         next_check = time.monotonic() + CHECK_PERIOD_S
@@ -263,25 +273,25 @@ class Daemon:
             now = self._heartbeat = time.monotonic()
             if now >= next_check:
                 next_check = now + CHECK_PERIOD_S
-                self._guarded(self.backend.check, "backend check")
+                self._guarded(run.backend.check, "backend check")
             if now >= next_rules:
                 next_rules = now + resync
                 for rules in (self.masq, self.fwd_rules):
                     if rules is not None:
                         self._guarded(rules.ensure_rules, "iptables resync")
 
-    def _guarded(self, fn, what: str) -> None:
+    def _guarded(self, fn: Callable[[], object], what: str) -> None:
         try:
             fn()
         except Exception as e:  # repair loops log and try again next tick
             log.warning("%s failed: %s", what, e)
 
+    # -- shutdown -------------------------------------------------------------------------------
     def healthy(self) -> bool:
         """For the systemd watchdog: ready, not stopping, every worker alive, main loop ticking."""
         return (self.ready and not self.stop.is_set() and all(t.is_alive() for t in self._threads)
                 and time.monotonic() - self._heartbeat < HEARTBEAT_STALE_S)
 
-    # -- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.systemd.notify("STOPPING=1")
         self.stop.set()

@@ -1,10 +1,11 @@
 """flanneld's command line: Go `flag` syntax, flanneld's flags and defaults, FLANNELD_* variables.
 
-Syntax (Go's flag package, FLANNEL.md §3.1): `-x=v`, `--x=v`, `-x v`, `--x v`; a boolean flag
-alone means true and takes its value only as `-x=false`; parsing stops at the first non-flag
-argument or after `--`. Then, for every flag not given on the command line, the variable
-`FLANNELD_<NAME>` (upper case, `-` and `.` as `_`) is applied; empty values are ignored and a
-repeatable flag gets exactly one value (no comma split), as coreos/pkg/flagutil does (§3.2).
+Syntax (Go's flag package, docs/flannel-compat.md §"Flags and FLANNELD_* environment"): `-x=v`,
+`--x=v`, `-x v`, `--x v`; a boolean flag alone means true and takes its value only as
+`-x=false`; parsing stops at the first non-flag argument or after `--`. Then, for every flag not
+given on the command line, the variable `FLANNELD_<NAME>` (upper case, `-` and `.` as `_`) is
+applied; empty values are ignored and a repeatable flag gets exactly one value (no comma split),
+as coreos/pkg/flagutil does.
 
 Deliberate differences from flanneld: flags flanneld accepts but fastflannel cannot honour fail
 with a clear message (`-kube-subnet-mgr`), and a few values flanneld would take and then crash
@@ -15,26 +16,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from .errors import FlagError, HelpRequested
 
 ENV_PREFIX = "FLANNELD"
 MAX_BATCH = 1024                    # UIO_MAXIOV: the most messages one sendmmsg/recvmmsg takes
 MAX_WORKERS = 64                    # TUN queues per fast path (fastpath MAX_WORKERS)
 # -fastpath-disable: offload parts that can be switched off one by one (a kernel bug in one of
-# them, PERF.md 1.4); fastpath.Forwarder.open takes them as keywords with "_" for "-".
+# them, docs/fastpath.md); fastpath.Forwarder.open takes them as keywords with "_" for "-".
 OFFLOAD_PARTS = ("tun-tso", "udp-gso", "udp-gro", "tcp-gro")
-
-
-class FlagError(ValueError):
-    """A bad command line or FLANNELD_* value; the message is one line for the operator."""
-
-
-class HelpRequested(Exception):
-    """-h/-help/--help was given; str(exc) (and .text) is the usage text."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
 
 
 @dataclass
@@ -73,7 +64,7 @@ class Options:
     # fastflannel's own
     fastpath_workers: int = 1
     fastpath_batch: int = 64                        # packets per recvmmsg/sendmmsg
-    # On by default: every part falls back by itself when the kernel refuses it (PERF.md §1.4).
+    # On by default: every part falls back by itself when the kernel refuses it (docs/fastpath.md).
     fastpath_offload: bool = True
     fastpath_disable: List[str] = field(default_factory=list)   # of OFFLOAD_PARTS
     udp_anti_spoof: bool = True

@@ -1,4 +1,4 @@
-"""flanneld's health endpoints (FLANNEL.md §3.7): exact paths, any method, plain-text bodies.
+"""flanneld's health endpoints (docs/flannel-compat.md §"Health endpoints"): exact paths, any method, plain-text bodies.
 
 fastflannel adds `/stats`: the fast path's counters as JSON (udp backend; `{}` otherwise).
 """

@@ -1,5 +1,5 @@
-"""Choosing the external interface, as flanneld does (FLANNEL.md §3.3; flannel's pkg/ipmatch/match.go
-and pkg/ip/iface.go).
+"""Choosing the external interface, as flanneld does (docs/flannel-compat.md §"Interface choice";
+flannel's pkg/ipmatch/match.go and pkg/ip/iface.go).
 
 The result names the interface (its index and MTU size the backends' devices), the address on it
 (IfaceAddr: what udp binds to, what host-gw insists on) and ExtAddr, the PublicIP written into
@@ -14,16 +14,13 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from . import netlink
+from .errors import InterfaceError
 
 log = logging.getLogger("fastflannel.iface")
 
 IPv4Address = ipaddress.IPv4Address
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 NOT_FOUND = "Failed to find interface to use that matches the interfaces and/or regexes provided"
-
-
-class InterfaceError(RuntimeError):
-    """No usable external interface; the message is flannel's where flannel has one."""
 
 
 @dataclass
@@ -101,7 +98,7 @@ def _by_regex(pattern: str, public_ip: Optional[str]) -> ExternalInterface:
     for link in links:
         if rx.search(link["name"]):
             return _result(link["name"], interface_ip4_addr(link["name"]), public_ip)
-    names = ", ".join(l["name"] for l in links)
+    names = ", ".join(link["name"] for link in links)
     raise InterfaceError(f"Could not match pattern {pattern} to any of the available network interfaces ({names})")
 
 

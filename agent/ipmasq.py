@@ -1,5 +1,6 @@
 """flanneld's iptables rules: `-ip-masq` (nat FLANNEL-POSTRTG) and `-iptables-forward-rules`
-(filter FLANNEL-FWD), FLANNEL.md §3.5 (flannel's pkg/trafficmngr/iptables/iptables.go).
+(filter FLANNEL-FWD), docs/flannel-compat.md §"ip-masq rules" (flannel's
+pkg/trafficmngr/iptables/iptables.go).
 
 The rule lists are pure functions (`masq_rules`, `forward_rules`); the classes apply them:
 `ensure_rules()` checks every rule with `iptables -C` and, when any is missing, deletes the whole
@@ -13,8 +14,10 @@ import ipaddress
 import logging
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from typing import List, Optional, Sequence, Tuple
+
+from .errors import IptablesError
 
 log = logging.getLogger("fastflannel.ipmasq")
 
@@ -33,10 +36,6 @@ RESTORE_WAIT_MIN = (1, 6, 2)
 
 # (table, chain, rulespec) — rulespec is the argv after `-A CHAIN`.
 Rule = Tuple[str, str, Tuple[str, ...]]
-
-
-class IptablesError(RuntimeError):
-    """An iptables command failed; the message carries the command and its stderr."""
 
 
 def masq_rules(network, subnet, random_fully: bool) -> List[Rule]:
@@ -126,7 +125,7 @@ class Iptables:
         self.run(argv, stdin=payload)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_version(prefix: Tuple[str, ...]) -> Tuple[int, ...]:
     try:
         p = subprocess.run(list(prefix) + ["iptables", "--version"], capture_output=True, text=True,

@@ -1,4 +1,5 @@
-"""Lease values and keys exactly as flannel writes them (FLANNEL.md §1.1, §1.2).
+"""Lease values and keys exactly as flannel writes them (docs/flannel-compat.md §"Keys",
+§"Lease JSON").
 
 A lease lives at `<prefix>/subnets/<ip>-<len>`; its value is Go's JSON of `LeaseAttrs`, field order
 PublicIP, PublicIPv6, BackendType (omitempty), BackendData (omitempty). udp sets no BackendType.
@@ -11,16 +12,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .errors import LeaseFormatError
+
 # flannel's regex (pkg/subnet/subnet.go) is unanchored at the start and leaves two dots
 # unescaped; we accept the same keys but anchor both ends so junk prefixes are rejected.
 _KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
-
-
-class LeaseFormatError(ValueError):
-    """A lease key or value that flannel would not have written."""
 
 
 @dataclass(frozen=True)

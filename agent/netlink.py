@@ -1,10 +1,10 @@
 """Kernel networking through rtnetlink: links, addresses, routes, neighbours, FDB, VXLAN devices.
 
-The only module that imports pyroute2 (DESIGN.md). Every function works in the network namespace
-this process runs in (the daemon is started with `ip netns exec` in tests and demos), through one
-lazily opened IPRoute handle per process, guarded by a lock because the daemon calls in from its
-watch thread and its repair loop. `set_netns(name)` points the handle at another namespace; tests
-and tools use it, the daemon does not.
+The only module that imports pyroute2 (docs/architecture.md §"Who owns what"). Every function
+works in the network namespace this process runs in (the daemon is started with `ip netns exec`
+in tests and demos), through one lazily opened IPRoute handle per process, guarded by a lock
+because the daemon calls in from its watch thread and its repair loop. `set_netns(name)` points
+the handle at another namespace; tests and tools use it, the daemon does not.
 
 Every failure is raised as `NetlinkError` naming the operation and the object, with the errno
 kept in `.errno` (e.g. errno.ENODEV when a link is missing).
@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError
+
+from .errors import NetlinkError
 
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
@@ -41,14 +43,6 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
 IFF_UP = 0x1
 VXLAN_DEFAULT_PORT = 8472       # Linux's default dstport (IANA 4789 is not the kernel default)
-
-
-class NetlinkError(RuntimeError):
-    """A netlink request failed; `errno` is the kernel's error number when there is one."""
-
-    def __init__(self, message: str, errno: Optional[int] = None):
-        super().__init__(message)
-        self.errno = errno
 
 
 # -- the handle ---------------------------------------------------------------------------------
@@ -84,23 +78,38 @@ def _handle() -> IPRoute:
             # groups=0: a request-only socket. pyroute2 subscribes to link/address/route events
             # by default; unread, they would fill the receive buffer of a long-running daemon.
             _ipr = IPRoute(netns=_netns, flags=0, groups=0) if _netns else IPRoute(groups=0)
-        except (OSError, _PyrNetlinkError) as e:
-            raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: {e}",
+        except Exception as e:  # pyroute2 may raise anything here (see _call)
+            raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: {_reason(e)}",
                                getattr(e, "errno", None) or getattr(e, "code", None)) from None
         _ipr_pid = os.getpid()
     return _ipr
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, _PyrNetlinkError):
+        return os.strerror(e.code) if e.code else str(e)
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return f"{type(e).__name__}: {e}"
+
+
 def _call(what: str, fn: Callable[[IPRoute], Any]) -> Any:
-    """Run `fn(handle)` under the lock; turn every failure into NetlinkError(`what`: reason)."""
+    """Run `fn(handle)` under the lock; turn every failure into NetlinkError(`what`: reason).
+
+    Besides the kernel's refusals (pyroute2's NetlinkError, OSError), pyroute2 encodes requests
+    lazily and lets its encoders' errors out as they come: ValueError for a bad MAC ("invalid
+    literal for int() with base 16"), struct.error for an out-of-range number, TypeError, ...
+    All of them are one failed request to the caller."""
     with _lock:
         ipr = _handle()
         try:
             return fn(ipr)
         except _PyrNetlinkError as e:
-            raise NetlinkError(f"{what}: {os.strerror(e.code) if e.code else e}", e.code) from None
+            raise NetlinkError(f"{what}: {_reason(e)}", e.code) from None
         except OSError as e:
-            raise NetlinkError(f"{what}: {e.strerror or e}", e.errno) from None
+            raise NetlinkError(f"{what}: {_reason(e)}", e.errno) from None
+        except Exception as e:  # pyroute2's encoders: see above
+            raise NetlinkError(f"{what}: {_reason(e)}") from None
 
 
 def _ignore(codes: Tuple[int, ...], what: str, fn: Callable[[IPRoute], Any]) -> bool:
@@ -223,7 +232,7 @@ def vxlan_create(name: str, vni: int, local_ip: AddrLike, dev_index: Optional[in
     """`ip link add NAME type vxlan id VNI local IP dev DEV [dstport PORT] [no]learning [gbp]`.
 
     port 0 leaves the kernel default (8472); TTL 0 / TOS 0 inherit, no l2miss/l3miss, udpcsum at
-    the kernel default, as flannel creates it (FLANNEL.md §5.1). Returns the new ifindex."""
+    the kernel default, as flannel creates it (docs/flannel-compat.md §"vxlan device"). Returns the new ifindex."""
     kw: Dict[str, Any] = dict(ifname=name, kind="vxlan", vxlan_id=int(vni), vxlan_local=str(local_ip),
                               vxlan_learning=1 if learning else 0)
     if dev_index:
@@ -345,7 +354,7 @@ def route_list(dev: Optional[str] = None) -> List[Route]:
     idx = _require_index(dev, "list routes of") if dev else None
 
     def dump(i):
-        names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in i.link("dump")}
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in i.link("dump")}
         return names, i.route("dump", family=AF_INET)
 
     names, msgs = _call(f"list routes{' of ' + dev if dev else ''}", dump)

@@ -1,4 +1,4 @@
-"""The cache of other hosts' leases: flannel's LeaseWatcher (FLANNEL.md §1.7).
+"""The cache of other hosts' leases: flannel's LeaseWatcher (docs/flannel-compat.md §"Watch").
 
 Backends need the *last known* attrs of a peer when it goes away (its PublicIP, its VTEP MAC),
 but an etcd DELETE event carries only the key. The tracker keeps every live peer lease and

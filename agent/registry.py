@@ -38,6 +38,7 @@ from etcd3.etcdrpc import kv_pb2
 from .errors import Compacted, EtcdUnreachable, RegistryError, SubnetExists
 from .lease import (IPv4Network, Lease, LeaseAttrs, LeaseEvent, LeaseFormatError, decode_attrs,
                     encode_attrs, parse_subnet_key, subnet_key)
+from .registry_api import WatchBatch
 
 log = logging.getLogger("fastflannel.registry")
 
@@ -74,13 +75,6 @@ class EtcdOptions:
     username: Optional[str] = None
     password: Optional[str] = None
     timeout_s: float = 5.0
-
-
-@dataclass
-class WatchBatch:
-    snapshot: Optional[list[Lease]]   # the full current set after a (re-)list, else None
-    events: list[LeaseEvent]          # incremental events (REMOVED events carry attrs=None)
-    revision: int
 
 
 def _parse_endpoint(url: str) -> tuple[str, str, int]:

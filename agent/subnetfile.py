@@ -1,9 +1,10 @@
 """subnet.env: written once at start-up for Docker/CNI, read back to reuse the previous subnet.
 
-Format and write semantics follow flannel's WriteSubnetFile (FLANNEL.md §3.6): the lines
-FLANNEL_NETWORK, FLANNEL_SUBNET (the lease's first host address with the lease prefix),
-FLANNEL_MTU, FLANNEL_IPMASQ, each ending in "\\n"; written atomically (temp file in the same
-directory, fsync, rename) with mode 0644 whatever the umask, the directory created 0755.
+Format and write semantics follow flannel's WriteSubnetFile (docs/flannel-compat.md
+§"subnet.env"): the lines FLANNEL_NETWORK, FLANNEL_SUBNET (the lease's first host address with
+the lease prefix), FLANNEL_MTU, FLANNEL_IPMASQ, each ending in "\\n"; written atomically (temp
+file in the same directory, fsync, rename) with mode 0644 whatever the umask, the directory
+created 0755.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def read_subnet_env(path: str) -> Dict[str, str]:
     """KEY=VALUE pairs of an env file ({} if it does not exist). Blank lines, `#` comments and an
     `export ` prefix are accepted, like the godotenv reader flannel uses."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}

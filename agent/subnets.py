@@ -1,4 +1,5 @@
-"""Lease policy: which subnet this host takes, and keeping it (FLANNEL.md §1.3–§1.6).
+"""Lease policy: which subnet this host takes, and keeping it (docs/flannel-compat.md
+§"Acquisition", §"TTL and renewal", §"Reservations").
 
 `SubnetManager.acquire` follows flannel's `tryAcquireLease` order:
   1. reuse the first lease (etcd key order) whose PublicIP is ours; delete it if it no longer fits
@@ -6,7 +7,7 @@
   2. reuse the subnet remembered in subnet.env, only if no lease overlaps it and it fits;
   3. pick at random among the first 100 free aligned subnets in [SubnetMin, SubnetMax].
 
-Deliberate differences from flannel v0.18+ (each fixes a fault noted in FLANNEL.md):
+Deliberate differences from flannel v0.18+ (each fixes a fault of flannel's):
 * A lost create race (`SubnetExists`) is retried, up to RACE_RETRIES attempts; flannel v3 exits.
 * A reservation (a key without TTL, `expiration is None`) reused by PublicIP stays a reservation
   (ttl 0) and is never renewed; flannel v3 sees TTL -1 and turns it into a 24 h lease (#1329).
@@ -29,6 +30,7 @@ from typing import Callable, List, Optional, Sequence
 from .config import NetworkConfig
 from .errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
 from .lease import IPv4Address, IPv4Network, Lease, LeaseAttrs, LeaseEvent
+from .registry_api import LeaseStore
 
 SUBNET_TTL_S = 86400        # flannel's hard-coded subnetTTL (24 h)
 RACE_RETRIES = 10           # attempts at acquiring before giving up
@@ -45,7 +47,8 @@ def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: in
     flannel tests each candidate against every lease (O(candidates x leases)); merging the taken
     ranges once and jumping over them gives the same answer in O(leases log leases + limit)."""
     spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)
-    starts, ends = [], []
+    starts: List[int] = []
+    ends: List[int] = []
     for lo, hi in spans:                         # merge overlapping/nested ranges
         if ends and lo <= ends[-1] + 1:
             ends[-1] = max(ends[-1], hi)
@@ -66,7 +69,7 @@ def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: in
 
 
 class SubnetManager:
-    def __init__(self, registry, config: NetworkConfig, public_ip: IPv4Address,
+    def __init__(self, registry: LeaseStore, config: NetworkConfig, public_ip: IPv4Address,
                  prev_subnet: Optional[IPv4Network] = None, renew_margin_s: int = 3600,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
                  log: Optional[logging.Logger] = None):
@@ -93,14 +96,14 @@ class SubnetManager:
 
     def _try_acquire(self, attrs: LeaseAttrs) -> Lease:
         leases, _rev = self.registry.list_leases()
-        mine = next((l for l in leases if l.attrs is not None and l.attrs.public_ip == self.public_ip), None)
+        mine = next((lease for lease in leases if lease.public_ip == self.public_ip), None)
         if mine is not None:
             if self.config.subnet_compatible(mine.subnet):
                 return self._reuse(mine, attrs)
             self.log.info("Found lease (%s) for current IP (%s) but not compatible with current "
                           "config, deleting", mine.subnet, self.public_ip)
             self.registry.delete_lease(mine.subnet)
-            leases = [l for l in leases if l.subnet != mine.subnet]
+            leases = [lease for lease in leases if lease.subnet != mine.subnet]
         subnet = self._previous_subnet(leases) or self._allocate(leases)
         lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S)
         self.log.info("Allocated lease %s for %s", subnet, self.public_ip)
@@ -116,7 +119,7 @@ class SubnetManager:
         prev = self.prev_subnet
         if prev is None:
             return None
-        holder = next((l for l in leases if l.subnet.overlaps(prev)), None)
+        holder = next((lease for lease in leases if lease.subnet.overlaps(prev)), None)
         if holder is not None:
             self.log.error("Found lease (%s, held by %s) matching previously leased subnet (%s), ignoring",
                            holder.subnet, holder.public_ip, prev)
@@ -131,7 +134,7 @@ class SubnetManager:
     def _allocate(self, leases: Sequence[Lease]) -> IPv4Network:
         cfg = self.config
         self.log.info("Picking subnet in range %s ... %s", cfg.subnet_min, cfg.subnet_max)
-        free = _free_candidates(cfg, [l.subnet for l in leases], MAX_CANDIDATES)
+        free = _free_candidates(cfg, [lease.subnet for lease in leases], MAX_CANDIDATES)
         if not free:
             raise OutOfSubnets(f"out of subnets: no free /{cfg.subnet_len} left in range "
                                f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(leases)} leases)")
@@ -143,6 +146,8 @@ class SubnetManager:
         returned unchanged, it never expires."""
         if lease.expiration is None:
             return lease
+        if lease.attrs is None:               # only REMOVED events lack attrs: a caller's bug
+            raise ValueError(f"cannot renew {lease.subnet} without its attrs")
         return self.registry.update_lease(lease.subnet, lease.attrs, SUBNET_TTL_S)
 
     def renew_delay(self, lease: Lease) -> float:
@@ -175,8 +180,10 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop: Optional[threading.Event] = None
+        if lease.attrs is None:
+            raise ValueError(f"LeaseKeeper needs our own lease with its attrs, got {lease}")
         self._lease = lease
-        self._attrs = lease.attrs
+        self._attrs: LeaseAttrs = lease.attrs
         self._lost: Optional[LeaseLost] = None
         self._removed = False
         self._retry_at: Optional[float] = None    # set after a failed registry call
@@ -287,11 +294,11 @@ class LeaseKeeper:
                 return new
             except SubnetExists:
                 current = reg.get_lease(lease.subnet)
-                if current is None:
-                    continue                        # deleted again in between: try once more
-                if current.public_ip != self.manager.public_ip:
-                    raise self._lost_error(lease.subnet, current.public_ip)
-                return current                      # someone (us, earlier) already put it back
+            if current is None:
+                continue                            # deleted again in between: try once more
+            if current.public_ip != self.manager.public_ip:
+                raise self._lost_error(lease.subnet, current.public_ip)
+            return current                          # someone (us, earlier) already put it back
         raise RegistryError(f"subnet {lease.subnet} keeps appearing and disappearing in etcd")
 
     def _default_wait(self, timeout: float) -> None:

@@ -51,14 +51,15 @@ def main(argv=None) -> int:
                 os.unlink(path)
             t0 = time.monotonic()
             p = cluster.start("h3")
-            wait_for(lambda: os.path.exists(path), 30, interval=0.005)
+            wait_for(lambda path=path: os.path.exists(path), 30, interval=0.005)
             t_env = time.monotonic()
             net = ipaddress.ip_interface(read_subnet_env(path)["FLANNEL_SUBNET"]).network
             if args.backend == "udp":
                 cluster.add_containers()
                 ok = cluster.ping("h1", "h3", timeout=10)
             else:
-                ok = wait_for(lambda: str(net) in lab.sh(ns1, f"ip route show {net}").stdout, 10, interval=0.005)
+                ok = wait_for(lambda net=net: str(net) in lab.sh(ns1, f"ip route show {net}").stdout, 10,
+                              interval=0.005)
             t_route = time.monotonic()
             starts.append(t_env - t0)
             props.append(t_route - t_env if ok else float("nan"))

@@ -17,6 +17,7 @@ from .netns import Lab, cleanup_stale, have_netns_privileges
 from .proc import LabError
 from .traffic import tcp_transfer
 
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 

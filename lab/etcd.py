@@ -23,6 +23,7 @@ from .proc import LabError, find_binary, kill_process, stop_process, wait_for
 ETCD_HINT = "install Debian's etcd-server/etcd-client (scripts/install-deps.sh)"
 HEALTH_TIMEOUT_S = 20.0          # a fresh single member is healthy in well under a second
 HEALTH_POLL_S = 0.1
+HEALTH_PROBE_S = 2               # one health probe's own deadline (etcdctl --command-timeout)
 CTL_TIMEOUT_S = 20.0
 # etcd 3.4 refuses to start on architectures other than amd64 unless told this variable.
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
@@ -69,7 +70,7 @@ class EtcdMember:
     log_path: str = ""               # default: <data_dir>.log
 
     @classmethod
-    def local(cls, workdir: str, name: str = "t", scheme: str = "http", **kw) -> "EtcdMember":
+    def local(cls, workdir: str, name: str = "t", scheme: str = "http", **kw) -> EtcdMember:
         """A member on 127.0.0.1 (this namespace) with two free ports; data in `workdir/<name>`."""
         return cls(name=name, data_dir=os.path.join(workdir, name),
                    client_url=f"{scheme}://127.0.0.1:{free_port()}",
@@ -124,7 +125,13 @@ class EtcdServer:
         return self.url
 
     def healthy(self) -> bool:
-        return self.etcdctl("endpoint", "health", timeout=5).returncode == 0
+        """`etcdctl endpoint health` answers within HEALTH_PROBE_S seconds."""
+        try:
+            p = self.etcdctl("--dial-timeout=1s", f"--command-timeout={HEALTH_PROBE_S}s", "endpoint", "health",
+                             timeout=HEALTH_PROBE_S + 3)
+        except subprocess.TimeoutExpired:
+            return False
+        return p.returncode == 0
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (etcd syncs its data dir), SIGKILL after `timeout` s."""

@@ -69,7 +69,7 @@ class Lab:
         self._next_host = 10
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -172,7 +172,7 @@ class Lab:
         return p
 
     # -- containers --------------------------------------------------------------------------
-    def add_container(self, host: Host, subnet_env: Dict[str, str], bridge: str = "cni0") -> "Container":
+    def add_container(self, host: Host, subnet_env: Dict[str, str], bridge: str = "cni0") -> Container:
         """A namespace behind `bridge` on `host`, addressed from subnet.env as Docker --bip does."""
         sub = ipaddress.IPv4Interface(subnet_env["FLANNEL_SUBNET"])   # e.g. 10.10.16.1/20
         mtu = int(subnet_env["FLANNEL_MTU"])

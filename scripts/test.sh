@@ -7,6 +7,8 @@ source "$(dirname "$0")/env.sh"
 bash scripts/install-deps.sh
 ff_activate
 export FASTFLANNEL_DEV=1          # development build: -Werror and the fast path's test hooks
+python3 -m ruff check .          # lint (rules in pyproject.toml)
+python3 -m mypy                  # types of agent/, lab/ and the registry fake (pyproject.toml)
 if [ -f CMakeLists.txt ]; then
   cmake -S . -B _build-asan -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
   cmake --build _build-asan -j2 >/dev/null

@@ -65,8 +65,9 @@ def test_vxlan_seed_config_three_hosts(lab):
         addrs = lab.sh(cluster.hosts[h].ns, "ip -4 -o addr show dev flannel.100").stdout
         assert re.findall(r"inet (\S+)", addrs) == [f"{s.network_address}/32"]
     for h, peer in itertools.permutations(cluster.hosts, 2):
-        assert wait_for(lambda: all(_vxlan_peer_state(lab, cluster.hosts[h].ns, subnets[peer], macs[peer],
-                                                      cluster.hosts[peer].ip)), 10), (h, peer)
+        assert wait_for(lambda h=h, peer=peer: all(_vxlan_peer_state(lab, cluster.hosts[h].ns, subnets[peer],
+                                                                     macs[peer], cluster.hosts[peer].ip)),
+                        10), (h, peer)
     cluster.add_containers()
     # Capture on the underlay while traffic crosses: VXLAN on UDP 8472 with VNI 100.
     cap = subprocess.Popen(lab.ns_cmd(cluster.hosts["h2"].ns, "tcpdump", "-ni", "eth0", "-c", "3", "-v", "-T", "vxlan",
@@ -107,8 +108,8 @@ def test_vxlan_peer_removal_restart_and_device_recreation(lab):
     cluster.stop("h3")
     lab.etcdctl("del", f"{PREFIX}/subnets/{subnets['h3'].network_address}-20")
     for h in ("h1", "h2"):
-        assert wait_for(lambda: not any(_vxlan_peer_state(lab, cluster.hosts[h].ns, subnets["h3"], mac3,
-                                                          cluster.hosts["h3"].ip)), 10), h
+        assert wait_for(lambda h=h: not any(_vxlan_peer_state(lab, cluster.hosts[h].ns, subnets["h3"], mac3,
+                                                              cluster.hosts["h3"].ip)), 10), h
 
 
 def test_hostgw_three_hosts_and_route_repair(lab):
@@ -122,7 +123,7 @@ def test_hostgw_three_hosts_and_route_repair(lab):
             f'{{"PublicIP":"{cluster.hosts[h].ip}","PublicIPv6":null,"BackendType":"host-gw"}}'
     for h, peer in itertools.permutations(cluster.hosts, 2):
         want = f"{subnets[peer]} via {cluster.hosts[peer].ip} dev eth0"
-        assert wait_for(lambda: want in lab.sh(cluster.hosts[h].ns, "ip route").stdout, 10), (h, want)
+        assert wait_for(lambda h=h, want=want: want in lab.sh(cluster.hosts[h].ns, "ip route").stdout, 10), (h, want)
     cluster.add_containers()
     _all_pairs_tcp(lab, cluster)
     # A route deleted by hand comes back within the periodic check (flannel: 10 s).

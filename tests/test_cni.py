@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+
 from fastflannel.agent import cni
 from fastflannel.lab import tcp_transfer, wait_for
 from fastflannel.lab.cluster import Cluster, seed_config

@@ -1,10 +1,15 @@
-"""Network config parsing: flannel's defaults, key matching and every validation message (FLANNEL.md §2)."""
+"""Network config parsing: flannel's defaults, key matching and every validation message
+(docs/flannel-compat.md §"Config JSON and defaults")."""
 from __future__ import annotations
 
+import dataclasses
 import json
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastflannel.agent.config import ConfigError, NetworkConfig, parse_config
 
@@ -183,8 +188,6 @@ def test_ci_get_helper():
     assert ci_get({}, "Port", 8285) == 8285 and ci_get(None, "Port", 7) == 7
 
 
-from hypothesis import given, settings, strategies as st   # installed by scripts/install-deps.sh
-
 
 _json = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
                      | st.text(max_size=20), lambda c: st.lists(c, max_size=4)
@@ -195,22 +198,46 @@ _cidr = st.builds(lambda a, p: f"{a}/{p}", st.ip_addresses(v=4), st.integers(0, 
 _vals = _json | _cidr | st.ip_addresses(v=4).map(str) | st.integers(0, 40) \
     | st.builds(lambda t: {"Type": t}, st.sampled_from(["udp", "vxlan", "host-gw", "x", ""]))
 
+
+def _accepted_is_consistent(c) -> None:
+    assert c.subnet_len <= 30 and c.subnet_len >= c.network.prefixlen + 2
+    assert c.subnet_min in c.network and c.subnet_max in c.network
+    assert c.subnet_min <= c.subnet_max or c.subnet_count == 0
+    assert c.backend_type in ("udp", "vxlan", "host-gw")
+
+
+def _one_line(e: ConfigError) -> None:
+    msg = str(e)
+    assert msg and "\n" not in msg and len(msg) < 1000, repr(msg)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(_keys, _vals, max_size=6))
 def test_random_documents_only_raise_configerror(doc):
     try:
         c = parse_config(json.dumps(doc))
-    except ConfigError:
+    except ConfigError as e:
+        _one_line(e)
         return
-    # Whatever is accepted is internally consistent.
-    assert c.subnet_len <= 30 and c.subnet_len >= c.network.prefixlen + 2
-    assert c.subnet_min in c.network and c.subnet_max in c.network
-    assert c.backend_type in ("udp", "vxlan", "host-gw")
+    _accepted_is_consistent(c)       # whatever is accepted is internally consistent
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=64) | st.text(max_size=64))
-def test_random_bytes_only_raise_configerror(raw):
+
+_VALID = b'{"Network": "10.0.0.0/8", "SubnetLen": 20, "Backend": {"Type": "vxlan", "VNI": 100}}'
+# A valid document with one slice replaced by random bytes: mostly broken, sometimes still valid.
+_mutated = st.builds(lambda i, j, junk: _VALID[:i] + junk + _VALID[i + j:],
+                     st.integers(0, len(_VALID)), st.integers(0, 8), st.binary(max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | st.text(max_size=64) | _mutated)
+def test_random_bytes_give_a_one_line_configerror_or_a_consistent_config(raw):
     try:
-        parse_config(raw)
-    except ConfigError:
-        pass
+        c = parse_config(raw)
+    except ConfigError as e:
+        _one_line(e)
+        return
+    doc = json.loads(raw)                     # accepted input is a JSON object ...
+    assert isinstance(doc, dict)
+    _accepted_is_consistent(c)                # ... that gives a consistent config
+    again = parse_config(json.dumps(doc))       # and parses the same once re-serialized
+    assert dataclasses.replace(again, raw="") == dataclasses.replace(c, raw="")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+
 from fastflannel.agent import dockeropts
 
 FLANNEL_ENV = ("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.10.16.1/20\n"

@@ -23,12 +23,15 @@ from types import SimpleNamespace
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
 from fastflannel.agent.iface import choose_external_interface
 from fastflannel.agent.lease import Lease, LeaseAttrs
+from fastflannel.agent.backends.base import BackendOptions
 from fastflannel.agent.backends.udp import UdpBackend
+from fastflannel.agent.config import parse_config
 cfg = json.loads(sys.argv[1])
 ext = choose_external_interface(["eth0"], [], None, None)
-be = UdpBackend(ext, {}, workers=cfg["workers"], offload=cfg["offload"], disable=cfg["disable"])
-be.setup(Lease(ipaddress.ip_network(cfg["subnet"]), LeaseAttrs(ext.ext_addr)),
-         SimpleNamespace(network=ipaddress.ip_network("10.0.0.0/8")))
+net_cfg = parse_config('{"Network": "10.0.0.0/8", "Backend": {"Type": "udp"}}')
+be = UdpBackend(ext, net_cfg, BackendOptions(workers=cfg["workers"], offload=cfg["offload"],
+                                             disable=tuple(cfg["disable"])))
+be.setup(Lease(ipaddress.ip_network(cfg["subnet"]), LeaseAttrs(ext.ext_addr)), net_cfg)
 be.add_peer(Lease(ipaddress.ip_network(cfg["peer_subnet"]), LeaseAttrs(ipaddress.ip_address(cfg["peer_ip"]))))
 done = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: done.set())

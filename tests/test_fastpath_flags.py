@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fastflannel.agent.backends.base import BackendError
+from fastflannel.agent.backends.base import BackendError, BackendOptions
+from fastflannel.agent.config import parse_config
 from fastflannel.agent.backends.udp import OFFLOAD_PARTS, UdpBackend
 from fastflannel.agent.flags import FlagError, Options, parse_flags
 
@@ -29,7 +30,8 @@ def test_bad_fastpath_flags(argv, msg):
 
 
 def _backend(**kw) -> UdpBackend:
-    return UdpBackend(SimpleNamespace(mtu=1500), {}, **kw)
+    cfg = parse_config('{"Network": "10.0.0.0/8", "Backend": {"Type": "udp"}}')
+    return UdpBackend(SimpleNamespace(mtu=1500), cfg, BackendOptions(**kw))
 
 
 def test_backend_forwarder_options():

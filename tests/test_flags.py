@@ -1,4 +1,5 @@
-"""flanneld-compatible flags: Go flag syntax, defaults, FLANNELD_* variables, errors (FLANNEL.md §3.1, §3.2)."""
+"""flanneld-compatible flags: Go flag syntax, defaults, FLANNELD_* variables, errors
+(docs/flannel-compat.md §"Flags and FLANNELD_* environment")."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""choose_external_interface (FLANNEL.md §3.3) in a namespace with two uplinks:
+"""choose_external_interface (docs/flannel-compat.md §"Interface choice") in a namespace with two uplinks:
 eth0 192.0.2.10/24 (default route via 192.0.2.1) and eth1 198.51.100.5/24 + 198.51.100.6/24,
 with a link-local address added first on eth1 so the address sort is exercised."""
 from __future__ import annotations
@@ -113,7 +113,8 @@ def test_no_default_route(lab, ns):
 
 
 def test_address_sort_order():
-    mk = lambda ip, flags: netlink.Address(ipaddress.ip_interface(ip), flags, 0)
+    def mk(ip, flags):
+        return netlink.Address(ipaddress.ip_interface(ip), flags, 0)
     P, T, D = netlink.IFA_F_PERMANENT, netlink.IFA_F_SECONDARY, netlink.IFA_F_DEPRECATED
     addrs = [mk("169.254.1.1/16", P), mk("10.0.0.3/8", T | P), mk("10.0.0.2/8", 0), mk("10.0.0.1/8", P),
              mk("10.0.0.9/8", P | D), mk("127.0.0.1/8", P)]

@@ -1,5 +1,5 @@
-"""ip-masq and forward rules: the pure rule lists against FLANNEL.md §3.5, then the real thing in a
-namespace (iptables is per network namespace), read back with iptables-save, and a masquerade
+"""ip-masq and forward rules: the pure rule lists against docs/flannel-compat.md §"ip-masq rules",
+then the real thing in a namespace (iptables is per network namespace), read back with iptables-save, and a masquerade
 that actually rewrites a container's source address on the lab underlay."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_masq_rules_match_flannel():
     assert lines(ipmasq.masq_rules(N, S, True)) == EXPECTED_NAT
     assert all(t == "nat" for t, _, _ in ipmasq.masq_rules(N, S, True))
     plain = lines(ipmasq.masq_rules(N, S, False))
-    assert plain == [l.replace(" --random-fully", "") for l in EXPECTED_NAT]
+    assert plain == [rule.replace(" --random-fully", "") for rule in EXPECTED_NAT]
 
 
 def test_forward_rules_match_flannel():
@@ -59,7 +59,7 @@ def test_version_parse():
 
 def saved(lab, ns, table):
     out = lab.sh(ns, f"iptables-save -t {table}").stdout
-    return [l for l in out.splitlines() if l.startswith("-A ")]
+    return [line for line in out.splitlines() if line.startswith("-A ")]
 
 
 @pytest.mark.netns
@@ -86,7 +86,7 @@ def test_masq_install_idempotent_repair_remove(lab):
 def test_masq_random_fully_disabled_and_old_values_removed(lab):
     ns = lab.add_ns("masq2")
     IPMasq(N, "10.10.0.0/20", random_fully=False, netns=ns).ensure_rules()
-    assert not any("random-fully" in l for l in saved(lab, ns, "nat"))
+    assert not any("random-fully" in rule for rule in saved(lab, ns, "nat"))
     # the subnet changed since the last run: the old rules go, the new ones come in
     ipmasq.remove_old_masq_rules(N, "10.10.0.0/20", netns=ns)
     assert saved(lab, ns, "nat") == []
@@ -101,7 +101,7 @@ def test_forward_rules_install_and_repair(lab):
     lab.sh(ns, "iptables -P FORWARD DROP")
     assert f.ensure_rules() is True
     assert saved(lab, ns, "filter") == EXPECTED_FWD
-    lab.sh(ns, f"iptables -F FLANNEL-FWD")
+    lab.sh(ns, "iptables -F FLANNEL-FWD")
     assert f.ensure_rules() is True and f.ensure_rules() is False
     assert saved(lab, ns, "filter") == EXPECTED_FWD
 

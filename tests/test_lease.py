@@ -1,12 +1,24 @@
-"""Lease values and keys, byte for byte as flannel writes them (FLANNEL.md §1.1, §1.2)."""
+"""Lease values and keys, byte for byte as flannel writes them
+(docs/flannel-compat.md §"Keys", §"Lease JSON")."""
 from __future__ import annotations
 
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fastflannel.agent.lease import (Lease, LeaseAttrs, LeaseEvent, LeaseFormatError, decode_attrs,
-                                     encode_attrs, parse_subnet_key, subnet_key)
+from fastflannel.agent.lease import (
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    LeaseFormatError,
+    decode_attrs,
+    encode_attrs,
+    parse_subnet_key,
+    subnet_key,
+)
 
 UDP = b'{"PublicIP":"192.0.2.10","PublicIPv6":null}'
 VXLAN = (b'{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
@@ -102,17 +114,16 @@ def test_key_garbage(key):
 
 
 def test_lease_public_ip_and_event():
-    l = Lease(N("10.5.1.0/24"), LeaseAttrs(A("192.0.2.1")), 1.0)
-    assert l.public_ip == A("192.0.2.1") and Lease(N("10.5.1.0/24"), None).public_ip is None
-    assert LeaseEvent(LeaseEvent.REMOVED, l).kind == "removed"
-    assert Lease(l.subnet, l.attrs, 1.0, revision=5) == Lease(l.subnet, l.attrs, 1.0, revision=9)
+    lease = Lease(N("10.5.1.0/24"), LeaseAttrs(A("192.0.2.1")), 1.0)
+    assert lease.public_ip == A("192.0.2.1") and Lease(N("10.5.1.0/24"), None).public_ip is None
+    assert LeaseEvent(LeaseEvent.REMOVED, lease).kind == "removed"
+    assert Lease(lease.subnet, lease.attrs, 1.0, revision=5) == Lease(lease.subnet, lease.attrs, 1.0, revision=9)
 
 
 # -- randomized -------------------------------------------------------------------------------------
 
 
 
-from hypothesis import given, settings, strategies as st   # installed by scripts/install-deps.sh
 
 
 @settings(max_examples=300, deadline=None)

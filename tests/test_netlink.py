@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from fastflannel.agent import netlink
+from fastflannel.agent.errors import FastflannelError
 
 pytestmark = pytest.mark.netns
 
@@ -45,8 +46,8 @@ def test_links(lab, ns):
     assert info["name"] == "eth0" and info["kind"] == "veth" and info["mtu"] == 1500
     assert info["state"] == "up" and info["vxlan"] is None
     assert info["address"] == sh(lab, ns, "cat /sys/class/net/eth0/address").strip()
-    assert [l["name"] for l in netlink.all_links()][0] == "lo"
-    assert {"eth0", "peer0"} <= {l["name"] for l in netlink.all_links()}
+    assert [link["name"] for link in netlink.all_links()][0] == "lo"
+    assert {"eth0", "peer0"} <= {link["name"] for link in netlink.all_links()}
     netlink.link_set_mtu("eth0", 1400)
     assert "mtu 1400" in sh(lab, ns, "ip link show eth0")
     netlink.link_set_address("peer0", "0a:00:00:00:00:42")
@@ -59,12 +60,24 @@ def test_links(lab, ns):
 def test_errors_name_operation_and_object(lab, ns):
     with pytest.raises(netlink.NetlinkError, match=r"set mtu of nope0: no such device") as ei:
         netlink.link_set_mtu("nope0", 1400)
-    assert ei.value.errno == errno.ENODEV and isinstance(ei.value, RuntimeError)
+    assert ei.value.errno == errno.ENODEV and isinstance(ei.value, FastflannelError)
     with pytest.raises(netlink.NetlinkError, match=r"get link nope0") as ei:
         netlink.link_info("nope0")
     with pytest.raises(netlink.NetlinkError, match=r"replace route 10\.1\.0\.0/16 via 10\.9\.9\.9 dev eth0") as ei:
         netlink.route_replace(N("10.1.0.0/16"), "10.9.9.9", "eth0")
     assert ei.value.errno == errno.ENETUNREACH
+
+
+def test_pyroute2_encoder_errors_become_netlink_errors(lab, ns):
+    """pyroute2 raises its encoders' ValueError/TypeError for input the kernel never sees; the
+    caller must still get one NetlinkError naming the request, not a stray ValueError."""
+    with pytest.raises(netlink.NetlinkError, match=r"set MAC zz:00:00:00:00:01 on eth0: ValueError: "
+                                                   r"invalid literal for int\(\) with base 16: 'zz'") as ei:
+        netlink.link_set_address("eth0", "zz:00:00:00:00:01")
+    assert ei.value.errno is None
+    with pytest.raises(netlink.NetlinkError, match=r"replace neighbour 10\.1\.0\.1 lladdr zz:.* dev eth0"):
+        netlink.neigh_replace("10.1.0.1", "zz:00:00:00:00:01", "eth0")
+    assert "zz" not in sh(lab, ns, "ip link show eth0; ip neigh show dev eth0")
 
 
 def test_vxlan_create_and_attributes(lab, ns):

@@ -1,12 +1,12 @@
-"""PeerTracker: flannel's LeaseWatcher cache (FLANNEL.md §1.7), plus pruning on reset."""
+"""PeerTracker: flannel's LeaseWatcher cache (docs/flannel-compat.md §"Watch"), plus pruning on reset."""
 from __future__ import annotations
 
 import logging
 from ipaddress import IPv4Network as N
 
-from support.fakeregistry import attrs
 from fastflannel.agent.lease import Lease, LeaseEvent
 from fastflannel.agent.peers import PeerTracker
+from support.fakeregistry import attrs
 
 OWN = N("10.5.1.0/24")
 ADDED, REMOVED = LeaseEvent.ADDED, LeaseEvent.REMOVED
@@ -25,7 +25,7 @@ def test_reset_from_empty_adds_everything_but_own():
     evs = t.reset([lease("10.5.1.0/24", "192.0.2.10"), lease("10.5.2.0/24", "192.0.2.11"),
                    lease("10.5.3.0/24", "192.0.2.12")])
     assert kinds(evs) == [(ADDED, "10.5.2.0/24"), (ADDED, "10.5.3.0/24")]
-    assert [str(l.subnet) for l in t.leases()] == ["10.5.2.0/24", "10.5.3.0/24"]
+    assert [str(lease.subnet) for lease in t.leases()] == ["10.5.2.0/24", "10.5.3.0/24"]
 
 
 def test_reset_diffs_new_changed_vanished_unchanged():
@@ -38,7 +38,7 @@ def test_reset_diffs_new_changed_vanished_unchanged():
     assert kinds(evs) == [(REMOVED, "10.5.3.0/24"), (ADDED, "10.5.4.0/24"), (ADDED, "10.5.5.0/24")]
     assert evs[0].lease == old3                      # removed carries the cached lease
     assert evs[1].lease.attrs.backend_data["VtepMAC"] == "aa:aa:aa:aa:aa:02"
-    assert {str(l.subnet) for l in t.leases()} == {"10.5.2.0/24", "10.5.4.0/24", "10.5.5.0/24"}
+    assert {str(lease.subnet) for lease in t.leases()} == {"10.5.2.0/24", "10.5.4.0/24", "10.5.5.0/24"}
 
 
 def test_reset_to_empty_removes_all():
@@ -102,14 +102,14 @@ def test_random_event_sequences_match_a_naive_model():
         if rnd.random() < 0.1:
             listing = [lease(x, f"192.0.2.{rnd.randint(1, 3)}") for x in nets if rnd.random() < 0.5]
             t.reset(listing)
-            model = {l.subnet: l for l in listing if l.subnet != OWN}
+            model = {lease.subnet: lease for lease in listing if lease.subnet != OWN}
         elif rnd.random() < 0.5:
-            l = lease(n, f"192.0.2.{rnd.randint(1, 3)}")
-            t.apply([LeaseEvent(ADDED, l)])
-            if l.subnet != OWN:
-                model[l.subnet] = l
+            new = lease(n, f"192.0.2.{rnd.randint(1, 3)}")
+            t.apply([LeaseEvent(ADDED, new)])
+            if new.subnet != OWN:
+                model[new.subnet] = new
         else:
             evs = t.apply([LeaseEvent(REMOVED, Lease(N(n), None))])
             expect = model.pop(N(n), None)
             assert [e.lease for e in evs] == ([expect] if expect else [])
-        assert {l.subnet: l for l in t.leases()} == model
+        assert {lease.subnet: lease for lease in t.leases()} == model

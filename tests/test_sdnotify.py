@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+
 from fastflannel.agent import sdnotify
 from fastflannel.agent.daemon import HEARTBEAT_STALE_S, Daemon
 from fastflannel.agent.flags import parse_flags

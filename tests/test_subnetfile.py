@@ -1,4 +1,5 @@
-"""subnet.env: exact bytes, atomic replace, modes, and reading the previous subnet (FLANNEL.md §3.6)."""
+"""subnet.env: exact bytes, atomic replace, modes, and reading the previous subnet
+(docs/flannel-compat.md §"subnet.env")."""
 from __future__ import annotations
 
 import os
@@ -8,8 +9,13 @@ from ipaddress import IPv4Network as N
 import pytest
 
 from fastflannel.agent import subnetfile
-from fastflannel.agent.subnetfile import (parse_cidr, read_prev_subnet, read_subnet_env,
-                                          render_subnet_env, write_subnet_file)
+from fastflannel.agent.subnetfile import (
+    parse_cidr,
+    read_prev_subnet,
+    read_subnet_env,
+    render_subnet_env,
+    write_subnet_file,
+)
 
 
 def test_exact_bytes(tmp_path):

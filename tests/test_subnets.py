@@ -7,16 +7,16 @@ import math
 import random
 import threading
 import time
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
 
 import pytest
 
-from support.fakeregistry import FakeClock, FakeRegistry, attrs
 from fastflannel.agent.config import parse_config
 from fastflannel.agent.errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
 from fastflannel.agent.lease import Lease, LeaseEvent
-from fastflannel.agent.subnets import (RACE_RETRIES, RENEW_RETRY_S, SUBNET_TTL_S, LeaseKeeper,
-                                       SubnetManager)
+from fastflannel.agent.subnets import RACE_RETRIES, RENEW_RETRY_S, SUBNET_TTL_S, LeaseKeeper, SubnetManager
+from support.fakeregistry import FakeRegistry, attrs
 
 ME = "192.0.2.10"
 OTHER = "192.0.2.12"
@@ -421,7 +421,7 @@ def test_free_candidates_match_naive_loop():
         base = rnd.getrandbits(32) & ~((1 << (32 - plen)) - 1)
         network = N((base, plen))
         sl = rnd.randint(plen + 2, min(30, plen + 10))
-        cfg = parse_config('{"Network":"%s","SubnetLen":%d}' % (network, sl))
+        cfg = parse_config(f'{{"Network":"{network}","SubnetLen":{sl}}}')
         taken = []
         for _ in range(rnd.randint(0, 30)):
             tl = rnd.randint(max(0, plen - 2), 32)

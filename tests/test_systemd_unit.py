@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from fastflannel.agent.flags import parse_flags
 from fastflannel.agent.subnetfile import read_subnet_env
 

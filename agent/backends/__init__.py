@@ -1,1 +1,50 @@
-"""Backends turn lease events into data-plane state; one module each, looked up by name."""
+"""Backends turn lease events into data-plane state; one module each, chosen by name.
+
+`BACKENDS` maps a network config's Backend.Type to a constructor with one signature,
+`(ext, cfg, opts) -> Backend` (flannel's pkg/backend/manager.go: `Register(name, ctor)` with one
+`BackendCtor`). A backend's module is imported only when it is chosen: udp pulls in the C fast
+path and numpy, which a vxlan or host-gw host never loads. The contract is in `base.py`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Dict
+
+from ..errors import BackendError
+
+if TYPE_CHECKING:
+    from ..config import NetworkConfig
+    from ..iface import ExternalInterface
+    from .base import Backend, BackendOptions
+
+BackendCtor = Callable[["ExternalInterface", "NetworkConfig", "BackendOptions"], "Backend"]
+
+
+def _udp(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    from .udp import UdpBackend
+    return UdpBackend(ext, cfg, opts)
+
+
+def _vxlan(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    from .vxlan import VxlanBackend
+    return VxlanBackend(ext, cfg, opts)
+
+
+def _hostgw(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    from .hostgw import HostGwBackend
+    return HostGwBackend(ext, cfg, opts)
+
+
+BACKENDS: Dict[str, BackendCtor] = {"udp": _udp, "vxlan": _vxlan, "host-gw": _hostgw}
+
+
+def register(name: str, ctor: BackendCtor) -> None:
+    """Add (or replace) the constructor for Backend.Type `name` (lower case)."""
+    BACKENDS[name] = ctor
+
+
+def new_backend(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    """The backend `cfg.backend_type` names, constructed (flannel's manager.GetBackend)."""
+    ctor = BACKENDS.get(cfg.backend_type)
+    if ctor is None:
+        raise BackendError(f"unknown backend type: {cfg.backend_type}")
+    return ctor(ext, cfg, opts)

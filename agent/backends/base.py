@@ -1,35 +1,58 @@
 """The backend contract (flannel's pkg/backend/common.go in a few lines).
 
-Life of a backend inside the daemon:
-    be = BACKENDS[cfg.backend_type](ext_iface, cfg.backend)   # ext_iface: agent.iface.ExternalInterface
+Life of a backend inside the daemon (`daemon.Daemon._start`):
+    be = new_backend(ext, cfg, opts)    # BACKENDS[cfg.backend_type](ext, cfg, opts), see __init__.py
     attrs = be.lease_attrs()            # what goes into our lease (BackendType/BackendData)
     lease = subnet_manager.acquire(attrs)
     be.setup(lease, cfg)                # devices, addresses, routes for our own subnet
     be.sync_peers(leases)               # the full set of other hosts' live leases (start-up, re-list)
     be.add_peer(lease) / be.remove_peer(lease)   # watch events, own subnet never included
     be.check()                          # periodic (10 s): repair kernel state someone removed
+    be.stats()                          # live data-plane counters for /stats ({} if none)
     be.close()                          # stop forwarding; flannel leaves kernel state in place
+
+`ext` is the chosen external interface (iface.ExternalInterface), `cfg` the network config
+(config.NetworkConfig; the backend reads its own options from `cfg.backend`), `opts` the daemon's
+switches that are flags rather than network config (BackendOptions). A backend raises
+errors.BackendError for what it cannot do; see docs/architecture.md §"The backend contract".
 """
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from dataclasses import dataclass
+from typing import Iterable, Protocol, Tuple
 
+from ..config import NetworkConfig
+from ..errors import BackendError
 from ..lease import Lease, LeaseAttrs
 
+DEFAULT_STATE_DIR = "/var/lib/fastflannel"
 
-class BackendError(RuntimeError):
-    """A backend cannot start or program the kernel; the message is for the operator."""
+__all__ = ["DEFAULT_STATE_DIR", "Backend", "BackendError", "BackendOptions"]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Daemon switches a backend may use. The defaults are the plain fast path; the daemon
+    passes its flags (daemon.backend_options)."""
+
+    state_dir: str = DEFAULT_STATE_DIR   # vxlan keeps its VTEP MAC here
+    batch: int = 64                      # udp: packets per recvmmsg/sendmmsg (-fastpath-batch)
+    workers: int = 1                     # udp: fast-path worker threads (-fastpath-workers)
+    offload: bool = False                # udp: segmentation offloads (-fastpath-offload)
+    disable: Tuple[str, ...] = ()        # udp: offload parts kept off (-fastpath-disable)
+    anti_spoof: bool = True              # udp: accept only known peers' inner sources (-udp-anti-spoof)
 
 
 class Backend(Protocol):
     name: str
 
     def mtu(self) -> int:
-        """FLANNEL_MTU for subnet.env (FLANNEL.md §3.8)."""
+        """FLANNEL_MTU for subnet.env (docs/flannel-compat.md §"MTU")."""
+        ...
 
     def lease_attrs(self) -> LeaseAttrs: ...
 
-    def setup(self, lease: Lease, network) -> None: ...
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None: ...
 
     def sync_peers(self, leases: Iterable[Lease]) -> None: ...
 
@@ -38,5 +61,7 @@ class Backend(Protocol):
     def remove_peer(self, lease: Lease) -> None: ...
 
     def check(self) -> None: ...
+
+    def stats(self) -> dict: ...
 
     def close(self) -> None: ...

@@ -1,5 +1,6 @@
 """host-gw backend: one plain route per peer, `<peer subnet> via <peer PublicIP> dev <ext iface>`
-(FLANNEL.md §6; flannel's pkg/backend/hostgw and route_network.go). Hosts must share a link.
+(docs/flannel-compat.md §"host-gw"; flannel's backend/hostgw and route_network.go). Hosts must
+share a link.
 
 A route with the same destination but another gateway or device is replaced, an identical one is
 left alone; every check() (the daemon calls it every 10 s) re-adds routes that went missing;
@@ -14,8 +15,11 @@ import threading
 from typing import Dict, Iterable, List, Optional
 
 from .. import netlink
+from ..config import NetworkConfig
+from ..errors import BackendError
+from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
-from .base import BackendError
+from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.hostgw")
 
@@ -25,7 +29,7 @@ IPv4Network = ipaddress.IPv4Network
 class HostGwBackend:
     name = "host-gw"
 
-    def __init__(self, ext, backend_cfg: Optional[dict] = None):
+    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         if ipaddress.IPv4Address(str(ext.ext_addr)) != ipaddress.IPv4Address(str(ext.iface_addr)):
             raise BackendError(f"host-gw requires the public IP to be the interface's address (NAT?): "
                                f"public IP {ext.ext_addr} is not {ext.name}'s address {ext.iface_addr}")
@@ -41,16 +45,16 @@ class HostGwBackend:
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.ext.ext_addr, "host-gw", None)
 
-    def setup(self, lease: Lease, network) -> None:
-        net = getattr(network, "network", network)      # a NetworkConfig or the Network itself
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         with self._lock:
-            self.lease, self.network = lease, IPv4Network(str(net))
+            self.lease, self.network = lease, cfg.network
 
     def add_peer(self, lease: Lease) -> None:
         with self._lock:
-            if self._accept(lease):
-                self.routes[lease.subnet] = lease.attrs.public_ip
-                self._ensure_route(lease.subnet, lease.attrs.public_ip)
+            gw = self._gateway(lease)
+            if gw is not None:
+                self.routes[lease.subnet] = gw
+                self._ensure_route(lease.subnet, gw)
             elif lease.subnet in self.routes and lease.attrs is not None:
                 self.remove_peer(Lease(lease.subnet, None))         # the peer switched backends
 
@@ -69,7 +73,7 @@ class HostGwBackend:
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
-            wanted = {l.subnet: l.attrs.public_ip for l in leases if self._accept(l)}
+            wanted = {lease.subnet: gw for lease in leases if (gw := self._gateway(lease)) is not None}
             for sn in [s for s in self.routes if s not in wanted]:
                 self.remove_peer(Lease(sn, None))
             self.routes.update(wanted)
@@ -86,19 +90,23 @@ class HostGwBackend:
                     log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
                     self._ensure_route(sn, gw, table)
 
+    def stats(self) -> dict:
+        return {}     # the kernel forwards; it keeps no counters of ours
+
     def close(self) -> None:
         pass          # flannel leaves its routes in place
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _accept(self, lease: Lease) -> bool:
+    def _gateway(self, lease: Lease) -> Optional[ipaddress.IPv4Address]:
+        """The PublicIP of a host-gw peer we route to; None for our own lease and other backends."""
         if lease.attrs is None:
-            return False
+            return None
         if self.lease is not None and lease.subnet == self.lease.subnet:
-            return False
+            return None
         if lease.attrs.backend_type != "host-gw":
             log.info("ignoring non-host-gw v4 subnet(%s): type=%s", lease.subnet, lease.attrs.backend_type)
-            return False
-        return True
+            return None
+        return lease.attrs.public_ip
 
     def _routes_by_dst(self) -> Dict[IPv4Network, List[netlink.Route]]:
         table: Dict[IPv4Network, List[netlink.Route]] = {}

@@ -1,4 +1,5 @@
-"""udp backend: TUN `flannel%d` + the C fast path, flannel's wire format (FLANNEL.md §4).
+"""udp backend: TUN `flannel%d` + the C fast path, flannel's wire format
+(docs/flannel-compat.md §"udp device and socket", §"udp wire format").
 
 The TUN carries `<lease IP>/32`, MTU = interface MTU − 28 (IPv4 20 + UDP 8) and the route
 `<Network> dev flannel0`; the UDP socket is bound to the interface address on Backend.Port
@@ -9,15 +10,18 @@ uses the configured one).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder   # offload keywords of Forwarder.open
+from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder  # offload keywords of Forwarder.open
 from .. import netlink
-from ..config import ci_get
-from ..lease import Lease, LeaseAttrs
-from .base import BackendError
+from ..config import NetworkConfig
+from ..errors import BackendError, NetlinkError
+from ..iface import ExternalInterface
+from ..lease import IPv4Network, Lease, LeaseAttrs
+from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.udp")
 
@@ -25,7 +29,7 @@ DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28          # bytes: outer IPv4 (20) + UDP (8) headers
 TUN_TEMPLATE = "flannel%d"
 # The TUN's default txqueuelen (500) overflows under one TCP stream: each drop is a retransmit
-# (measured: ~15k drops in 4 s at 500, none at 5000; PERF.md §5.1, Firezone #10231).
+# (measured: ~15k drops in 4 s at 500, none at 5000; Firezone #10231).
 TUN_TXQUEUELEN = 5000
 
 
@@ -37,6 +41,16 @@ def _sysctl(key: str, value: str) -> None:
         log.warning("cannot set %s=%s: %s", key.replace("/", "."), value, e)
 
 
+@contextmanager
+def _fast_path_errors(what: str) -> Iterator[None]:
+    """The fast path reports its C errors as OSError/ValueError; past this boundary they are
+    BackendError. KeyError (no such route) passes: callers treat it as "nothing to do"."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise BackendError(f"udp backend: cannot {what}: {e}") from None
+
+
 def _features_text(f: dict) -> str:
     on = [k.replace("_", "-") for k, v in f.items() if v is True]
     return f"workers {f.get('workers', 1)}, offload " + (",".join(on) if on else "off")
@@ -45,26 +59,26 @@ def _features_text(f: dict) -> str:
 class UdpBackend:
     name = "udp"
 
-    def __init__(self, ext, backend_cfg: dict, *, batch: int = 64, anti_spoof: bool = True,
-                 workers: int = 1, offload: bool = False, disable: Iterable[str] = ()):
+    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         self.ext = ext
+        port = cfg.backend_option("Port", 0)
         try:
-            self.port = int(ci_get(backend_cfg, "Port", 0) or DEFAULT_PORT)
+            self.port = int(port or DEFAULT_PORT)
         except (TypeError, ValueError):
-            raise BackendError(f"udp backend: bad Port {ci_get(backend_cfg, 'Port')!r}") from None
+            raise BackendError(f"udp backend: bad Port {port!r}") from None
         if not 0 < self.port < 65536:
             raise BackendError(f"udp backend: Port {self.port} out of range")
-        self.batch, self.anti_spoof = batch, anti_spoof
-        self.workers, self.offload = workers, offload
+        self.batch, self.anti_spoof = opts.batch, opts.anti_spoof
+        self.workers, self.offload = opts.workers, opts.offload
         # offload parts kept off (-fastpath-disable: "udp-gso", ...), as Forwarder.open keywords
-        self.disable = tuple(p.replace("-", "_") for p in disable)
+        self.disable = tuple(p.replace("-", "_") for p in opts.disable)
         unknown = [p for p in self.disable if p not in OFFLOAD_PARTS]
         if unknown:
             raise BackendError(f"udp backend: unknown offload part {unknown[0]!r}")
         self._features: Optional[dict] = None
-        self.fw = None
+        self.fw: Optional[Forwarder] = None
         self.tun_name: Optional[str] = None
-        self.network = None            # the cluster Network (IPv4Network), set by setup()
+        self.network: Optional[IPv4Network] = None     # the cluster Network, set by setup()
 
     def mtu(self) -> int:
         return self.ext.mtu - ENCAP_OVERHEAD
@@ -73,8 +87,8 @@ class UdpBackend:
         # flannel's udp backend sets neither BackendType nor BackendData.
         return LeaseAttrs(public_ip=self.ext.ext_addr)
 
-    def setup(self, lease: Lease, network) -> None:
-        self.network = network.network
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
+        self.network = cfg.network
         fw = Forwarder()
         try:
             fw.open(tun=TUN_TEMPLATE, bind_ip=str(self.ext.iface_addr), port=self.port,
@@ -85,19 +99,27 @@ class UdpBackend:
             raise BackendError(f"udp backend: cannot open the fast path on "
                                f"{self.ext.iface_addr}:{self.port}: {e}") from None
         self.fw, self.tun_name = fw, fw.tun_name
-        netlink.link_set_mtu(self.tun_name, self.mtu())
-        netlink.link_set_txqueuelen(self.tun_name, TUN_TXQUEUELEN)
-        netlink.ensure_single_address(self.tun_name, lease.subnet.network_address, 32, network.network)
-        netlink.link_set_up(self.tun_name)
-        netlink.route_replace(network.network, dev=self.tun_name)
+        try:
+            self._configure_tun(lease)
+        except NetlinkError as e:
+            raise BackendError(f"udp backend: cannot configure {self.tun_name}: {e}") from None
         # The fast path's ICMP net-unreachable carries the TUN address as source (flannel's
         # choice); without accept_local the kernel drops it as a martian and senders just time out.
         _sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
-        fw.start()
+        with _fast_path_errors("start the fast path"):
+            fw.start()
         log.info("udp backend: %s up, %s/32, mtu %d, udp %s:%d, fast path %s", self.tun_name,
                  lease.subnet.network_address, self.mtu(), self.ext.iface_addr, self.port,
                  _features_text(fw.features))
         self._log_fallbacks()
+
+    def _configure_tun(self, lease: Lease) -> None:
+        assert self.tun_name is not None and self.network is not None
+        netlink.link_set_mtu(self.tun_name, self.mtu())
+        netlink.link_set_txqueuelen(self.tun_name, TUN_TXQUEUELEN)
+        netlink.ensure_single_address(self.tun_name, lease.subnet.network_address, 32, self.network)
+        netlink.link_set_up(self.tun_name)
+        netlink.route_replace(self.network, dev=self.tun_name)
 
     def _asked(self) -> set:
         """The offload parts this backend asked the fast path for."""
@@ -111,17 +133,18 @@ class UdpBackend:
     def _log_fallbacks(self) -> None:
         """Log each offload part asked for but off now (the kernel refused it at open, or later:
         EIO on a GSO send, EINVAL on a GSO TUN write); once per part."""
-        now = self.fw.features
+        fw = self._forwarder()
+        now = fw.features
         prev = self._features or {}
         for part in sorted(self._asked()):
             if not now.get(part) and prev.get(part, True):
                 log.warning("udp backend: fast-path offload %s refused by the kernel, now off "
                             "(offload_fallbacks=%d)", part.replace("_", "-"),
-                            self.fw.stats().get("offload_fallbacks", 0))
+                            fw.stats().get("offload_fallbacks", 0))
         self._features = dict(now)
 
     def _tier_options(self) -> dict:
-        # Offloads (tier 2, the daemon's default) and multi-queue workers (tier 3), PERF.md; each
+        # Offloads (tier 2, the daemon's default) and multi-queue workers (tier 3), docs/fastpath.md; each
         # offload part can be kept off on its own (-fastpath-disable).
         opts = {}
         if self.workers != 1:
@@ -133,25 +156,35 @@ class UdpBackend:
 
     # -- peers ----------------------------------------------------------------------------------
     def _routes_array(self, leases: Iterable[Lease]) -> np.ndarray:
-        rows = [(int(l.subnet.network_address), l.subnet.prefixlen, int(l.attrs.public_ip), self.port)
-                for l in leases if l.attrs is not None]
+        rows = [(int(lease.subnet.network_address), lease.subnet.prefixlen, int(lease.attrs.public_ip), self.port)
+                for lease in leases if lease.attrs is not None]
         return np.array(rows, dtype=ROUTE_DTYPE)
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         arr = self._routes_array(leases)
-        self.fw.replace_routes(arr)
+        with _fast_path_errors("replace the peer routes"):
+            self._forwarder().replace_routes(arr)
         log.info("udp backend: %d peer routes", len(arr))
 
     def add_peer(self, lease: Lease) -> None:
-        self.fw.add_route(str(lease.subnet), str(lease.attrs.public_ip), self.port)
+        if lease.attrs is None:
+            return
+        with _fast_path_errors(f"add the route {lease.subnet}"):
+            self._forwarder().add_route(str(lease.subnet), str(lease.attrs.public_ip), self.port)
         log.info("udp backend: route %s -> %s:%d", lease.subnet, lease.attrs.public_ip, self.port)
 
     def remove_peer(self, lease: Lease) -> None:
         try:
-            self.fw.remove_route(str(lease.subnet))
+            with _fast_path_errors(f"remove the route {lease.subnet}"):
+                self._forwarder().remove_route(str(lease.subnet))
             log.info("udp backend: route %s removed", lease.subnet)
         except KeyError:
             log.info("udp backend: no route for %s to remove", lease.subnet)
+
+    def _forwarder(self) -> Forwarder:
+        if self.fw is None:
+            raise BackendError("udp backend: the fast path is not open (setup() first)")
+        return self.fw
 
     def check(self) -> None:
         """Re-add the Network route if someone deleted it (the TUN itself lives as long as we do)."""

@@ -1,4 +1,5 @@
-"""vxlan backend: a kernel VXLAN device with flannel's v0.9+ per-peer scheme (FLANNEL.md §5).
+"""vxlan backend: a kernel VXLAN device with flannel's v0.9+ per-peer scheme
+(docs/flannel-compat.md §"vxlan device", §"vxlan per-peer state").
 
 Device `flannel.<VNI>`: id VNI, local = ExtAddr (flannel v0.27.4+), dev = the external interface,
 dstport when Port > 0 (else the kernel's 8472), nolearning unless Learning, gbp when GBP, MTU =
@@ -10,7 +11,7 @@ DirectRouting, a peer on the same link gets a plain `S via P` route instead.
 Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>.mac` so a restart announces the
 same MAC (peers keep their entries); sync_peers() prunes the state of peers that vanished while
 we were down; check() recreates a deleted device *and* replays the peers (flannel's watcher does
-not, §5.1), and re-programs any peer whose neighbour, FDB entry or route went missing.
+not), and re-programs any peer whose neighbour, FDB entry or route went missing.
 """
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
 from .. import netlink
+from ..config import NetworkConfig, ci_get
+from ..errors import BackendError
+from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
-from .base import BackendError
+from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.vxlan")
 
@@ -36,26 +40,13 @@ IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
 ENCAP_OVERHEAD = 50          # bytes: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
-DEFAULT_STATE_DIR = "/var/lib/fastflannel"
 STEP_ATTEMPTS = 3            # flannel retries each step (10x with retry-go); a few is plenty here
 STEP_RETRY_S = 0.05
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def _ci(d: Optional[dict], key: str, default=None):
-    """Go's JSON decoding: exact key, else a case-insensitive match."""
-    if not d:
-        return default
-    if key in d:
-        return d[key]
-    for k, v in d.items():
-        if isinstance(k, str) and k.lower() == key.lower():
-            return v
-    return default
-
-
-def _int_opt(cfg: dict, key: str, default: int, lo: int, hi: int) -> int:
-    v = _ci(cfg, key, None)
+def _int_opt(cfg: NetworkConfig, key: str, default: int, lo: int, hi: int) -> int:
+    v = cfg.backend_option(key)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or not lo <= int(v) <= hi:
@@ -79,12 +70,15 @@ def _usable_mac(mac: Optional[str]) -> bool:
 
 def _valid_peer_mac(mac: Optional[str]) -> bool:
     # Peers' MACs only need to be unicast: older flannels let the kernel pick them.
-    return bool(mac and _MAC_RE.match(mac)) and not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
+    if not mac or not _MAC_RE.match(mac):
+        return False
+    return not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
 
 
 @dataclass
 class _Peer:
     lease: Lease
+    public_ip: IPv4Address       # the lease's PublicIP (FDB dst, or the direct route's gateway)
     mac: Optional[str]           # None for a direct-routed peer
     direct: bool
     ok: bool = False             # False: programming failed, check() retries
@@ -93,17 +87,16 @@ class _Peer:
 class VxlanBackend:
     name = "vxlan"
 
-    def __init__(self, ext, backend_cfg: Optional[dict], state_dir: str = DEFAULT_STATE_DIR):
-        cfg = backend_cfg or {}
+    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         self.ext = ext
         self.vni = _int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1)
         self.port = _int_opt(cfg, "Port", 0, 0, 65535)
         self.mtu_opt = _int_opt(cfg, "MTU", 0, 0, 65535)
-        self.gbp = bool(_ci(cfg, "GBP", False))
-        self.learning = bool(_ci(cfg, "Learning", False))
-        self.direct_routing = bool(_ci(cfg, "DirectRouting", False))
+        self.gbp = bool(cfg.backend_option("GBP", False))
+        self.learning = bool(cfg.backend_option("Learning", False))
+        self.direct_routing = bool(cfg.backend_option("DirectRouting", False))
         self.dev = f"flannel.{self.vni}"
-        self.state_dir = state_dir
+        self.state_dir = opts.state_dir
         self.mac = self._load_mac()
         self.lease: Optional[Lease] = None
         self.network: Optional[IPv4Network] = None
@@ -117,11 +110,10 @@ class VxlanBackend:
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.ext.ext_addr, "vxlan", {"VNI": self.vni, "VtepMAC": self.mac})
 
-    def setup(self, lease: Lease, network) -> None:
-        net = getattr(network, "network", network)      # a NetworkConfig or the Network itself
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         with self._lock:
-            self.lease, self.network = lease, IPv4Network(str(net))
-            self._configure_device()
+            self.lease, self.network = lease, cfg.network
+            self._configure_device(lease, cfg.network)
 
     def add_peer(self, lease: Lease) -> None:
         with self._lock:
@@ -134,28 +126,32 @@ class VxlanBackend:
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
             wanted = {}
-            for l in leases:
-                if self._accept(l):
-                    wanted[l.subnet] = l
+            for lease in leases:
+                if self._peer_attrs(lease) is not None:
+                    wanted[lease.subnet] = lease
             for sn in [s for s in self.peers if s not in wanted]:
                 self._remove(self.peers[sn].lease)
-            for l in wanted.values():
-                self._add(l)
+            for lease in wanted.values():
+                self._add(lease)
             self._prune(wanted)
 
     def check(self) -> None:
         with self._lock:
-            if self.lease is None:
+            if self.lease is None or self.network is None:
                 return
             if not netlink.link_exists(self.dev):
                 log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
-                self._configure_device()
+                self._configure_device(self.lease, self.network)
                 for p in self.peers.values():
                     p.ok = False
             self._repair_peers()
 
+    def stats(self) -> dict:
+        return {}     # the kernel forwards; it keeps no counters of ours
+
     def close(self) -> None:
-        # flannel leaves the device, neighbours, FDB entries and routes in place (§3.4).
+        # flannel leaves the device, neighbours, FDB entries and routes in place
+        # (docs/flannel-compat.md §"Start-up order").
         pass
 
     # -- MAC persistence --------------------------------------------------------------------------
@@ -180,12 +176,14 @@ class VxlanBackend:
 
     def _existing_device_mac(self) -> Optional[str]:
         # A device kept from an earlier run keeps its MAC; announcing that same MAC spares peers
-        # a change (a stale FDB entry in flannel, §5.2).
+        # a change (a stale FDB entry in flannel,
+        # docs/flannel-compat.md §"vxlan per-peer state").
         try:
             info = netlink.link_info(self.dev)
         except netlink.NetlinkError:
             return None
-        if info["kind"] == "vxlan" and info["vxlan"] and info["vxlan"]["id"] == self.vni and _usable_mac(info["address"]):
+        vx = info["vxlan"]
+        if info["kind"] == "vxlan" and vx and vx["id"] == self.vni and _usable_mac(info["address"]):
             return info["address"]
         return None
 
@@ -229,7 +227,7 @@ class VxlanBackend:
         netlink.vxlan_create(self.dev, self.vni, self.ext.ext_addr, self.ext.index, self.port,
                              self.learning, self.gbp, self.mac, self.mtu())
 
-    def _configure_device(self) -> None:
+    def _configure_device(self, lease: Lease, network: IPv4Network) -> None:
         try:
             self._ensure_link()
             info = netlink.link_info(self.dev)
@@ -237,7 +235,7 @@ class VxlanBackend:
                 netlink.link_set_mtu(self.dev, self.mtu())
             if info["address"] != self.mac:
                 netlink.link_set_address(self.dev, self.mac)
-            netlink.ensure_single_address(self.dev, self.lease.subnet.network_address, 32, self.network)
+            netlink.ensure_single_address(self.dev, lease.subnet.network_address, 32, network)
             netlink.link_set_up(self.dev)
             # flannel #1795: something (udev's MACAddressPolicy) may rewrite the MAC; verify it.
             got = netlink.link_info(self.dev)["address"]
@@ -250,58 +248,60 @@ class VxlanBackend:
             raise BackendError(f"vxlan: failed to set up {self.dev}: {e}") from None
 
     # -- peers -----------------------------------------------------------------------------------
-    def _accept(self, lease: Lease) -> bool:
+    def _peer_attrs(self, lease: Lease) -> Optional[LeaseAttrs]:
+        """The attrs of a vxlan peer we program, None for our own lease and for other backends."""
         attrs = lease.attrs
         if attrs is None:
-            return False
+            return None
         if self.lease is not None and lease.subnet == self.lease.subnet:
-            return False
+            return None
         if attrs.backend_type != "vxlan":
             log.info("ignoring non-vxlan v4 subnet(%s): type=%s", lease.subnet, attrs.backend_type)
-            return False
-        return True
+            return None
+        return attrs
 
-    def _direct(self, lease: Lease) -> bool:
+    def _direct(self, public_ip: IPv4Address) -> bool:
         """DirectRouting and `ip route get PublicIP` shows no gateway: the peer is on our link."""
         if not self.direct_routing:
             return False
         try:
-            _oif, gw, _src = netlink.route_get(lease.attrs.public_ip)
+            _oif, gw, _src = netlink.route_get(public_ip)
         except netlink.NetlinkError as e:
-            log.warning("route get %s failed (%s); using the overlay", lease.attrs.public_ip, e)
+            log.warning("route get %s failed (%s); using the overlay", public_ip, e)
             return False
         return gw is None
 
     def _add(self, lease: Lease) -> None:
-        if not self._accept(lease):
+        attrs = self._peer_attrs(lease)
+        if attrs is None:
             if lease.subnet in self.peers and lease.attrs is not None:
                 self._remove(self.peers[lease.subnet].lease)     # the peer switched backends
             return
-        direct = self._direct(lease)
-        mac = None if direct else str(_ci(lease.attrs.backend_data, "VtepMAC", "")).lower()
+        direct = self._direct(attrs.public_ip)
+        mac = None if direct else str(ci_get(attrs.backend_data or {}, "VtepMAC", "")).lower()
         if not direct and not _valid_peer_mac(mac):
-            log.error("ignoring vxlan lease %s: bad VtepMAC in %s", lease.subnet, lease.attrs.backend_data)
+            log.error("ignoring vxlan lease %s: bad VtepMAC in %s", lease.subnet, attrs.backend_data)
             return
         old = self.peers.get(lease.subnet)
-        if old is not None and old.ok and old.lease.attrs == lease.attrs and old.direct == direct:
+        if old is not None and old.ok and old.lease.attrs == attrs and old.direct == direct:
             return                                       # unchanged (a re-list): nothing to do
         if old is not None:
-            self._drop_stale(old, mac, direct, lease)
-        peer = _Peer(lease, mac, direct)
+            self._drop_stale(old, mac, direct, attrs.public_ip)
+        peer = _Peer(lease, attrs.public_ip, mac, direct)
         self.peers[lease.subnet] = peer
         peer.ok = self._program(peer)
 
-    def _drop_stale(self, old: _Peer, mac: Optional[str], direct: bool, lease: Lease) -> None:
+    def _drop_stale(self, old: _Peer, mac: Optional[str], direct: bool, public_ip: IPv4Address) -> None:
         if old.direct != direct:
             self._unprogram(old)
         elif old.mac and old.mac != mac:
             # The peer came back with a new MAC: its old FDB entry would otherwise stay forever.
             self._quiet(netlink.fdb_delete, old.mac, self.dev)
-        elif direct and old.lease.attrs.public_ip != lease.attrs.public_ip:
-            self._quiet(netlink.route_delete, old.lease.subnet, old.lease.attrs.public_ip)
+        elif direct and old.public_ip != public_ip:
+            self._quiet(netlink.route_delete, old.lease.subnet, old.public_ip)
 
     def _program(self, p: _Peer) -> bool:
-        sn, pub = p.lease.subnet, p.lease.attrs.public_ip
+        sn, pub = p.lease.subnet, p.public_ip
         if p.direct:
             return self._step(f"route {sn} via {pub}", netlink.route_replace, sn, pub)
         vtep = sn.network_address
@@ -318,7 +318,7 @@ class VxlanBackend:
         return True
 
     def _unprogram(self, p: _Peer) -> None:
-        sn, pub = p.lease.subnet, p.lease.attrs.public_ip
+        sn, pub = p.lease.subnet, p.public_ip
         if p.direct:
             self._quiet(netlink.route_delete, sn, pub)
             return
@@ -333,8 +333,8 @@ class VxlanBackend:
             if lease.attrs is None or lease.attrs.backend_type != "vxlan":
                 return
             # Never seen (e.g. removed before we started): clean up what its attrs describe.
-            mac = _ci(lease.attrs.backend_data, "VtepMAC")
-            p = _Peer(lease, str(mac).lower() if mac else None, False)
+            mac = ci_get(lease.attrs.backend_data or {}, "VtepMAC")
+            p = _Peer(lease, lease.attrs.public_ip, str(mac).lower() if mac else None, False)
             if self.direct_routing:
                 self._quiet(netlink.route_delete, lease.subnet, lease.attrs.public_ip)
         log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
@@ -381,7 +381,7 @@ class VxlanBackend:
         if self.direct_routing:
             for r in netlink.route_list(self.ext.name):
                 if (r.gateway and r.dst.subnet_of(self.network) and r.dst != self.network
-                        and r.dst not in wanted and r.dst != self.lease.subnet):
+                        and r.dst not in wanted and (self.lease is None or r.dst != self.lease.subnet)):
                     log.info("pruning stale direct route %s via %s", r.dst, r.gateway)
                     self._quiet(netlink.route_delete, r.dst, r.gateway, self.ext.name)
 
@@ -391,7 +391,7 @@ class VxlanBackend:
         neigh = {(n.ip, n.mac) for n in netlink.neigh_list(self.dev)}
         fdb = {(e.mac, e.dst) for e in netlink.fdb_list(self.dev)}
         for p in self.peers.values():
-            sn, pub = p.lease.subnet, p.lease.attrs.public_ip
+            sn, pub = p.lease.subnet, p.public_ip
             if p.direct:
                 intact = (sn, pub) in routes
             else:

@@ -10,10 +10,13 @@ import json
 import logging
 import sys
 
-from fastflannel.agent.backends.hostgw import HostGwBackend
-from fastflannel.agent.backends.vxlan import VxlanBackend
+from fastflannel.agent.backends import new_backend
+from fastflannel.agent.backends.base import BackendOptions
+from fastflannel.agent.config import parse_config
 from fastflannel.agent.iface import choose_external_interface
 from fastflannel.agent.lease import Lease, LeaseAttrs
+
+NETWORK = "10.0.0.0/8"
 
 
 def lease(d):
@@ -21,18 +24,21 @@ def lease(d):
                  LeaseAttrs(ipaddress.ip_address(d["ip"]), d.get("type"), d.get("data")))
 
 
-def execute(be, cmd: dict):
-    """Run one command; returns (backend, answer)."""
+def config(kind: str, backend: dict, network: str = NETWORK):
+    return parse_config(json.dumps({"Network": network, "Backend": dict(backend, Type=kind)}))
+
+
+def execute(be, cfg, cmd: dict):
+    """Run one command; returns (backend, its network config, answer)."""
     op, res = cmd["op"], {}
     if op == "new":
         ext = choose_external_interface(["eth0"], [], cmd.get("public_ip"), None)
-        if cmd["kind"] == "vxlan":
-            be = VxlanBackend(ext, cmd["cfg"], state_dir=cmd["state_dir"])
-        else:
-            be = HostGwBackend(ext, cmd["cfg"])
+        cfg = config(cmd["kind"], cmd["cfg"])
+        be = new_backend(ext, cfg, BackendOptions(state_dir=cmd["state_dir"]))
         res = {"attrs": be.lease_attrs().to_json().decode(), "mtu": be.mtu()}
     elif op == "setup":
-        be.setup(lease(cmd["lease"]), ipaddress.ip_network(cmd["network"]))
+        cfg = config(cfg.backend_type, cfg.backend, cmd["network"])
+        be.setup(lease(cmd["lease"]), cfg)
     elif op in ("add_peer", "remove_peer"):
         getattr(be, op)(lease(cmd["lease"]))
     elif op == "sync_peers":
@@ -42,15 +48,15 @@ def execute(be, cmd: dict):
     else:
         raise ValueError(op)
     res["ok"] = True
-    return be, res
+    return be, cfg, res
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
-    be = None
+    be = cfg = None
     for line in sys.stdin:
         try:
-            be, res = execute(be, json.loads(line))
+            be, cfg, res = execute(be, cfg, json.loads(line))
         except Exception as e:  # every failure goes back to the test as an answer
             res = {"error": type(e).__name__ + ": " + str(e)}
         sys.stdout.write(json.dumps(res) + "\n")
