@@ -28,6 +28,8 @@ log = logging.getLogger("fastflannel.registry")
 # (--grpc-keepalive-min-time) with GOAWAY "too_many_pings", so the period keeps a 1 s margin.
 KEEPALIVE_TIME_MS = 6000
 KEEPALIVE_TIMEOUT_MS = 2000
+# grpc core also makes the keepalive timeout the socket's TCP_USER_TIMEOUT, so a connect to a
+# member that drops packets ends after 2 s too, and the next endpoint is tried.
 RECONNECT_BACKOFF_MIN_MS = 100   # grpc's own default grows to 120 s; a restarted etcd is found
 RECONNECT_BACKOFF_MAX_MS = 5000  # again within seconds
 LEADER_MD = (("hasleader", "true"),)   # flannel's WithRequireLeader: a member without quorum refuses
