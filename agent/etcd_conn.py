@@ -12,7 +12,6 @@ import logging
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Optional
 
 import etcd3
 import etcd3.exceptions
@@ -44,11 +43,11 @@ class EtcdOptions:
     endpoints: list[str] = field(
         default_factory=lambda: ["http://127.0.0.1:4001", "http://127.0.0.1:2379"])
     prefix: str = "/coreos.com/network"
-    keyfile: Optional[str] = None
-    certfile: Optional[str] = None
-    cafile: Optional[str] = None
-    username: Optional[str] = None
-    password: Optional[str] = None
+    keyfile: str | None = None
+    certfile: str | None = None
+    cafile: str | None = None
+    username: str | None = None
+    password: str | None = None
     timeout_s: float = 5.0       # every request's deadline, and the least a connection attempt gets
 
 
@@ -83,7 +82,7 @@ def parse_endpoint(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port
 
 
-def _grpc_error(e: BaseException) -> Optional[grpc.RpcError]:
+def _grpc_error(e: BaseException) -> grpc.RpcError | None:
     """The grpc error behind `e`: etcd3 raises its own exceptions from inside `except RpcError`."""
     for x in (e, e.__context__):
         if isinstance(x, grpc.RpcError) and hasattr(x, "code"):
@@ -118,14 +117,14 @@ class EtcdConnection:
         self.opts = opts
         self._probe_key = probe_key.encode()
         # (client, url), swapped as one so a caller never pairs a client with another's URL.
-        self.current: tuple[Optional[Client], Optional[str]] = (None, None)
+        self.current: tuple[Client | None, str | None] = (None, None)
         self._clients: dict[str, Client] = {}
-        self._creds: Optional[grpc.ChannelCredentials] = None
+        self._creds: grpc.ChannelCredentials | None = None
         self._warned_http = False
         self._clients_lock = threading.Lock()    # guards _clients
         self._switch_lock = threading.Lock()     # one failover at a time
 
-    def _credentials(self) -> Optional[grpc.ChannelCredentials]:
+    def _credentials(self) -> grpc.ChannelCredentials | None:
         o = self.opts
         if not (o.keyfile and o.certfile):
             # flannel: without a client key pair it connects with plain http, cafile or not.

@@ -28,9 +28,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import TypeVar
 
 import etcd3.utils
 import grpc
@@ -38,10 +39,27 @@ from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
 from .errors import Compacted, EtcdUnreachable, RegistryError, SubnetExists
-from .etcd_conn import (LEADER_MD, Client, EtcdConnection, EtcdOptions, is_auth_error,
-                        is_unreachable, parse_endpoint, rpc_reason)
-from .lease import (IPv4Network, Lease, LeaseAttrs, LeaseEvent, LeaseFormatError, decode_attrs,
-                    encode_attrs, parse_subnet_key, subnet_key)
+from .etcd_conn import (
+    LEADER_MD,
+    Client,
+    EtcdConnection,
+    EtcdOptions,
+    is_auth_error,
+    is_unreachable,
+    parse_endpoint,
+    rpc_reason,
+)
+from .lease import (
+    IPv4Network,
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    LeaseFormatError,
+    decode_attrs,
+    encode_attrs,
+    parse_subnet_key,
+    subnet_key,
+)
 
 log = logging.getLogger("fastflannel.registry")
 
@@ -55,7 +73,7 @@ T = TypeVar("T")
 
 @dataclass
 class WatchBatch:
-    snapshot: Optional[list[Lease]]   # the full current set after a (re-)list, else None
+    snapshot: list[Lease] | None   # the full current set after a (re-)list, else None
     events: list[LeaseEvent]          # incremental events (REMOVED events carry attrs=None)
     revision: int
 
@@ -76,15 +94,15 @@ class EtcdRegistry:
         self._ep = EtcdConnection(opts, self._config_key)
 
     @property
-    def _conn(self) -> tuple[Optional[Client], Optional[str]]:
+    def _conn(self) -> tuple[Client | None, str | None]:
         return self._ep.current
 
     @property
-    def _client(self) -> Optional[Client]:
+    def _client(self) -> Client | None:
         return self._ep.current[0]
 
     @property
-    def _url(self) -> Optional[str]:
+    def _url(self) -> str | None:
         return self._ep.current[1]
 
     def connect(self) -> None:
@@ -122,7 +140,7 @@ class EtcdRegistry:
 
     # ---- config ----------------------------------------------------------------------------
 
-    def get_network_config(self) -> Optional[str]:
+    def get_network_config(self) -> str | None:
         value, _ = self._call("get config", lambda c: c.get(self._config_key), idempotent=True)
         return None if value is None else value.decode("utf-8", errors="replace")
 
@@ -130,7 +148,7 @@ class EtcdRegistry:
         """True when the config exists only as an etcd v2 key (a pre-v0.18 setup), best effort."""
         return self.config_from_v2_store() is not None
 
-    def config_from_v2_store(self) -> Optional[str]:
+    def config_from_v2_store(self) -> str | None:
         """The config's value in the etcd v2 store, or None (404, v2 disabled, refused), best effort."""
         for url in self.opts.endpoints:
             try:
@@ -153,7 +171,7 @@ class EtcdRegistry:
     def _key(self, subnet: IPv4Network) -> str:
         return self._subnets_prefix + subnet_key(subnet)
 
-    def _expiration(self, client, lease_id: int, cache: dict[int, Optional[float]]) -> Optional[float]:
+    def _expiration(self, client, lease_id: int, cache: dict[int, float | None]) -> float | None:
         """now + the etcd lease's remaining TTL; None for a key without lease (a reservation)."""
         if not lease_id:
             return None
@@ -163,7 +181,7 @@ class EtcdRegistry:
             cache[lease_id] = time.time() + max(ttl, 0)
         return cache[lease_id]
 
-    def _lease_from_kv(self, client, kv, cache) -> Optional[Lease]:
+    def _lease_from_kv(self, client, kv, cache) -> Lease | None:
         key = kv.key.decode("utf-8", errors="replace")
         try:
             subnet = parse_subnet_key(key)
@@ -177,12 +195,12 @@ class EtcdRegistry:
         """Every lease under `<prefix>/subnets/` (etcd key order) and the revision of the read."""
         def run(c):
             resp = c.get_prefix_response(self._subnets_prefix)
-            cache: dict[int, Optional[float]] = {}
+            cache: dict[int, float | None] = {}
             leases = [self._lease_from_kv(c, kv, cache) for kv in resp.kvs]
             return [x for x in leases if x is not None], resp.header.revision
         return self._call("list leases", run, idempotent=True)
 
-    def get_lease(self, subnet: IPv4Network) -> Optional[Lease]:
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
         def run(c):
             resp = c.get_response(self._key(subnet))
             return self._lease_from_kv(c, resp.kvs[0], {}) if resp.kvs else None
@@ -247,7 +265,7 @@ class EtcdRegistry:
         backoff = BACKOFF_MIN_S
         relist = False
         compactions = 0          # in a row, without a watch response in between
-        failing_since: Optional[float] = None    # one warning per outage, one line when it ends
+        failing_since: float | None = None    # one warning per outage, one line when it ends
         while not stop.is_set():
             try:
                 if relist:
@@ -336,7 +354,7 @@ class EtcdRegistry:
                         self._ep.reauthenticate(client)
                     raise RegistryError(f"etcd canceled the watch: {resp.cancel_reason or 'no reason'}")
                 if resp.events:
-                    cache: dict[int, Optional[float]] = {}
+                    cache: dict[int, float | None] = {}
                     events = [ev for ev in (self._event(client, e, cache) for e in resp.events) if ev]
                     cursor = max(cursor, resp.events[-1].kv.mod_revision)
                     yield WatchBatch(snapshot=None, events=events, revision=cursor)
@@ -363,7 +381,7 @@ class EtcdRegistry:
             done.set()
             call.cancel()
 
-    def _event(self, client, ev, cache) -> Optional[LeaseEvent]:
+    def _event(self, client, ev, cache) -> LeaseEvent | None:
         kv = ev.kv
         if ev.type == kv_pb2.Event.DELETE:
             key = kv.key.decode("utf-8", errors="replace")

@@ -18,8 +18,8 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
 
 from .proc import LabError, find_binary, kill_process, stop_process, wait_for
 
@@ -46,11 +46,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ns_prefix(netns: Optional[str]) -> List[str]:
+def ns_prefix(netns: str | None) -> list[str]:
     return ["ip", "netns", "exec", netns] if netns else []
 
 
-def etcdctl(url: str, *args: str, netns: Optional[str] = None, flags: Sequence[str] = (),
+def etcdctl(url: str, *args: str, netns: str | None = None, flags: Sequence[str] = (),
             api: str = "3", timeout: float = CTL_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run etcdctl against `url` as an administrator would (v3 API unless api="2"). Never raises
     for a failed command: callers look at returncode/stdout/stderr."""
@@ -66,19 +66,19 @@ class EtcdMember:
     data_dir: str
     client_url: str                  # listened on and advertised; etcdctl and the health probe use it
     peer_url: str
-    netns: Optional[str] = None      # run inside this network namespace (`ip netns exec`)
+    netns: str | None = None      # run inside this network namespace (`ip netns exec`)
     extra_args: Sequence[str] = ()   # e.g. ("--enable-v2",) or TLS server flags
     ctl_flags: Sequence[str] = ()    # etcdctl flags this member needs (client certificates)
     log_path: str = ""               # default: <data_dir>.log
 
     @classmethod
-    def local(cls, workdir: str, name: str = "t", scheme: str = "http", **kw) -> "EtcdMember":
+    def local(cls, workdir: str, name: str = "t", scheme: str = "http", **kw) -> EtcdMember:
         """A member on 127.0.0.1 (this namespace) with two free ports; data in `workdir/<name>`."""
         return cls(name=name, data_dir=os.path.join(workdir, name),
                    client_url=f"{scheme}://127.0.0.1:{free_port()}",
                    peer_url=f"http://127.0.0.1:{free_port()}", **kw)
 
-    def argv(self, initial_cluster: Mapping[str, str], state: str = "new") -> List[str]:
+    def argv(self, initial_cluster: Mapping[str, str], state: str = "new") -> list[str]:
         cluster = ",".join(f"{n}={u}" for n, u in initial_cluster.items())
         return [*ns_prefix(self.netns), etcd_binary(), "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
@@ -91,8 +91,8 @@ class EtcdServer:
     """One running member. `initial_cluster` defaults to this member alone."""
 
     member: EtcdMember
-    initial_cluster: Dict[str, str] = field(default_factory=dict)
-    proc: Optional[subprocess.Popen] = None
+    initial_cluster: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
     state: str = "new"               # the initial-cluster-state of the last start
 
     def __post_init__(self) -> None:
@@ -179,12 +179,12 @@ class EtcdCluster:
 
     def __init__(self, members: Sequence[EtcdMember]):
         initial = {m.name: m.peer_url for m in members}
-        self.servers: Dict[str, EtcdServer] = {m.name: EtcdServer(m, dict(initial)) for m in members}
-        self._rules: Dict[str, List[List[str]]] = {}     # iptables rules put on each member
+        self.servers: dict[str, EtcdServer] = {m.name: EtcdServer(m, dict(initial)) for m in members}
+        self._rules: dict[str, list[list[str]]] = {}     # iptables rules put on each member
         self._down: set = set()                          # killed, blackholed or partitioned
 
     @classmethod
-    def in_lab(cls, lab, size: int = 3, extra_args: Sequence[str] = ()) -> "EtcdCluster":
+    def in_lab(cls, lab, size: int = 3, extra_args: Sequence[str] = ()) -> EtcdCluster:
         """`size` members, one per lab host `etcd<i>` on the underlay, started; the lab's etcd."""
         members = []
         for i in range(1, size + 1):
@@ -198,7 +198,7 @@ class EtcdCluster:
         return cluster
 
     @property
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return list(self.servers)
 
     @property
@@ -248,7 +248,7 @@ class EtcdCluster:
             self._iptables(name, "-D", rule)
         self._down.discard(name)
 
-    def _filter(self, name: str, rules: List[List[str]]) -> None:
+    def _filter(self, name: str, rules: list[list[str]]) -> None:
         if self.servers[name].member.netns is None:
             raise LabError(f"etcd member {name} has no namespace of its own to filter packets in")
         for rule in rules:
@@ -256,14 +256,14 @@ class EtcdCluster:
             self._rules.setdefault(name, []).append([*rule, "-j", "DROP"])
         self._down.add(name)
 
-    def _iptables(self, name: str, op: str, rule: List[str]) -> None:
+    def _iptables(self, name: str, op: str, rule: list[str]) -> None:
         cmd = [*ns_prefix(self.servers[name].member.netns), "iptables", "-w", op, rule[0], *rule[1:]]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=CTL_TIMEOUT_S)
         if p.returncode != 0:
             raise LabError(f"{' '.join(cmd)} -> rc={p.returncode}: {p.stderr.strip()}")
 
     # -- state ----------------------------------------------------------------------------------
-    def statuses(self) -> Dict[str, dict]:
+    def statuses(self) -> dict[str, dict]:
         """`etcdctl endpoint status` of each member that answers: name -> Status JSON."""
         out = {}
         for name, s in self.servers.items():
@@ -274,7 +274,7 @@ class EtcdCluster:
                 out[name] = json.loads(p.stdout)[0]["Status"]
         return out
 
-    def leader(self) -> Optional[str]:
+    def leader(self) -> str | None:
         """The member every answering member names as leader, None while they disagree."""
         st = self.statuses()
         ids = {v["header"]["member_id"]: n for n, v in st.items()}

@@ -15,10 +15,9 @@ import re
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import pytest
-
 from fastflannel.lab import Lab, have_netns_privileges, wait_for
 from fastflannel.lab.cluster import PREFIX, Cluster, seed_config
 from fastflannel.lab.etcd import EtcdCluster
@@ -130,7 +129,7 @@ class Members:
         self.daemons = list(self.cluster.hosts)
         self._next_host = 4
 
-    def member_of(self, host: str) -> Optional[str]:
+    def member_of(self, host: str) -> str | None:
         """The member `host`'s daemon uses now, from its log."""
         urls = re.findall(r"(?:connected to etcd at|switched to) (\S+)", self.cluster.log(host))
         by_url = {self.etcd.url(n): n for n in self.etcd.names}
@@ -154,7 +153,7 @@ class Members:
     def ns(self, host: str) -> str:
         return self.cluster.hosts[host].ns
 
-    def check(self, fault: str, target: str, inject: Callable[[], None], subnet: str) -> Dict[str, float]:
+    def check(self, fault: str, target: str, inject: Callable[[], None], subnet: str) -> dict[str, float]:
         """Inject a fault on `target`, then: a lease added afterwards reaches every daemon, its
         deletion too, and a new daemon (with `target` first in its endpoints) joins."""
         fake = ipaddress.IPv4Network(subnet)
@@ -203,13 +202,13 @@ class Members:
         return join_s
 
 
-def _switch_time(log: str, since_wall: float) -> Optional[float]:
-    """Seconds from `since_wall` to the first "switched to" line after it in a daemon log (its
-    lines start "MMDD HH:MM:SS.mmm", local time)."""
+def _switch_time(log: str, since_wall: float) -> float | None:
+    """Seconds from `since_wall` to the first "switched to" line after it in a daemon log (klog
+    lines: "W1201 09:48:07.662123 <pid> <file>:<line>] ...", local time)."""
     year = time.localtime(since_wall).tm_year
-    for m in re.finditer(r"^(\d{4} \d\d:\d\d:\d\d)\.(\d{3}) W \S+ etcd at \S+ is not answering.*; "
+    for m in re.finditer(r"^[IWEF](\d{4} \d\d:\d\d:\d\d)(\.\d+) .*\] etcd at \S+ is not answering.*; "
                          r"switched to", log, re.M):
-        t = time.mktime(time.strptime(f"{year}{m.group(1)}", "%Y%m%d %H:%M:%S")) + int(m.group(2)) / 1000
+        t = time.mktime(time.strptime(f"{year}{m.group(1)}", "%Y%m%d %H:%M:%S")) + float(m.group(2))
         if t >= since_wall - 0.01:
             return t - since_wall
     return None

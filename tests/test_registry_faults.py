@@ -14,7 +14,6 @@ import time
 import urllib.parse
 
 import pytest
-
 from fastflannel.agent.errors import EtcdUnreachable
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent, encode_attrs
 from fastflannel.agent.registry import EtcdOptions, EtcdRegistry, WatchBatch

@@ -21,7 +21,6 @@ import asyncio
 import signal
 import sys
 import threading
-from typing import Optional
 
 CHUNK_BYTES = 1 << 16
 
@@ -35,7 +34,7 @@ class _Link:
         self.silent = silent
 
     async def run(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        u_writer: Optional[asyncio.StreamWriter] = None
+        u_writer: asyncio.StreamWriter | None = None
         try:
             await asyncio.sleep(1.5 * self.rtt_s)       # the handshake accept() did not pay for
             while self.silent.is_set():                 # a silent member never answers
@@ -120,10 +119,10 @@ class DelayProxy:
         self._args = (listen, upstream, rtt_s)
         self.silent = threading.Event()
         self._loop = asyncio.new_event_loop()
-        self._stop: Optional[asyncio.Event] = None
+        self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="delayproxy", daemon=True)
         self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self.address: tuple[str, int] = ("", 0)
 
     def _run(self) -> None:
@@ -142,7 +141,7 @@ class DelayProxy:
         finally:
             self._loop.close()
 
-    def start(self) -> "DelayProxy":
+    def start(self) -> DelayProxy:
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None or not self.address[1]:
@@ -154,7 +153,7 @@ class DelayProxy:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(5)
 
-    def __enter__(self) -> "DelayProxy":
+    def __enter__(self) -> DelayProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
