@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from fastflannel.lab import LabError
-from fastflannel.lab.etcd import EtcdMember, EtcdServer
+from fastflannel.lab.etcd import EtcdMember, EtcdServer, free_port
 
 pytestmark = pytest.mark.etcd
 
@@ -47,8 +47,10 @@ def test_kill_and_restart_keep_the_data_dir(member):
 
 def test_a_member_that_cannot_start_is_a_lab_error(member, tmp_path):
     member.start()
-    twin = EtcdServer(EtcdMember(name="m2", data_dir=str(tmp_path / "m2"), client_url=member.url,
-                                 peer_url=member.member.peer_url))   # both ports already taken
+    # Its peer port is taken, so it exits; its client URL is its own, so no other member can
+    # answer the health probe for it.
+    twin = EtcdServer(EtcdMember(name="m2", data_dir=str(tmp_path / "m2"),
+                                 client_url=f"http://127.0.0.1:{free_port()}", peer_url=member.member.peer_url))
     with pytest.raises(LabError, match="did not become healthy"):
         twin.start(timeout=5)
     assert not twin.running
