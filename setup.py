@@ -21,7 +21,8 @@ ext = Extension(
     include_dirs=["fastpath/csrc", numpy.get_include()],
     extra_compile_args=C_FLAGS + ["-Wno-unused-function", "-Wno-unused-parameter",
                                   "-Wno-missing-field-initializers"],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    # FF_TEST_HOOKS: the fault injection the fallback tests use (ff_opts.refuse)
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("FF_TEST_HOOKS", "1")],
     extra_link_args=["-pthread"],
 )
 
