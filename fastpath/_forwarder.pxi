@@ -85,8 +85,9 @@ cdef class Forwarder:
         mtu is the TUN's MTU as the caller sets it on the device (the agent, over netlink); it
         is only range-checked here, the buffers take any IPv4 packet.
 
-        _refuse (a test build only, C macro FF_TEST_HOOKS): names of parts whose kernel call is
-        made to fail once, to exercise the fallbacks; elsewhere it raises OSError (ENOTSUP).
+        _refuse (a development build only, FASTFLANNEL_DEV=1): names of parts whose kernel
+        call is made to fail once, to exercise the fallbacks; elsewhere it raises OSError
+        (ENOTSUP).
         """
         if self._state != NEW:
             raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
@@ -125,7 +126,7 @@ cdef class Forwarder:
                 rc = ff_fwd_open(&fw, &o)
             if rc == -ENOTSUP and refuse:
                 raise OSError(ENOTSUP, "open forwarder: _refuse (fault injection) needs a "
-                              "test build of the fast path (FF_TEST_HOOKS)")
+                              "development build of the fast path (FASTFLANNEL_DEV=1)")
             _check(rc, "open forwarder")
             self._fw = fw
             self._state = OPEN

@@ -1,4 +1,6 @@
-"""The C route table and packet transforms against the pure-Python twin (fastpath/reference.py)."""
+"""The C route table and packet transforms against the pure-Python twin (fastpath/reference.py),
+through the hooks of a development build (fastflannel.fastpath._testing), and the Forwarder's
+own table and options."""
 from __future__ import annotations
 
 import random
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from fastflannel import fastpath as fp
+from fastflannel.fastpath import _testing as hooks
 from fastflannel.fastpath import reference as ref
 
 LENS = (0, 8, 16, 20, 24, 32)
@@ -23,7 +26,7 @@ def _rand_net(rng: random.Random, prefix: int) -> int:
 def test_table_differential_random_ops(seed):
     """>= 100k random insert/remove/lookup/has_peer operations; every answer must agree."""
     rng = random.Random(seed)
-    c, r = fp.RouteTable(), ref.RouteTable()
+    c, r = hooks.RouteTable(), ref.RouteTable()
     peers = [0xC0000200 + i for i in range(1, 40)]
     live: list[tuple[int, int]] = []
     for op in range(120_000):
@@ -63,7 +66,7 @@ def test_table_differential_random_ops(seed):
 
 
 def test_table_probe_length_bounded_for_sequential_subnets():
-    t = fp.RouteTable()
+    t = hooks.RouteTable()
     for i in range(10_000):
         t.insert(0x0A000000 + (i << 12), 20, 0xC0000200 + i % 250, 8285)
     assert len(t) == 10_000
@@ -73,9 +76,9 @@ def test_table_probe_length_bounded_for_sequential_subnets():
 
 def test_table_rejects_bad_prefix():
     with pytest.raises(ValueError):
-        fp.RouteTable().insert(0, 33, 1, 1)
+        hooks.RouteTable().insert(0, 33, 1, 1)
     with pytest.raises(KeyError):
-        fp.RouteTable().remove(0x0A000000, 8)
+        hooks.RouteTable().remove(0x0A000000, 8)
 
 
 # ---- packet transforms ------------------------------------------------------------------------
@@ -98,10 +101,10 @@ def test_transform_differential_on_valid_packets():
         proto = rng.choice([1, 6, 17, 47])
         frag = rng.choice([0, 0, 0x4000, 0x2000, 0x2001, 0x00B9])
         pkt = _packet(rng, rng.randrange(20, 200), proto, rng.randrange(0, 256), frag)
-        assert fp.ipv4_validate(pkt) == ref.validate(pkt) == ref.PKT_OK
-        assert fp.ipv4_dec_ttl(pkt) == ref.dec_ttl(pkt)
+        assert hooks.ipv4_validate(pkt) == ref.validate(pkt) == ref.PKT_OK
+        assert hooks.ipv4_dec_ttl(pkt) == ref.dec_ttl(pkt)
         tun_ip = rng.getrandbits(32)
-        got = fp.icmp_net_unreach(pkt, tun_ip)
+        got = hooks.icmp_net_unreach(pkt, tun_ip)
         assert got == ref.icmp_net_unreach(pkt, tun_ip)
         if got is not None:
             assert ref.checksum(got[:20]) == 0 and ref.checksum(got[20:]) == 0
@@ -117,7 +120,7 @@ def test_validate_differential_on_random_bytes():
             b[0] = 0x40 | (b[0] & 0x0F)
         if len(b) >= 4 and rng.random() < 0.5:
             b[2:4] = struct.pack("!H", rng.randrange(0, 80))
-        v = fp.ipv4_validate(bytes(b))
+        v = hooks.ipv4_validate(bytes(b))
         assert v == ref.validate(bytes(b)), bytes(b).hex()
         seen.add(v)
     assert seen == {ref.PKT_OK, ref.PKT_SHORT, ref.PKT_BAD_HEADER, ref.PKT_BAD_LENGTH}
@@ -125,13 +128,13 @@ def test_validate_differential_on_random_bytes():
 
 def test_crafted_invalid_packets():
     good = _packet(random.Random(3), 40, 6, 64)
-    assert fp.ipv4_validate(good[:19]) == fp.PKT_SHORT
-    assert fp.ipv4_validate(b"\x60" + good[1:]) == fp.PKT_BAD_HEADER          # IPv6 version
-    assert fp.ipv4_validate(good[:39]) in (fp.PKT_BAD_LENGTH, fp.PKT_BAD_HEADER)
+    assert hooks.ipv4_validate(good[:19]) == hooks.PKT_SHORT
+    assert hooks.ipv4_validate(b"\x60" + good[1:]) == hooks.PKT_BAD_HEADER          # IPv6 version
+    assert hooks.ipv4_validate(good[:39]) in (hooks.PKT_BAD_LENGTH, hooks.PKT_BAD_HEADER)
     with pytest.raises(ValueError):
-        fp.ipv4_dec_ttl(good[:10])
+        hooks.ipv4_dec_ttl(good[:10])
     with pytest.raises(ValueError):
-        fp.icmp_net_unreach(good[:10], 1)
+        hooks.icmp_net_unreach(good[:10], 1)
 
 
 # ---- the Forwarder's own table (needs a TUN, so root) ------------------------------------------

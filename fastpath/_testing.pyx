@@ -1,5 +1,14 @@
-# Test and benchmark hooks: the C table and packet helpers, callable from Python for the
-# differential tests against reference.py, and nogil loops that time the C code alone.
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Test and benchmark hooks of the fast path (a development build only, FASTFLANNEL_DEV=1).
+
+The C route table and packet checks, callable from Python for the differential tests against
+the Python twin (tests/support/reference.py), and nogil loops that time the C code alone. Not
+part of the installed package: setup.py builds this module only in a development build.
+"""
+include "_errors.pxi"
+include "_convert.pxi"
+
+from libc.errno cimport ENOENT
 from libc.string cimport memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
