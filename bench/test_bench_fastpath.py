@@ -9,13 +9,17 @@ operations; the ns figures printed come from a monotonic clock around the C loop
 """
 from __future__ import annotations
 
+import os
 import struct
+import sys
 
 import numpy as np
 import pytest
 
 from fastflannel.fastpath import _testing as hooks
-from fastflannel.fastpath import reference as ref
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from support import reference as ref  # noqa: E402
 
 N_ROUTES = 10_000
 N_OPS = 2_000_000          # lookups per timed call

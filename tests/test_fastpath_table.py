@@ -1,4 +1,4 @@
-"""The C route table and packet transforms against the pure-Python twin (fastpath/reference.py),
+"""The C route table and packet transforms against the pure-Python twin (support/reference.py),
 through the hooks of a development build (fastflannel.fastpath._testing), and the Forwarder's
 own table and options."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from fastflannel import fastpath as fp
 from fastflannel.fastpath import _testing as hooks
-from fastflannel.fastpath import reference as ref
+from support import reference as ref
 
 LENS = (0, 8, 16, 20, 24, 32)
 
@@ -135,6 +135,14 @@ def test_crafted_invalid_packets():
         hooks.ipv4_dec_ttl(good[:10])
     with pytest.raises(ValueError):
         hooks.icmp_net_unreach(good[:10], 1)
+
+
+def test_drop_reasons_are_the_drop_counters():
+    """DROP_REASONS: the counters of dropped packets, in STAT_NAMES order, and only those."""
+    assert fp.DROP_REASONS == tuple(n for n in fp.STAT_NAMES if n in fp.DROP_REASONS)
+    assert {"no_route", "ttl", "short", "bad_header", "bad_length", "unknown_sender", "spoofed",
+            "send_error", "tun_error", "tun_invalid"} == set(fp.DROP_REASONS)
+    assert not {n for n in fp.DROP_REASONS if n.endswith(("_packets", "_bytes"))}
 
 
 # ---- the Forwarder's own table (needs a TUN, so root) ------------------------------------------

@@ -1,0 +1,1 @@
+"""Test-only helpers (imported as `support`)."""
