@@ -225,9 +225,8 @@ def test_every_wire_datagram_is_one_packet_with_valid_checksums(lab, workers):
         assert {inner[12:16], inner[16:20]} == {_ip(LEASE["h1"]), _ip(LEASE["h2"])} and inner[8] == 63
     assert protos == {6: len(frames)}, protos
     assert big > 3500, big                                   # the bulk was full-size segments
-    for n in ("h1", "h2"):
-        assert s[n]["tun_gso_frames"] > 0 and s[n]["tun_gro_merged"] >= 0
-    assert s["h2"]["tun_gro_merged"] > 0 and s["h1"]["tun_gro_merged"] > 0
+    for n in ("h1", "h2"):                                   # TSO split on each sender, GRO on each receiver
+        assert s[n]["tun_gso_frames"] > 0 and s[n]["tun_gro_merged"] > 0, s[n]
     _assert_no_drops(s["h1"], s["h2"])
 
 
