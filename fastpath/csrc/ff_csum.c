@@ -164,15 +164,6 @@ uint64_t ff_ck_pseudo4(const uint8_t *iph, uint8_t proto, uint16_t l4len)
     return ff_ck_add16(acc, l4len);
 }
 
-/* HC' = ~(~HC + ~m + m') — RFC 1624 eqn. 3; avoids the -0 problem of eqn. 2. */
-uint16_t ff_ck_update16(uint16_t csum, uint16_t old, uint16_t new_)
-{
-    uint32_t s = (uint32_t)(uint16_t)~csum + (uint16_t)~old + new_;
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    return (uint16_t)~s;
-}
-
 void ff_ip4_set_csum(uint8_t *iph)
 {
     ff_st16(iph + FF_IP4_CSUM, 0);

@@ -23,9 +23,16 @@ uint16_t ff_ck(const void *p, size_t len);
 /* IPv4 pseudo-header sum (source and destination from the IPv4 header at iph, protocol, L4
  * length in bytes). */
 uint64_t ff_ck_pseudo4(const uint8_t *iph, uint8_t proto, uint16_t l4len);
-/* RFC 1624 eqn. 3: the checksum field value csum (host order) after a 16-bit word it covers
- * changed from old to new_. */
-uint16_t ff_ck_update16(uint16_t csum, uint16_t old, uint16_t new_);
+/* RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m') (which avoids the -0 of eqn. 2): the checksum field
+ * value csum (host order) after a 16-bit word it covers changed from old to new_. Inline: it
+ * is on every forwarded packet's path (TTL-1). */
+static inline uint16_t ff_ck_update16(uint16_t csum, uint16_t old, uint16_t new_)
+{
+    uint32_t s = (uint32_t)(uint16_t)~csum + (uint16_t)~old + new_;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (uint16_t)~s;
+}
 /* Recompute the IPv4 header checksum in place (IHL from the header; the caller validated it). */
 void ff_ip4_set_csum(uint8_t *iph);
 
