@@ -141,8 +141,8 @@ int ff_udp_gso_plan(const uint64_t peer[], const uint32_t len[], int n, int max_
         uint64_t bytes = gso;
         int j = i + 1;
         /* gso_size is a u16 and cannot be 0; a datagram alone needs no cmsg. */
-        while (gso && gso <= UINT16_MAX && j < n && j - i < max_segs && peer[j] == peer[i] && len[j] <= gso &&
-               bytes + len[j] <= max_bytes) {
+        while (gso && gso <= UINT16_MAX && j < n && j - i < max_segs && peer[j] == peer[i] &&
+               len[j] <= gso && bytes + len[j] <= max_bytes) {
             bytes += len[j];
             if (len[j++] < gso)
                 break;   /* a shorter datagram ends the run */

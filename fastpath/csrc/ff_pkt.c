@@ -29,7 +29,8 @@ enum ff_ttl ff_ip4_dec_ttl(uint8_t *p)
     if (p[FF_IP4_TTL] <= 1)
         return FF_TTL_EXPIRED;
     p[FF_IP4_TTL]--;
-    ff_st16(p + FF_IP4_CSUM, ff_ck_update16(ff_ld16(p + FF_IP4_CSUM), old, ff_ld16(p + FF_IP4_TTL)));
+    ff_st16(p + FF_IP4_CSUM,
+            ff_ck_update16(ff_ld16(p + FF_IP4_CSUM), old, ff_ld16(p + FF_IP4_TTL)));
     return FF_TTL_OK;
 }
 
@@ -38,7 +39,8 @@ bool ff_icmp_due(const uint8_t *pkt)
     return pkt[FF_IP4_PROTO] != FF_IPPROTO_ICMP && (ff_ip4_frag(pkt) & FF_IP4_FRAG_OFF) == 0;
 }
 
-int ff_icmp_net_unreach(const uint8_t *pkt, size_t len, uint32_t tun_ip, uint8_t *out, size_t outcap)
+int ff_icmp_net_unreach(const uint8_t *pkt, size_t len, uint32_t tun_ip, uint8_t *out,
+                        size_t outcap)
 {
     uint8_t *icmp = out + FF_IP4_HDR_MIN;
     size_t quote, total;

@@ -35,6 +35,7 @@ bool ff_icmp_due(const uint8_t *pkt);
  * (outcap >= FF_ICMP_MAX_LEN), as flannel's proxy does: IP source tun_ip (host order), TTL 8,
  * payload the offender's header + up to 8 data bytes. Returns the length written, -EINVAL for
  * an invalid pkt, -ENOSPC for a short out. Builds whether or not ff_icmp_due. */
-int ff_icmp_net_unreach(const uint8_t *pkt, size_t len, uint32_t tun_ip, uint8_t *out, size_t outcap);
+int ff_icmp_net_unreach(const uint8_t *pkt, size_t len, uint32_t tun_ip, uint8_t *out,
+                        size_t outcap);
 
 #endif

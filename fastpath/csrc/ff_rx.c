@@ -152,7 +152,8 @@ static void write_items(struct ff_worker *w, uint32_t k)
     uint64_t tx = 0, tx_bytes = 0, merged = 0;
     int items, skip = w->fw->vnet ? 0 : 1;
 
-    for (uint32_t i = 0; i < k; i++)    /* k <= FF_GRO_RX_MAX = capacity: ff_gro_add cannot refuse */
+    /* k <= FF_GRO_RX_MAX, ff_gro's capacity: ff_gro_add cannot refuse */
+    for (uint32_t i = 0; i < k; i++)
         if (ff_gro_add(rx->gro, rx->pkt[i], rx->pkt_len[i]) < 0)
             STAT_ADD(w, FF_ST_TUN_ERROR, 1);
     items = ff_gro_finish(rx->gro);
