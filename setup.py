@@ -69,6 +69,8 @@ setup(
     packages=["fastflannel.agent", "fastflannel.agent.backends", "fastflannel.fastpath"],
     package_dir={"fastflannel.agent": "agent", "fastflannel.fastpath": "fastpath"},
     package_data={"fastflannel.fastpath": ["_fastpath.pyi", "*.pxd", "py.typed"]},
+    # the extension's sources (csrc/*.c, the generated _fastpath.c) are in the sdist, not the wheel
+    exclude_package_data={"fastflannel.fastpath": ["*.c", "csrc/*"]},
     ext_modules=cythonize(EXTENSIONS, language_level=3, include_path=["fastpath"],
                           compiler_directives={"boundscheck": False, "wraparound": False}),
     cmdclass={"build_ext": BuildExt},
