@@ -2,7 +2,7 @@
 
     sudo python3 bench/bench_fastpath_iperf.py [--seconds 5] [--modes batch1,batch64,offload,offload-w2]
 
-Two lab namespaces on the underlay bridge, each running fastflannel.fastpath.node; iperf3 from
+Two lab namespaces on the underlay bridge, each running tests/support/node.py; iperf3 from
 h1's lease IP to h2's: one TCP stream, four TCP streams, per mode: batch1 (one packet per
 syscall, flannel's proxy design), batch64 (tier 1), offload (batch 64 + TUN TSO split in user
 space + UDP_SEGMENT sends; UDP_GRO receive + userspace GRO into the TUN), and with -w2 the same
@@ -17,13 +17,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from fastflannel.fastpath import DROP_REASONS  # noqa: E402
 from fastflannel.lab import Lab, cleanup_stale, have_netns_privileges, run  # noqa: E402
-
-LEASE = {"h1": "10.10.16.0", "h2": "10.10.32.0"}
-DROPS = ("no_route", "ttl", "short", "bad_header", "bad_length", "unknown_sender", "spoofed",
-         "send_error", "tun_error")
+from support.overlay import LEASE, node_cmd  # noqa: E402
 
 
 def wait_file(path: str, timeout: float = 10) -> None:
@@ -43,7 +43,7 @@ def measure(batch: int, offload: bool, workers: int, seconds: int) -> dict:
             stats[n] = os.path.join(lab.tmp, f"stats-{n}.json")
             cfg = {"bind_ip": h.ip, "tun_ip": LEASE[n], "batch": batch, "stats": stats[n], "offload": offload,
                    "workers": workers, "routes": [[LEASE[other[n]] + "/20", hosts[other[n]].ip]]}
-            lab.spawn(h.ns, [sys.executable, "-m", "fastflannel.fastpath.node", json.dumps(cfg)], f"{n}.log")
+            lab.spawn(h.ns, node_cmd(cfg), f"{n}.log")
         for p in stats.values():
             wait_file(p)
         lab.spawn(hosts["h2"].ns, ["iperf3", "-s", "-B", LEASE["h2"]], "iperf3-s.log")
@@ -59,7 +59,7 @@ def measure(batch: int, offload: bool, workers: int, seconds: int) -> dict:
         for n, p in stats.items():
             with open(p) as f:
                 s = json.load(f)
-            out[n + "_drops"] = {k: s[k] for k in DROPS if s[k]}
+            out[n + "_drops"] = {k: s[k] for k in DROP_REASONS if s[k]}
             out[n + "_queues"] = [q["tun_tx_packets"] for q in s["queues"]]
         return out
 

@@ -10,7 +10,8 @@ Each mode is a fresh two-host cluster running the fastflannel daemon (real etcd,
   udp-offload  udp backend with TUN TSO/GRO + UDP GSO/GRO (tier 2, the daemon's default)
   udp-mq       tier 2 plus two multi-queue workers (tier 3)
 Measured with iperf3 (one TCP stream, four TCP streams) and bench/udpblast.c (64-byte UDP packet
-rate from a sendmmsg sender, counted at the receiver); CPU seconds per Gbit from /proc/stat (all cores, so kernel work in softirq counts too). Writes
+rate from a sendmmsg sender, counted at the receiver); CPU seconds per Gbit from /proc/stat (all cores,
+so kernel work in softirq counts too). Writes
 bench/results/e2e.md and bench/results/e2e.png and prints the ratios to kernel VXLAN.
 """
 from __future__ import annotations

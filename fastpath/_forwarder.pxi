@@ -9,11 +9,15 @@ from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port,
                      ff_fwd_stop, ff_fwd_close, ff_fwd_replace_routes, ff_fwd_add_route,
                      ff_fwd_remove_route, ff_fwd_routes, ff_fwd_route_count, ff_fwd_stats,
                      ff_fwd_queue_stats, ff_fwd_workers, ff_fwd_features,
-                     ff_stat_names, FF_ST__COUNT, FF_F_ANTI_SPOOF, FF_F_TUN_TSO, FF_F_UDP_GSO,
-                     FF_F_UDP_GRO, FF_F_TCP_GRO, FF_MAX_BATCH, FF_MAX_WORKERS)
+                     ff_stat_names, FF_ST__COUNT, FF_ST_DROP_FIRST, FF_ST_DROP_LAST,
+                     FF_F_ANTI_SPOOF, FF_F_TUN_TSO, FF_F_UDP_GSO, FF_F_UDP_GRO, FF_F_TCP_GRO,
+                     FF_MAX_BATCH, FF_MAX_WORKERS, FF_DEFAULT_BATCH, FF_DEFAULT_PORT)
 
-DEFAULT_PORT = 8285     # flannel udp backend default (FLANNEL.md 4.1)
-DEFAULT_BATCH = 64      # packets per recvmmsg/sendmmsg/TUN drain
+cdef extern from "<errno.h>":
+    int ENOTSUP          # libc.errno spells it only as EOPNOTSUPP
+
+DEFAULT_PORT = FF_DEFAULT_PORT     # 8285, flannel's udp port (docs/flannel-compat.md §"udp wire format")
+DEFAULT_BATCH = FF_DEFAULT_BATCH   # packets per recvmmsg/sendmmsg/TUN drain
 
 #: The offload parts, each its own switch: Forwarder.open keyword -> C flag. Their daemon names
 #: (-fastpath-disable) are the keys with "-" for "_".
@@ -23,6 +27,8 @@ MAX_WORKERS = FF_MAX_WORKERS
 
 #: Counter names, in the order of Forwarder.stats_array().
 STAT_NAMES = tuple(ff_stat_names[i].decode() for i in range(FF_ST__COUNT))
+#: The counters of dropped packets, one per reason (a subset of STAT_NAMES, in its order).
+DROP_REASONS = STAT_NAMES[FF_ST_DROP_FIRST:FF_ST_DROP_LAST + 1]
 
 cdef enum _State:
     NEW, OPEN, CLOSED
@@ -76,7 +82,12 @@ cdef class Forwarder:
         sockets on port and N send sockets (one outer source port per worker); worker i serves
         queue i both ways, so one inner flow stays on one thread.
 
-        _refuse (tests only): names of parts whose kernel call is made to fail once.
+        mtu is the TUN's MTU as the caller sets it on the device (the agent, over netlink); it
+        is only range-checked here, the buffers take any IPv4 packet.
+
+        _refuse (a development build only, FASTFLANNEL_DEV=1): names of parts whose kernel
+        call is made to fail once, to exercise the fallbacks; elsewhere it raises OSError
+        (ENOTSUP).
         """
         if self._state != NEW:
             raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
@@ -102,7 +113,6 @@ cdef class Forwarder:
         o.bind_ip = _ip(bind_ip)
         o.port = port
         o.tun_ip = _ip(tun_ip)
-        o.mtu = mtu
         o.batch = batch
         o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | parts
         o.workers = workers
@@ -114,6 +124,9 @@ cdef class Forwarder:
                 raise RuntimeError("Forwarder is closed" if self._state == CLOSED else "Forwarder is already open")
             with nogil:
                 rc = ff_fwd_open(&fw, &o)
+            if rc == -ENOTSUP and refuse:
+                raise OSError(ENOTSUP, "open forwarder: _refuse (fault injection) needs a "
+                              "development build of the fast path (FASTFLANNEL_DEV=1)")
             _check(rc, "open forwarder")
             self._fw = fw
             self._state = OPEN

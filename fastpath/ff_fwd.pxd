@@ -11,7 +11,11 @@ cdef extern from "ff_fwd.h" nogil:
         FF_F_UDP_GRO
         FF_F_TCP_GRO
         FF_ST__COUNT
+        FF_ST_DROP_FIRST
+        FF_ST_DROP_LAST
         FF_MAX_BATCH
+        FF_DEFAULT_BATCH
+        FF_DEFAULT_PORT
         FF_MAX_WORKERS
 
     const char *const ff_stat_names[]
@@ -22,7 +26,6 @@ cdef extern from "ff_fwd.h" nogil:
         uint32_t bind_ip
         uint16_t port
         uint32_t tun_ip
-        uint32_t mtu
         uint32_t batch
         uint32_t flags
         uint32_t workers

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from fastflannel.agent.backends.base import BackendError, BackendOptions
-from fastflannel.agent.config import parse_config
 from fastflannel.agent.backends.udp import OFFLOAD_PARTS, UdpBackend
+from fastflannel.agent.config import parse_config
 from fastflannel.agent.flags import FlagError, Options, parse_flags
 
 

@@ -8,21 +8,23 @@
 #include <string.h>
 #include <arpa/inet.h>
 
-#include "ff_offload.h"
+#include "ff_csum.h"
+#include "ff_wire.h"
 
 #if !defined(__BYTE_ORDER__) || \
     (__BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ && __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__)
 #error "unknown byte order"
 #endif
 
-static inline uint32_t ld32(const uint8_t *p)
+/* Native-endian loads: the sum is byte-order independent, so no swap per word. */
+static inline uint32_t ld32_ne(const uint8_t *p)
 {
     uint32_t v;
     memcpy(&v, p, 4);
     return v;
 }
 
-static inline uint64_t ld64(const uint8_t *p)
+static inline uint64_t ld64_ne(const uint8_t *p)
 {
     uint64_t v;
     memcpy(&v, p, 8);
@@ -102,8 +104,8 @@ uint64_t ff_ck_add(uint64_t acc, const void *buf, size_t len)
     while (len >= 64) {
         size_t chunk = len < (1u << 24) ? len & ~(size_t)63 : (1u << 24);
         for (const uint8_t *end = p + chunk; p < end; p += 64) {
-            uint64_t w0 = ld64(p), w1 = ld64(p + 8), w2 = ld64(p + 16), w3 = ld64(p + 24);
-            uint64_t w4 = ld64(p + 32), w5 = ld64(p + 40), w6 = ld64(p + 48), w7 = ld64(p + 56);
+            uint64_t w0 = ld64_ne(p), w1 = ld64_ne(p + 8), w2 = ld64_ne(p + 16), w3 = ld64_ne(p + 24);
+            uint64_t w4 = ld64_ne(p + 32), w5 = ld64_ne(p + 40), w6 = ld64_ne(p + 48), w7 = ld64_ne(p + 56);
             a0 += (w0 & 0xffffffffu) + (w0 >> 32) + (w4 & 0xffffffffu) + (w4 >> 32);
             a1 += (w1 & 0xffffffffu) + (w1 >> 32) + (w5 & 0xffffffffu) + (w5 >> 32);
             a2 += (w2 & 0xffffffffu) + (w2 >> 32) + (w6 & 0xffffffffu) + (w6 >> 32);
@@ -114,7 +116,7 @@ uint64_t ff_ck_add(uint64_t acc, const void *buf, size_t len)
         a1 = a2 = a3 = 0;
     }
     while (len >= 4) {
-        a0 += ld32(p);
+        a0 += ld32_ne(p);
         p += 4;
         len -= 4;
     }
@@ -141,11 +143,6 @@ uint64_t ff_ck_add16(uint64_t acc, uint16_t host)
     return acc + htons(host);
 }
 
-uint64_t ff_ck_add32(uint64_t acc, uint32_t host)
-{
-    return acc + htonl(host);
-}
-
 uint16_t ff_ck_fold(uint64_t acc)
 {
     acc = fold32(acc);
@@ -162,31 +159,13 @@ uint16_t ff_ck(const void *p, size_t len)
 
 uint64_t ff_ck_pseudo4(const uint8_t *iph, uint8_t proto, uint16_t l4len)
 {
-    uint64_t acc = (uint64_t)ld32(iph + 12) + ld32(iph + 16);
+    uint64_t acc = (uint64_t)ld32_ne(iph + FF_IP4_SRC) + ld32_ne(iph + FF_IP4_DST);
     acc = ff_ck_add16(acc, proto);
     return ff_ck_add16(acc, l4len);
 }
 
-/* HC' = ~(~HC + ~m + m') — RFC 1624 eqn. 3; avoids the -0 problem of eqn. 2. */
-uint16_t ff_ck_update16(uint16_t csum, uint16_t old, uint16_t new_)
+void ff_ip4_set_csum(uint8_t *iph)
 {
-    uint32_t s = (uint32_t)(uint16_t)~csum + (uint16_t)~old + new_;
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    return (uint16_t)~s;
-}
-
-uint16_t ff_ck_update32(uint16_t csum, uint32_t old, uint32_t new_)
-{
-    csum = ff_ck_update16(csum, (uint16_t)(old >> 16), (uint16_t)(new_ >> 16));
-    return ff_ck_update16(csum, (uint16_t)old, (uint16_t)new_);
-}
-
-void ff_ipv4_set_csum(uint8_t *iph)
-{
-    size_t ihl = (size_t)(iph[0] & 0x0f) * 4;
-    iph[10] = iph[11] = 0;
-    uint16_t c = ff_ck(iph, ihl);
-    iph[10] = (uint8_t)(c >> 8);
-    iph[11] = (uint8_t)c;
+    ff_st16(iph + FF_IP4_CSUM, 0);
+    ff_st16(iph + FF_IP4_CSUM, ff_ck(iph, ff_ip4_hdr_len(iph)));
 }

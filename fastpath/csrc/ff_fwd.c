@@ -1,5 +1,5 @@
-/* Forwarder lifecycle, route publication (epoch-based reclamation), counters. The packet loops
- * are in ff_loop.c (tier 1) and ff_fwd_gso.c (offload). */
+/* Forwarder lifecycle, route publication (epoch-based reclamation), counters. The worker
+ * thread is ff_loop.c, its batches ff_tx.c (tun->udp) and ff_rx.c (udp->tun). */
 #define _GNU_SOURCE
 #include "ff_fwd.h"
 
@@ -23,8 +23,8 @@ const char *const ff_stat_names[FF_ST__COUNT] = {
     "tun_rx_packets", "tun_rx_bytes", "udp_tx_packets", "udp_tx_bytes",
     "udp_rx_packets", "udp_rx_bytes", "tun_tx_packets", "tun_tx_bytes",
     "no_route", "ttl", "short", "bad_header", "bad_length",
-    "unknown_sender", "spoofed", "send_error", "tun_error",
-    "icmp_sent", "tun_invalid", "tun_gso_frames",
+    "unknown_sender", "spoofed", "send_error", "tun_error", "tun_invalid",
+    "icmp_sent", "tun_gso_frames",
     "tun_gro_merged", "offload_fallbacks",
 };
 
@@ -143,48 +143,15 @@ uint32_t ff_fwd_features(const struct ff_fwd *fw)
 
     for (uint32_t i = 0; i < fw->nw; i++) {
         const struct ff_worker *w = &fw->w[i];
-        if (w->tun_side && __atomic_load_n(&w->g.gso_off, __ATOMIC_RELAXED))
+        if (w->tun_side && __atomic_load_n(&w->tx.gso_off, __ATOMIC_RELAXED))
             f &= ~FF_F_UDP_GSO;
-        if (!w->tun_side && __atomic_load_n(&w->tcp_gro_off, __ATOMIC_RELAXED))
+        if (!w->tun_side && __atomic_load_n(&w->rx.tcp_gro_off, __ATOMIC_RELAXED))
             f &= ~FF_F_TCP_GRO;
     }
     return f;
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
-static void batch_free(struct ff_batch *b)
-{
-    free(b->mem);
-    free(b->lens);
-    free(b->msgs);
-    free(b->iovs);
-    free(b->addrs);
-    memset(b, 0, sizeof(*b));
-}
-
-static int batch_alloc(struct ff_batch *b, uint32_t cap, size_t slot)
-{
-    b->cap = cap;
-    b->slot = slot;
-    b->mem = malloc((size_t)cap * slot);
-    b->lens = calloc(cap, sizeof(*b->lens));
-    b->msgs = calloc(cap, sizeof(*b->msgs));
-    b->iovs = calloc(cap, sizeof(*b->iovs));
-    b->addrs = calloc(cap, sizeof(*b->addrs));
-    if (!b->mem || !b->lens || !b->msgs || !b->iovs || !b->addrs) {
-        batch_free(b);
-        return -ENOMEM;
-    }
-    for (uint32_t i = 0; i < cap; i++) {
-        b->addrs[i].sin_family = AF_INET;
-        b->msgs[i].msg_hdr.msg_iov = &b->iovs[i];
-        b->msgs[i].msg_hdr.msg_iovlen = 1;
-        b->msgs[i].msg_hdr.msg_name = &b->addrs[i];
-        b->msgs[i].msg_hdr.msg_namelen = sizeof(b->addrs[i]);
-    }
-    return 0;
-}
-
 /* A part the kernel refused at open: off, counted (the agent logs the difference between
  * what it asked for and ff_fwd_features). */
 static void fall_back(struct ff_fwd *fw, uint32_t parts)
@@ -225,8 +192,9 @@ static int open_tun(struct ff_fwd *fw, const struct ff_opts *o)
 /* A send socket for worker q of nq whose ephemeral port is q modulo nq, so that a peer's
  * ff_udp_steer_by_sport group hands its datagrams to that peer's worker q: one inner flow (one
  * TUN queue here) always leaves from one port and lands on one receiving thread, and distinct
- * queues spread over distinct threads (PERF.md 5.2: a source port per worker, not per flow, to
- * keep UDP GRO batches large). Ports are random: after FF_PORT_TRIES the last one is kept. */
+ * queues spread over distinct threads (a source port per worker, not per flow, keeps UDP GRO
+ * batches large: docs/fastpath.md §"Multi-queue tier"). Ports are random: after FF_PORT_TRIES
+ * the last one is kept. */
 #define FF_PORT_TRIES 64
 static int open_tx(uint32_t bind_ip, uint32_t q, uint32_t nq)
 {
@@ -288,22 +256,6 @@ static int open_fds(struct ff_fwd *fw, const struct ff_opts *o)
     return fw->wake_fd < 0 ? -errno : 0;
 }
 
-/* Buffers for the loop worker w runs (chosen from what open_fds accepted). */
-static int worker_alloc(struct ff_fwd *fw, struct ff_worker *w)
-{
-    int gso = w->tun_side && (fw->vnet || (fw->feat & FF_F_UDP_GSO));
-    int gro = !w->tun_side && (fw->feat & (FF_F_UDP_GRO | FF_F_TCP_GRO));
-    int rc = batch_alloc(&w->b, fw->batch, gso ? FF_GSO_SLOT_BYTES : FF_BUF_BYTES);
-
-    if (rc == 0 && gso) {
-        rc = ff_gso_batch_alloc(&w->g);
-        w->g.gso_off = !(fw->feat & FF_F_UDP_GSO);
-    }
-    if (rc == 0 && gro)
-        rc = ff_gro_rx_alloc(w);
-    return rc;
-}
-
 int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
 {
     struct ff_fwd *fw;
@@ -312,6 +264,10 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
 
     if (o->batch > FF_MAX_BATCH || nq > FF_MAX_WORKERS)
         return -EINVAL;
+#ifndef FF_TEST_HOOKS
+    if (o->refuse)
+        return -ENOTSUP;     /* fault injection exists in test builds only */
+#endif
     if (posix_memalign((void **)&fw, 64, sizeof(*fw)))
         return -ENOMEM;
     memset(fw, 0, sizeof(*fw));
@@ -325,7 +281,9 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
     fw->feat = o->flags & FF_F_OFFLOAD;
     if (!(fw->feat & FF_F_TUN_TSO))
         fw->feat &= ~FF_F_TCP_GRO;       /* merged TUN writes need the vnet header */
+#ifdef FF_TEST_HOOKS
     fw->refuse = o->refuse & FF_F_OFFLOAD;
+#endif
     fw->vnet = (fw->feat & FF_F_TUN_TSO) != 0;
     pthread_mutex_init(&fw->wlock, NULL);
     if (posix_memalign((void **)&fw->w, 64, sizeof(*fw->w) * 2 * nq)) {
@@ -346,7 +304,8 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
         struct ff_worker *w = &fw->w[i];
         w->tun_fd = fw->tun_fds[w->q];
         w->sock_fd = w->tun_side ? fw->tx_fds[w->q] : fw->rx_fds[w->q];
-        rc = worker_alloc(fw, w);
+        /* buffers for what open_fds accepted (the TUN's framing, the parts still on) */
+        rc = w->tun_side ? ff_tx_alloc(w) : ff_rx_alloc(w);
     }
     if (rc < 0) {
         ff_fwd_close(fw);
@@ -416,9 +375,8 @@ void ff_fwd_close(struct ff_fwd *fw)
     if (fw->wake_fd >= 0)
         close(fw->wake_fd);
     for (uint32_t i = 0; i < fw->nw; i++) {
-        batch_free(&fw->w[i].b);
-        ff_gso_batch_free(&fw->w[i].g);
-        ff_gro_rx_free(&fw->w[i]);
+        ff_tx_free(&fw->w[i].tx);
+        ff_rx_free(&fw->w[i].rx);
     }
     free(fw->w);
     ff_table_free(fw->table);

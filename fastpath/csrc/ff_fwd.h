@@ -1,5 +1,5 @@
 /* The udp-backend forwarder: a TUN device and a UDP socket joined by two worker pthreads (per
- * TUN queue with workers > 1: see ff_opts.workers and fastpath/README.md).
+ * TUN queue with workers > 1: see ff_opts.workers and docs/fastpath.md §"Multi-queue tier").
  *
  *   tun->udp: poll, drain up to `batch` packets from the TUN, validate, look up the peer,
  *             TTL-1, sendmmsg; no route -> ICMP net-unreachable written back into the TUN.
@@ -26,8 +26,9 @@
 
 #define FF_MAX_WORKERS 64u          /* TUN queues (the kernel allows MAX_TAP_QUEUES = 256) */
 
-/* Option flags. Each offload part is its own runtime switch (PERF.md 1.4, 7: several kernel
- * regressions broke each of them) and falls back on its own when the kernel refuses it. */
+/* Option flags. Each offload part is its own runtime switch (several kernel regressions broke
+ * each of them: docs/fastpath.md §"Kill switches and fallbacks") and falls back on its own
+ * when the kernel refuses it. */
 #define FF_F_ANTI_SPOOF 0x1u
 /* Tier 2 parts (the wire format is unchanged: one inner packet per datagram):
  *   TUN_TSO  the TUN gets IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); superframes read from it are
@@ -44,17 +45,20 @@
 #define FF_F_TCP_GRO 0x20u
 #define FF_F_OFFLOAD (FF_F_TUN_TSO | FF_F_UDP_GSO | FF_F_UDP_GRO | FF_F_TCP_GRO)
 
-/* Counters; keep in sync with ff_stat_names. */
+/* Counters (docs/fastpath.md §"Counters"); keep in sync with ff_stat_names. */
 enum ff_stat {
     FF_ST_TUN_RX_PACKETS, FF_ST_TUN_RX_BYTES,
     FF_ST_UDP_TX_PACKETS, FF_ST_UDP_TX_BYTES,
     FF_ST_UDP_RX_PACKETS, FF_ST_UDP_RX_BYTES,
     FF_ST_TUN_TX_PACKETS, FF_ST_TUN_TX_BYTES,
+    /* packets dropped, one counter per reason: FF_ST_DROP_FIRST..FF_ST_DROP_LAST */
     FF_ST_NO_ROUTE, FF_ST_TTL, FF_ST_SHORT, FF_ST_BAD_HEADER, FF_ST_BAD_LENGTH,
-    FF_ST_UNKNOWN_SENDER, FF_ST_SPOOFED, FF_ST_SEND_ERROR, FF_ST_TUN_ERROR,
-    FF_ST_ICMP_SENT, FF_ST_TUN_INVALID, FF_ST_TUN_GSO_FRAMES,
+    FF_ST_UNKNOWN_SENDER, FF_ST_SPOOFED, FF_ST_SEND_ERROR, FF_ST_TUN_ERROR, FF_ST_TUN_INVALID,
+    FF_ST_ICMP_SENT, FF_ST_TUN_GSO_FRAMES,
     FF_ST_TUN_GRO_MERGED, FF_ST_OFFLOAD_FALLBACKS,
-    FF_ST__COUNT
+    FF_ST__COUNT,
+    FF_ST_DROP_FIRST = FF_ST_NO_ROUTE,
+    FF_ST_DROP_LAST = FF_ST_TUN_INVALID,
 };
 extern const char *const ff_stat_names[FF_ST__COUNT];
 
@@ -64,19 +68,21 @@ struct ff_opts {
     uint32_t bind_ip;       /* host order; 0 = any */
     uint16_t port;          /* 0 = ephemeral */
     uint32_t tun_ip;        /* host order; ICMP source */
-    uint32_t mtu;           /* TUN MTU; buffers are sized max(mtu, 65535) */
     uint32_t batch;         /* 1..FF_MAX_BATCH, 0 = default */
     uint32_t flags;         /* FF_F_* */
     uint32_t workers;       /* 0 or 1: one TUN queue, one socket (tier 1/2); N > 1: the TUN
                              * has IFF_MULTI_QUEUE with N queues, N SO_REUSEPORT receive
                              * sockets and N send sockets, one worker pair per queue */
-    uint32_t refuse;        /* tests only: FF_F_* offload parts whose kernel call is made to
-                             * fail once (TUNSETOFFLOAD/setsockopt at open, the first GSO send
-                             * or GSO TUN write at run time), to exercise the fallbacks */
+    uint32_t refuse;        /* test builds only (FF_TEST_HOOKS; otherwise nonzero is refused
+                             * with -ENOTSUP): FF_F_* offload parts whose kernel call is made
+                             * to fail once (TUNSETOFFLOAD/setsockopt at open, the first GSO
+                             * send or GSO TUN write at run time), to exercise the fallbacks */
 };
 
 struct ff_fwd;
 
+/* 0, -EINVAL for bad options, -ENOTSUP for o->refuse outside a test build, or the -errno of
+ * the TUN or socket set-up. */
 int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o);
 const char *ff_fwd_tun_name(const struct ff_fwd *fw);
 uint16_t ff_fwd_port(const struct ff_fwd *fw);
@@ -100,20 +106,5 @@ uint32_t ff_fwd_workers(const struct ff_fwd *fw);
 /* The offload parts (FF_F_TUN_TSO...TCP_GRO) active now: requested, accepted at open and not
  * turned off since by a fallback (a part counts as off once any worker turned it off). */
 uint32_t ff_fwd_features(const struct ff_fwd *fw);
-
-/* TUN and socket helpers, exposed for tests. */
-/* vnet: IFF_VNET_HDR + offloads (FF_F_OFFLOAD); an adopted fd must already match it. */
-/* mq: IFF_MULTI_QUEUE (every queue is opened by the same name). */
-int ff_tun_open(const char *name, int vnet, int mq, char *actual, size_t actual_len);
-int ff_tun_adopt(int fd, int vnet, int mq, char *actual, size_t actual_len);   /* fd or -errno */
-int ff_tun_set_offload(int fd);                                        /* 0 or -errno */
-/* reuseport: SO_REUSEPORT before bind (the multi-queue receive group). fd or -errno */
-int ff_udp_open(uint32_t bind_ip, uint16_t port, int reuseport);
-/* Spread a SO_REUSEPORT group of n sockets by the sender's UDP source port (sport % n), so the
- * per-worker source ports of a multi-queue peer land on distinct sockets. 0 or -errno. */
-int ff_udp_steer_by_sport(int fd, uint32_t n);
-int ff_sock_port(int fd);                                              /* port or -errno */
-int ff_udp_enable_gro(int fd);                                         /* 0 or -errno */
-int ff_udp_set_gro(int fd, int on);                                    /* 0 or -errno */
 
 #endif

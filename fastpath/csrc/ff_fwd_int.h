@@ -1,11 +1,13 @@
-/* Internals shared by the forwarder's translation units (ff_fwd.c: lifecycle and the plain
- * loops; ff_fwd_gso.c: the offload loop). Not part of the public API. */
+/* Internals shared by the forwarder's translation units: ff_fwd.c (lifecycle, publication),
+ * ff_io.c (TUN and sockets), ff_loop.c (the worker thread), ff_tx.c (tun->udp), ff_rx.c
+ * (udp->tun). Not part of the public API. */
 #ifndef FF_FWD_INT_H
 #define FF_FWD_INT_H
 
 #include <linux/if.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -14,13 +16,12 @@
 #include "ff_pkt.h"
 
 #define FF_BUF_BYTES 65536u          /* one IPv4 packet of any size (the UDP payload limit) */
-/* Offload: a TUN superframe is split into at most FF_GSO_MAX_SEGS segments, laid out in one slot
- * of FF_GSO_SLOT_BYTES (payload <= 64 KiB plus <= 120 header bytes per segment). */
+/* A TUN superframe is split into at most FF_GSO_MAX_SEGS segments, laid out in one slot of
+ * FF_GSO_SLOT_BYTES (payload <= 64 KiB plus <= 120 header bytes per segment). */
 #define FF_GSO_MAX_SEGS 128
 #define FF_GSO_SEG_HDR_MAX 120u
 #define FF_GSO_SLOT_BYTES (FF_BUF_BYTES + FF_GSO_MAX_SEGS * FF_GSO_SEG_HDR_MAX)
-#define FF_GSO_BATCH_SEGS 1024       /* segments per offload batch (reading stops before more) */
-#define FF_UDP_GSO_SEGS 64           /* UDP_SEGMENT segments per send (UDP_MAX_SEGMENTS < 6.9) */
+#define FF_GSO_BATCH_SEGS 1024       /* segments per tun->udp batch (reading stops before more) */
 #define FF_GRO_RX_MSGS 64            /* messages per recvmmsg with UDP_GRO ... */
 #define FF_GRO_RX_MAX 4096           /* ... each up to 64 datagrams; also ff_gro's capacity */
 #define FF_GRO_CMSG_BYTES 32         /* CMSG_SPACE(sizeof(int)) for the UDP_GRO cmsg, rounded */
@@ -33,23 +34,26 @@
 /* Workers: two per TUN queue q, w[2q] tun->udp and w[2q+1] udp->tun. */
 #define FF_TUN_SIDE(i) (((i) & 1u) == 0)
 
-/* A batch of packets: buffers, lengths and the mmsghdr/iovec/sockaddr arrays, allocated once.
- * The offload tier will add per-packet virtio headers and segment lists here. */
-struct ff_batch {
-    uint32_t cap;
-    size_t slot;                 /* bytes per packet slot: FF_BUF_BYTES, or FF_GSO_SLOT_BYTES */
-    uint8_t *mem;                /* cap * slot */
-    uint32_t *lens;              /* 0 = dropped */
-    struct mmsghdr *msgs;
-    struct iovec *iovs;
-    struct sockaddr_in *addrs;
+/* What the per-packet checks decided: forward the packet, or why it is dropped. Each drop
+ * reason is counted under its own counter (ff_count_drop). */
+enum ff_verdict {
+    FF_FORWARD = 0,
+    FF_DROP_SHORT, FF_DROP_BAD_HEADER, FF_DROP_BAD_LENGTH,   /* a datagram, not IPv4 */
+    FF_DROP_UNKNOWN_SENDER, FF_DROP_SPOOFED,                 /* anti-spoofing */
+    FF_DROP_TTL,                                             /* TTL would reach 0 */
+    FF_DROP_TUN_INVALID,                                     /* read from the TUN, not IPv4 */
+    FF_DROP_NO_ROUTE,                                        /* no peer for the destination */
 };
 
-/* Offload-only arrays (tun->udp with FF_F_OFFLOAD): segments of split superframes and the
- * UDP_SEGMENT send groups planned over them. */
-struct ff_gso_batch {
-    uint8_t *frame;              /* vnet hdr + one TUN read */
-    uint8_t **segp;              /* FF_GSO_BATCH_SEGS segment pointers into ff_batch.mem */
+/* tun->udp worker (ff_tx.c). One read per frame: a plain TUN reads a packet straight into its
+ * slot; a vnet TUN reads header + frame into `frame` and splits it into the slot (a TSO
+ * superframe into segments). The kept segments of a batch are grouped by peer into
+ * UDP_SEGMENT trains (one message each, groups of one when UDP_GSO is off). */
+struct ff_tx {
+    uint8_t *mem;                /* batch slots */
+    size_t slot;                 /* bytes per slot: FF_BUF_BYTES, or FF_GSO_SLOT_BYTES (vnet) */
+    uint8_t *frame;              /* vnet TUN: vnet hdr + one read */
+    uint8_t **segp;              /* FF_GSO_BATCH_SEGS segment pointers into mem */
     uint16_t *seg_lens;
     uint64_t *peer;              /* ff_peer_key of each kept segment */
     uint32_t *len;
@@ -58,7 +62,24 @@ struct ff_gso_batch {
     struct mmsghdr *msgs;        /* one per group */
     struct sockaddr_in *addrs;
     uint8_t *cmsg;               /* FF_UDP_GSO_CMSG_SPACE per group */
-    int gso_off;                 /* UDP_SEGMENT failed with EIO once: send segments singly */
+    int gso_off;                 /* UDP_GSO off (never on, or EIO once): one datagram per send */
+};
+
+/* udp->tun worker (ff_rx.c): recvmmsg into per-message buffers (a UDP_GRO train per message
+ * with UDP_GRO), check every datagram, coalesce the accepted ones with ff_gro (TCP_GRO) and
+ * write each item as one TUN frame. */
+struct ff_rx {
+    uint32_t vlen;               /* messages per recvmmsg */
+    uint8_t *mem;                /* vlen * FF_BUF_BYTES */
+    struct mmsghdr *msgs;
+    struct iovec *iovs;
+    struct sockaddr_in *addrs;
+    uint8_t *cmsg;               /* FF_GRO_CMSG_BYTES per message */
+    struct ff_gro *gro;
+    uint8_t **pkt;               /* accepted inner packets of a batch (FF_GRO_RX_MAX) */
+    uint32_t *pkt_len;
+    uint8_t *reseg;              /* TCP_GRO fallback: linearized item + its segments */
+    int tcp_gro_off;             /* a GSO TUN write was refused: FF_GRO_NO_TCP from then on */
 };
 
 /* Per-worker context: counters and the reclamation epoch are written only by this worker. */
@@ -70,17 +91,10 @@ struct ff_worker {
     uint32_t q;                  /* TUN queue */
     int tun_fd;                  /* TUN queue q: read (tun side) or written (udp side) */
     int sock_fd;                 /* tun side: the send socket; udp side: the receive socket */
-    int tcp_gro_off;             /* a GSO TUN write was refused: FF_GRO_NO_TCP from then on */
-    uint8_t *reseg;              /* TCP_GRO fallback: linearized item + its segments */
     uint64_t epoch __attribute__((aligned(64)));   /* odd while the table may be in use */
     uint64_t stats[FF_ST__COUNT];
-    struct ff_batch b;
-    struct ff_gso_batch g;
-    /* udp->tun with FF_F_OFFLOAD: UDP_GRO receive, userspace GRO before the TUN */
-    struct ff_gro *gro;
-    uint8_t **rx_p;              /* accepted inner packets of a batch (FF_GRO_RX_MAX) */
-    uint32_t *rx_len;
-    uint8_t *rx_cmsg;            /* FF_GRO_CMSG_BYTES per message */
+    struct ff_tx tx;             /* tun side only */
+    struct ff_rx rx;             /* udp side only */
     uint8_t icmp[FF_ICMP_MAX_LEN];
 } __attribute__((aligned(64)));
 
@@ -98,17 +112,29 @@ struct ff_fwd {
     uint16_t port;
     uint32_t tun_ip, batch, flags;
     uint32_t feat;               /* FF_F_* offload parts accepted at open */
-    uint32_t refuse;             /* tests: FF_F_* parts to refuse once at run time (atomic) */
+#ifdef FF_TEST_HOOKS
+    uint32_t refuse;             /* FF_F_* parts to refuse once (atomic) */
+#endif
     int vnet;                    /* TUN has IFF_VNET_HDR: every read/write carries one */
     char tun_name[IFNAMSIZ];
 };
 
-/* Tests only (ff_opts.refuse): 1 once if the kernel call for `part` is to be made to fail. */
-static inline int ff_refused(struct ff_fwd *fw, uint32_t part)
+/* Fault injection for the fallback tests (ff_opts.refuse), compiled into test builds only:
+ * true once if the kernel call for offload `part` is to be made to fail. */
+#ifdef FF_TEST_HOOKS
+static inline bool ff_refused(struct ff_fwd *fw, uint32_t part)
 {
     return (__atomic_load_n(&fw->refuse, __ATOMIC_RELAXED) & part) &&
            (__atomic_fetch_and(&fw->refuse, ~part, __ATOMIC_RELAXED) & part);
 }
+#else
+static inline bool ff_refused(struct ff_fwd *fw, uint32_t part)
+{
+    (void)fw;
+    (void)part;
+    return false;
+}
+#endif
 
 #define STAT_ADD(w, i, n) \
     __atomic_store_n(&(w)->stats[i], (w)->stats[i] + (uint64_t)(n), __ATOMIC_RELAXED)
@@ -130,38 +156,37 @@ static inline void read_unlock(struct ff_worker *w)
     __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELEASE);
 }
 
-
-static inline uint8_t *pkt_buf(struct ff_batch *b, uint32_t i)
-{
-    return b->mem + (size_t)i * b->slot;
-}
-
-/* Shared by both tun->udp loops (ff_fwd.c). */
-int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries);
-int ff_tun_writev(struct ff_worker *w, const struct iovec *iov, int niov, size_t want, int retries);
-void ff_send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
-                  const struct ff_gso_group *groups);
-/* Look up (with a per-batch memo), decrement TTL, send ICMP for no route; NULL = dropped. */
-struct ff_memo {
-    const struct ff_table *t;
-    const struct ff_slot *slot;
-    uint32_t dst;
-    int valid;
-};
-const struct ff_slot *ff_route_packet(struct ff_worker *w, struct ff_memo *memo, uint8_t *p,
-                                      uint32_t len);
-void ff_wait_out(int fd);
+/* ff_loop.c: the worker thread and what both directions share */
 void *ff_worker_main(void *arg);     /* pthread entry; arg is the struct ff_worker */
-uint32_t ff_tun_to_udp_batch_gso(struct ff_worker *w);
-/* udp->tun with FF_F_OFFLOAD: receive (UDP_GRO trains are cut back into datagrams), check each
- * datagram, coalesce with ff_gro, write each item as one TUN frame. */
-uint32_t ff_udp_to_tun_batch_gro(struct ff_worker *w);
-void ff_send_singly(struct ff_worker *w, const struct msghdr *train, uint32_t count);
-int ff_gro_rx_alloc(struct ff_worker *w);
-void ff_gro_rx_free(struct ff_worker *w);
-uint32_t ff_udp_accept(struct ff_worker *w, const struct ff_table *t, uint8_t *p, uint32_t len,
-                       uint32_t sender, int trunc);
-int ff_gso_batch_alloc(struct ff_gso_batch *g);
-void ff_gso_batch_free(struct ff_gso_batch *g);
+void ff_count_drop(struct ff_worker *w, enum ff_verdict v);
+void ff_wait_out(int fd);
+/* Write one frame (iov, want bytes) into the TUN; EAGAIN waits for room up to `retries`
+ * times. 0 or -errno; the caller counts. */
+int ff_tun_writev(struct ff_worker *w, const struct iovec *iov, int niov, size_t want, int retries);
+/* One complete packet, behind an all-zero virtio_net_hdr on a vnet TUN. */
+int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retries);
+
+/* ff_tx.c: tun->udp */
+int ff_tx_alloc(struct ff_worker *w);
+void ff_tx_free(struct ff_tx *tx);
+uint32_t ff_tx_batch(struct ff_worker *w);          /* frames read; 0 = the TUN is drained */
+
+/* ff_rx.c: udp->tun */
+int ff_rx_alloc(struct ff_worker *w);
+void ff_rx_free(struct ff_rx *rx);
+uint32_t ff_rx_batch(struct ff_worker *w);          /* messages received; 0 = none */
+
+/* ff_io.c: TUN and socket set-up. vnet: IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4); an adopted
+ * fd must already have the vnet header. mq: IFF_MULTI_QUEUE (every queue is opened by the same
+ * name). Each returns an fd (or 0) or -errno. */
+int ff_tun_open(const char *name, int vnet, int mq, char *actual, size_t actual_len);
+int ff_tun_adopt(int fd, int vnet, int mq, char *actual, size_t actual_len);
+/* reuseport: SO_REUSEPORT before bind (the multi-queue receive group). */
+int ff_udp_open(uint32_t bind_ip, uint16_t port, int reuseport);
+/* Spread a SO_REUSEPORT group of n sockets by the sender's UDP source port (sport % n), so the
+ * per-worker source ports of a multi-queue peer land on distinct sockets. */
+int ff_udp_steer_by_sport(int fd, uint32_t n);
+int ff_sock_port(int fd);
+int ff_udp_set_gro(int fd, int on);
 
 #endif

@@ -1,28 +1,28 @@
-/* Userspace GRO before the TUN write (PERF.md §1.2 "TUN write path"): coalesce a batch of
- * decapsulated IPv4 TCP (optionally UDP) packets into GSO superframes the kernel accepts with a
+/* Userspace GRO before the TUN write (docs/fastpath.md §"Offload tier"): coalesce a batch of
+ * decapsulated IPv4 TCP packets into GSO_TCPV4 superframes the kernel accepts with a
  * virtio_net_hdr (CHECKSUM_PARTIAL). Merge rules follow wireguard-go handleGRO and the kernel's
  * tcp_gro_receive (tools/testing/selftests/net/gro.c):
- *   IPv4 without options, not a fragment, total length == buffer length, valid IP and L4
- *   checksums (UDP checksum 0 counts as valid, PERF.md §1.4); TCP flags ACK or ACK|PSH only,
- *   payload > 0; same (src, dst, sport, dport) and ack number, same TOS/TTL/frag field and TCP
- *   option bytes; sequence exactly adjacent (append only); segment <= the head's payload
- *   (gso_size), a shorter one or one with PSH closes the item; total <= 65535.
+ *   IPv4 without options, not a fragment, total length == buffer length, valid IP and TCP
+ *   checksums; TCP flags ACK or ACK|PSH only, payload > 0; same (src, dst, sport, dport) and
+ *   ack number, same TOS/TTL/frag field and TCP option bytes; sequence exactly adjacent (append
+ *   only); segment <= the head's payload (gso_size), a shorter one or one with PSH closes the
+ *   item; total <= 65535. UDP is never merged (the TUN is not offered USO), only ordered.
  * Ordering: for each 4-tuple only the newest item may grow, and any packet of that 4-tuple
  * (merge candidate or not) becomes the newest, so no packet overtakes another of its flow.
  * Zero-copy: items are lists of pointers into the caller's buffers, written with writev. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ff_offload.h"
 
-#define P_TCP 6
-#define P_UDP 17
-#define TCP_ACK 0x10
-#define TCP_PSH 0x08
 #define MAX_TAILS (FF_GRO_MAX_IOV - 2)
+/* Merge candidates have a 20-byte IPv4 header: their TCP header is at a fixed place. */
+#define TCP_AT FF_IP4_HDR_MIN
+#define TCP_OPTS_AT (FF_IP4_HDR_MIN + FF_TCP_HDR_MIN)
 
-enum { K_PASS = 0, K_TCP = 1, K_UDP = 2 };
+enum kind { K_PASS = 0, K_TCP = 1 };
 
 struct seg {                 /* one input packet */
     uint8_t *p;              /* payload to append (tails) or the whole packet (heads) */
@@ -51,13 +51,6 @@ struct ff_gro {
     struct item *items;
     struct slot *hash;
 };
-
-static inline uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t ld32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline void st16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 
 struct ff_gro *ff_gro_new(int cap, unsigned flags)
 {
@@ -109,7 +102,7 @@ void ff_gro_set_flags(struct ff_gro *g, unsigned flags)
 
 /* What ff_gro_add learns about a packet. */
 struct info {
-    int kind;                /* K_PASS, K_TCP, K_UDP: merge candidate of that kind */
+    enum kind kind;          /* K_TCP: a merge candidate */
     int keyed;               /* has a 4-tuple (IPv4 TCP/UDP, first bytes present, no fragment) */
     int frag;                /* IPv4 fragment (or MF) of any protocol */
     uint8_t proto;
@@ -117,55 +110,45 @@ struct info {
     uint16_t hdrl, pay;
 };
 
-static int l4_csum_ok(const uint8_t *p, size_t len, uint8_t proto)
+static bool tcp_csum_ok(const uint8_t *p, size_t len)
 {
-    uint64_t acc = ff_ck_pseudo4(p, proto, (uint16_t)(len - 20));
-    return ff_ck_fold(ff_ck_add(acc, p + 20, len - 20)) == 0xffff;
+    uint64_t acc = ff_ck_pseudo4(p, FF_IPPROTO_TCP, (uint16_t)(len - TCP_AT));
+    return ff_ck_fold(ff_ck_add(acc, p + TCP_AT, len - TCP_AT)) == 0xffff;
 }
 
 static void classify(const struct ff_gro *g, const uint8_t *p, size_t len, struct info *in)
 {
     memset(in, 0, sizeof *in);
-    if (len < 20 || (p[0] >> 4) != 4)
+    if (len < FF_IP4_HDR_MIN || ff_ip4_version(p) != 4)
         return;
-    size_t ihl = (size_t)(p[0] & 0x0f) * 4;
-    if (ihl < 20 || ihl > len)
+    size_t ihl = ff_ip4_hdr_len(p);
+    if (ihl < FF_IP4_HDR_MIN || ihl > len)
         return;
-    in->src = ld32(p + 12);
-    in->dst = ld32(p + 16);
-    in->proto = p[9];
-    uint16_t frag = ld16(p + 6);
-    if (frag & 0x3fff) {
+    in->src = ff_ip4_src(p);
+    in->dst = ff_ip4_dst(p);
+    in->proto = p[FF_IP4_PROTO];
+    uint16_t frag = ff_ip4_frag(p);
+    if (frag & FF_IP4_FRAGMENT) {
         in->frag = 1;
         return;
     }
-    if ((in->proto != P_TCP && in->proto != P_UDP) || ihl + 4 > len)
+    if ((in->proto != FF_IPPROTO_TCP && in->proto != FF_IPPROTO_UDP) || ihl + FF_L4_PORTS_LEN > len)
         return;
     in->keyed = 1;
-    in->ports = ld32(p + ihl);
-    /* Candidate checks: no options, exact length, no evil/reserved bit. */
-    if (ihl != 20 || ld16(p + 2) != len || (frag & 0x8000) || ff_ck(p, 20) != 0)
+    in->ports = ff_ld32(p + ihl + FF_TCP_SPORT);
+    /* Candidate checks: TCP, no IP options, exact length, no reserved flag, valid checksums. */
+    if (in->proto != FF_IPPROTO_TCP || (g->flags & FF_GRO_NO_TCP) || ihl != FF_IP4_HDR_MIN ||
+        ff_ip4_tot_len(p) != len || (frag & FF_IP4_F_RESERVED) || len < TCP_OPTS_AT ||
+        ff_ck(p, FF_IP4_HDR_MIN) != 0)
         return;
-    if (in->proto == P_TCP) {
-        if ((g->flags & FF_GRO_NO_TCP) || len < 40)
-            return;
-        size_t thl = (size_t)(p[32] >> 4) * 4;
-        uint8_t fl = p[33];
-        if (thl < 20 || 20 + thl >= len || (p[32] & 0x0f) || !(fl & TCP_ACK) ||
-            (fl & ~(TCP_ACK | TCP_PSH)))
-            return;
-        if (!l4_csum_ok(p, len, P_TCP))
-            return;
-        in->hdrl = (uint16_t)(20 + thl);
-        in->kind = K_TCP;
-    } else {
-        if (!(g->flags & FF_GRO_UDP) || len <= 28 || ld16(p + 24) != len - 20)
-            return;
-        if (ld16(p + 26) != 0 && !l4_csum_ok(p, len, P_UDP))
-            return;
-        in->hdrl = 28;
-        in->kind = K_UDP;
-    }
+    const uint8_t *tcp = p + TCP_AT;
+    size_t thl = ff_tcp_hdr_len(tcp);
+    uint8_t fl = tcp[FF_TCP_FLAGS];
+    if (thl < FF_TCP_HDR_MIN || TCP_AT + thl >= len || (tcp[FF_TCP_DOFF] & 0x0f) ||
+        !(fl & FF_TCP_F_ACK) || (fl & ~(FF_TCP_F_ACK | FF_TCP_F_PSH)) || !tcp_csum_ok(p, len))
+        return;
+    in->hdrl = (uint16_t)(TCP_AT + thl);
+    in->kind = K_TCP;
     in->pay = (uint16_t)(len - in->hdrl);
 }
 
@@ -186,21 +169,20 @@ static struct slot *lookup(struct ff_gro *g, const struct info *in)
     }
 }
 
-/* Can packet p (candidate of kind in->kind) be appended to item it? */
-static int can_merge(const struct ff_gro *g, const struct item *it, const uint8_t *p,
-                     const struct info *in)
+/* Can candidate p be appended to item it? */
+static bool can_merge(const struct ff_gro *g, const struct item *it, const uint8_t *p,
+                      const struct info *in)
 {
     const uint8_t *h = g->segs[it->head].p;
     if (it->kind != in->kind || it->closed || in->pay > it->gso || it->ntail >= MAX_TAILS ||
-        it->len + in->pay > FF_IP_MAXPACKET)
-        return 0;
-    if (h[1] != p[1] || h[8] != p[8] || h[6] != p[6] || h[7] != p[7])
-        return 0;   /* TOS, TTL, DF */
-    if (in->kind == K_UDP)
-        return 1;
-    return in->hdrl == it->hdrl && ld32(p + 24) == it->next_seq &&
-           memcmp(h + 28, p + 28, 4) == 0 &&                         /* ack */
-           memcmp(h + 40, p + 40, (size_t)in->hdrl - 40) == 0;       /* options */
+        it->len + in->pay > FF_IP4_MAX_LEN)
+        return false;
+    if (h[FF_IP4_TOS] != p[FF_IP4_TOS] || h[FF_IP4_TTL] != p[FF_IP4_TTL] ||
+        ff_ip4_frag(h) != ff_ip4_frag(p))
+        return false;   /* TOS, TTL, DF */
+    return in->hdrl == it->hdrl && ff_ld32(p + TCP_AT + FF_TCP_SEQ) == it->next_seq &&
+           memcmp(h + TCP_AT + FF_TCP_ACK, p + TCP_AT + FF_TCP_ACK, 4) == 0 &&
+           memcmp(h + TCP_OPTS_AT, p + TCP_OPTS_AT, (size_t)in->hdrl - TCP_OPTS_AT) == 0;
 }
 
 static void close_frag_flows(struct ff_gro *g, const struct info *in)
@@ -223,7 +205,7 @@ static void append(struct ff_gro *g, struct item *it, uint8_t *p, const struct i
     it->next_seq += in->pay;
     if (in->pay < it->gso)
         it->closed = 1;   /* a shorter segment can only be the last */
-    if (in->kind == K_TCP && (p[33] & TCP_PSH))
+    if (p[TCP_AT + FF_TCP_FLAGS] & FF_TCP_F_PSH)
         it->closed = it->psh = 1;
 }
 
@@ -238,8 +220,8 @@ static void new_item(struct ff_gro *g, uint8_t *p, size_t len, const struct info
                          .dst = in->dst, .ports = in->ports, .head = k, .last = k,
                          .len = (uint32_t)len, .hdrl = in->hdrl, .gso = in->pay };
     if (in->kind == K_TCP) {
-        it->next_seq = ld32(p + 24) + in->pay;
-        if (p[33] & TCP_PSH)
+        it->next_seq = ff_ld32(p + TCP_AT + FF_TCP_SEQ) + in->pay;
+        if (p[TCP_AT + FF_TCP_FLAGS] & FF_TCP_F_PSH)
             it->closed = 1;   /* PSH may only end an item */
     }
     if (s) {
@@ -250,7 +232,7 @@ static void new_item(struct ff_gro *g, uint8_t *p, size_t len, const struct info
 
 int ff_gro_add(struct ff_gro *g, uint8_t *p, size_t len)
 {
-    if (len > FF_IP_MAXPACKET)
+    if (len > FF_IP4_MAX_LEN)
         return -EINVAL;
     if (g->nseg >= g->cap || g->finished)
         return -ENOSPC;
@@ -261,10 +243,10 @@ int ff_gro_add(struct ff_gro *g, uint8_t *p, size_t len)
     struct slot *s = in.keyed ? lookup(g, &in) : NULL;
     if (in.kind != K_PASS && s && s->gen == g->gen && can_merge(g, &g->items[s->item], p, &in)) {
         append(g, &g->items[s->item], p, &in);
-        return 1;
+        return FF_GRO_MERGED;
     }
     new_item(g, p, len, &in, s);
-    return 0;
+    return FF_GRO_NEW_ITEM;
 }
 
 static void finish_item(struct ff_gro *g, struct item *it)
@@ -273,27 +255,19 @@ static void finish_item(struct ff_gro *g, struct item *it)
     if (it->ntail == 0)
         return;
     uint8_t *p = g->segs[it->head].p;
-    st16(p + 2, (uint16_t)it->len);
-    ff_ipv4_set_csum(p);
-    uint16_t l4len = (uint16_t)(it->len - 20);
-    uint16_t at;
-    if (it->kind == K_TCP) {
-        if (it->psh)
-            p[33] |= TCP_PSH;
-        at = 16;
-        it->vh.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
-    } else {
-        st16(p + 24, l4len);
-        at = 6;
-        it->vh.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
-    }
+    ff_st16(p + FF_IP4_TOT_LEN, (uint16_t)it->len);
+    ff_ip4_set_csum(p);
+    if (it->psh)
+        p[TCP_AT + FF_TCP_FLAGS] |= FF_TCP_F_PSH;
     /* CHECKSUM_PARTIAL: the field holds the folded, uncomplemented pseudo-header sum. */
-    st16(p + 20 + at, ff_ck_fold(ff_ck_pseudo4(p, it->proto, l4len)));
+    uint16_t l4len = (uint16_t)(it->len - TCP_AT);
+    ff_st16(p + TCP_AT + FF_TCP_CSUM, ff_ck_fold(ff_ck_pseudo4(p, FF_IPPROTO_TCP, l4len)));
+    it->vh.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
     it->vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
     it->vh.hdr_len = it->hdrl;
     it->vh.gso_size = it->gso;
-    it->vh.csum_start = 20;
-    it->vh.csum_offset = at;
+    it->vh.csum_start = TCP_AT;
+    it->vh.csum_offset = FF_TCP_CSUM;
 }
 
 int ff_gro_finish(struct ff_gro *g)

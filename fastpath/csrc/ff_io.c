@@ -1,6 +1,6 @@
 /* TUN device and UDP socket setup for the forwarder. */
 #define _GNU_SOURCE
-#include "ff_fwd.h"
+#include "ff_fwd_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,9 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Offloads we can take from the TUN with IFF_VNET_HDR: partial checksums and IPv4 TSO (split
- * by ff_gso_split). No TSO6 (flannel's udp backend is IPv4) and no USO for now. */
-int ff_tun_set_offload(int fd)
+/* Offloads we take from the TUN with IFF_VNET_HDR: partial checksums and IPv4 TSO (split by
+ * ff_gso_split). No TSO6 (flannel's udp backend is IPv4) and no USO (UDP superframes). */
+static int tun_set_offload(int fd)
 {
     return ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) < 0 ? -errno : 0;
 }
@@ -32,10 +32,11 @@ int ff_tun_open(const char *name, int vnet, int mq, char *actual, size_t actual_
     if (fd < 0)
         return -errno;
     memset(&ifr, 0, sizeof(ifr));
-    /* flannel: IFF_TUN|IFF_NO_PI, no packet-info header, no vnet header (FLANNEL.md 4.1) */
+    /* flannel: IFF_TUN|IFF_NO_PI, no packet-info header, no vnet header (docs/flannel-compat.md
+     * §"udp backend"); the vnet header only with the offload tier */
     ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0) | (mq ? IFF_MULTI_QUEUE : 0);
     memcpy(ifr.ifr_name, name, strlen(name));
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || (vnet && ff_tun_set_offload(fd) < 0)) {
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || (vnet && tun_set_offload(fd) < 0)) {
         err = -errno;
         close(fd);
         return err;
@@ -67,7 +68,7 @@ int ff_tun_adopt(int fd, int vnet, int mq, char *actual, size_t actual_len)
     /* the packet framing must match what the loops expect */
     err = (!!(ifr.ifr_flags & IFF_VNET_HDR) != !!vnet ||
            (mq && !(ifr.ifr_flags & IFF_MULTI_QUEUE))) ? -EINVAL
-          : vnet ? ff_tun_set_offload(nfd) : 0;
+          : vnet ? tun_set_offload(nfd) : 0;
     if (err < 0) {
         close(nfd);
         return err;
@@ -125,11 +126,6 @@ int ff_udp_set_gro(int fd, int on)
     return setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on)) < 0 ? -errno : 0;
 }
 
-int ff_udp_enable_gro(int fd)
-{
-    return ff_udp_set_gro(fd, 1);
-}
-
 int ff_sock_port(int fd)
 {
     struct sockaddr_in sa;
@@ -147,7 +143,8 @@ int ff_sock_port(int fd)
 int ff_udp_steer_by_sport(int fd, uint32_t n)
 {
     struct sock_filter code[] = {
-        {BPF_LD | BPF_H | BPF_ABS, 0, 0, (uint32_t)SKF_NET_OFF + 20},   /* A = UDP source port */
+        /* A = the UDP source port */
+        {BPF_LD | BPF_H | BPF_ABS, 0, 0, (uint32_t)SKF_NET_OFF + FF_IP4_HDR_MIN + FF_UDP_SPORT},
         {BPF_ALU | BPF_MOD | BPF_K, 0, 0, n},
         {BPF_RET | BPF_A, 0, 0, 0},
     };

@@ -17,21 +17,19 @@ static double now_ns(void)
 
 static volatile uint64_t g_sink;
 
-static void st16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-
 /* IPv4+TCP superframe, payload paylen, checksums set (full), as a TSO frame would look. */
 static size_t mk_frame(uint8_t *p, size_t paylen)
 {
     memset(p, 0, 52);
-    p[0] = 0x45; st16(p + 2, (uint16_t)(52 + paylen)); st16(p + 6, 0x4000); p[8] = 64; p[9] = 6;
+    p[0] = 0x45; ff_st16(p + 2, (uint16_t)(52 + paylen)); ff_st16(p + 6, 0x4000); p[8] = 64; p[9] = 6;
     p[12] = 10; p[15] = 1; p[16] = 10; p[19] = 2;
     p[20] = 0x9c; p[21] = 0x40; p[22] = 0x14; p[23] = 0x51;
     p[32] = 8 << 4; p[33] = 0x10; p[34] = 1;
     for (size_t i = 0; i < paylen; i++)
         p[52 + i] = (uint8_t)(i * 7);
-    ff_ipv4_set_csum(p);
+    ff_ip4_set_csum(p);
     uint16_t c = (uint16_t)~ff_ck_fold(ff_ck_add(ff_ck_pseudo4(p, 6, (uint16_t)(32 + paylen)), p + 20, 32 + paylen));
-    st16(p + 36, c);
+    ff_st16(p + 36, c);
     return 52 + paylen;
 }
 
@@ -63,11 +61,6 @@ int main(void)
     int nseg = ff_gso_split(&h, sf, len, outs, 2048, lens, 64);
     printf("(split gives %d segments)\n", nseg);
     BEST("TSO split 64 KiB -> 1448 B segments", 20000, len, g_sink += (uint64_t)ff_gso_split(&h, sf, len, outs, 2048, lens, 64));
-
-    static uint8_t contig[70000];
-    size_t clen;
-    BEST("TSO split 64 KiB, contiguous (UDP_SEGMENT)", 20000, len,
-         g_sink += (uint64_t)ff_gso_split_contig(&h, sf, len, contig, sizeof contig, &clen));
 
     /* GRO: the 46 segments back into one item (copies of the segments, heads rewritten). */
     static uint8_t pk[64][2048];

@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "ff_check.h"
+#include "ff_csum.h"
 #include "ff_fwd.h"
-#include "ff_pkt.h"
 
 #define LOCALHOST 0x7f000001u
 
@@ -32,7 +32,7 @@ static void mk(uint8_t *p, size_t total, uint32_t src, uint32_t dst)
         p[12 + i] = (uint8_t)(src >> (24 - 8 * i));
         p[16 + i] = (uint8_t)(dst >> (24 - 8 * i));
     }
-    c = ff_csum(p, 20);
+    c = ff_ck(p, 20);
     p[10] = (uint8_t)(c >> 8);
     p[11] = (uint8_t)c;
 }
@@ -61,7 +61,7 @@ static uint64_t wait_stat(struct ff_fwd *fw, int i, uint64_t want)
 static int run(uint32_t flags, uint32_t workers, uint32_t refuse)
 {
     struct ff_opts o = {.tun_name = "ffct%d", .tun_fd = -1, .bind_ip = LOCALHOST, .port = 0,
-                        .tun_ip = 0x0a630000u, .mtu = 1472, .batch = 16, .flags = flags,
+                        .tun_ip = 0x0a630000u, .batch = 16, .flags = flags,
                         .workers = workers, .refuse = refuse};
     struct ff_fwd *fw;
     struct sockaddr_in me;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ff_check.h"
+#include "ff_csum.h"
 #include "ff_pkt.h"
 
 static void mk_packet(uint8_t *p, size_t total, uint8_t proto, uint8_t ttl)
@@ -21,7 +22,7 @@ static void mk_packet(uint8_t *p, size_t total, uint8_t proto, uint8_t ttl)
     p[16] = 10; p[17] = 10; p[18] = 32; p[19] = 7;
     for (size_t i = 20; i < total; i++)
         p[i] = (uint8_t)(i * 7);
-    c = ff_csum(p, 20);
+    c = ff_ck(p, 20);
     p[10] = (uint8_t)(c >> 8);
     p[11] = (uint8_t)c;
 }
@@ -31,21 +32,21 @@ static void test_validate(void)
     uint8_t p[100];
 
     mk_packet(p, 60, 6, 64);
-    CHECK_EQ(ff_ipv4_validate(p, 60), FF_PKT_OK);
-    CHECK_EQ(ff_ipv4_validate(p, 100), FF_PKT_OK);      /* trailing bytes are allowed */
-    CHECK_EQ(ff_ipv4_validate(p, 19), FF_PKT_SHORT);
-    CHECK_EQ(ff_ipv4_validate(p, 0), FF_PKT_SHORT);
-    CHECK_EQ(ff_ipv4_validate(p, 59), FF_PKT_BAD_LENGTH);
+    CHECK_EQ(ff_ip4_validate(p, 60), FF_IP4_OK);
+    CHECK_EQ(ff_ip4_validate(p, 100), FF_IP4_OK);      /* trailing bytes are allowed */
+    CHECK_EQ(ff_ip4_validate(p, 19), FF_IP4_SHORT);
+    CHECK_EQ(ff_ip4_validate(p, 0), FF_IP4_SHORT);
+    CHECK_EQ(ff_ip4_validate(p, 59), FF_IP4_BAD_LENGTH);
     p[0] = 0x65;
-    CHECK_EQ(ff_ipv4_validate(p, 60), FF_PKT_BAD_HEADER);
+    CHECK_EQ(ff_ip4_validate(p, 60), FF_IP4_BAD_HEADER);
     p[0] = 0x44;
-    CHECK_EQ(ff_ipv4_validate(p, 60), FF_PKT_BAD_HEADER);
+    CHECK_EQ(ff_ip4_validate(p, 60), FF_IP4_BAD_HEADER);
     p[0] = 0x4f;                                         /* 60-byte header inside 60 bytes */
-    CHECK_EQ(ff_ipv4_validate(p, 60), FF_PKT_OK);
-    CHECK_EQ(ff_ipv4_validate(p, 59), FF_PKT_BAD_HEADER);
+    CHECK_EQ(ff_ip4_validate(p, 60), FF_IP4_OK);
+    CHECK_EQ(ff_ip4_validate(p, 59), FF_IP4_BAD_HEADER);
     p[0] = 0x46;
     p[2] = 0; p[3] = 20;                                 /* total < IHL*4 */
-    CHECK_EQ(ff_ipv4_validate(p, 60), FF_PKT_BAD_LENGTH);
+    CHECK_EQ(ff_ip4_validate(p, 60), FF_IP4_BAD_LENGTH);
 }
 
 static void test_random_bytes(void)
@@ -64,22 +65,22 @@ static void test_random_bytes(void)
             p[2] = 0;
             p[3] = (uint8_t)(ff_rand() % 90);
         }
-        v = ff_ipv4_validate(p, len);
+        v = ff_ip4_validate(p, len);
         if (len < 20)
-            want = FF_PKT_SHORT;
+            want = FF_IP4_SHORT;
         else if ((p[0] >> 4) != 4 || (p[0] & 15) < 5 || (size_t)(p[0] & 15) * 4 > len)
-            want = FF_PKT_BAD_HEADER;
+            want = FF_IP4_BAD_HEADER;
         else if ((size_t)(p[2] << 8 | p[3]) < (size_t)(p[0] & 15) * 4 ||
                  (size_t)(p[2] << 8 | p[3]) > len)
-            want = FF_PKT_BAD_LENGTH;
+            want = FF_IP4_BAD_LENGTH;
         else
-            want = FF_PKT_OK;
+            want = FF_IP4_OK;
         CHECK_EQ(v, want);
-        if (v == FF_PKT_OK) {
+        if (v == FF_IP4_OK) {
             uint8_t out[FF_ICMP_MAX_LEN];
             int k = ff_icmp_net_unreach(p, len, 0x0a0a0000u, out, sizeof(out));
             CHECK(k >= 0 && k <= (int)FF_ICMP_MAX_LEN);
-            (void)ff_ipv4_dec_ttl(p);
+            (void)ff_ip4_dec_ttl(p);
         }
         free(p);
     }
@@ -94,17 +95,17 @@ static void test_ttl(void)
         p[4] = (uint8_t)ff_rand();   /* vary the checksum */
         p[10] = p[11] = 0;
         {
-            uint16_t c = ff_csum(p, 20);
+            uint16_t c = ff_ck(p, 20);
             p[10] = (uint8_t)(c >> 8);
             p[11] = (uint8_t)c;
         }
         if (ttl <= 1) {
-            CHECK_EQ(ff_ipv4_dec_ttl(p), -1);
+            CHECK_EQ(ff_ip4_dec_ttl(p), FF_TTL_EXPIRED);
             CHECK_EQ(p[8], ttl);
         } else {
-            CHECK_EQ(ff_ipv4_dec_ttl(p), 0);
+            CHECK_EQ(ff_ip4_dec_ttl(p), FF_TTL_OK);
             CHECK_EQ(p[8], ttl - 1);
-            CHECK_EQ(ff_csum(p, 20), 0);    /* a correct header sums to zero */
+            CHECK_EQ(ff_ck(p, 20), 0);      /* a correct header sums to zero */
         }
     }
 }
@@ -120,26 +121,31 @@ static void test_icmp(void)
     CHECK_EQ(out[0], 0x45);
     CHECK_EQ(out[8], 8);
     CHECK_EQ(out[9], 1);
-    CHECK_EQ(ff_get16(out + 2), k);
-    CHECK_EQ(ff_get32(out + 12), 0x0a0a0000u);
-    CHECK_EQ(ff_get32(out + 16), ff_ipv4_src(p));
-    CHECK_EQ(ff_csum(out, 20), 0);
+    CHECK_EQ(ff_ld16(out + 2), k);
+    CHECK_EQ(ff_ld32(out + 12), 0x0a0a0000u);
+    CHECK_EQ(ff_ld32(out + 16), ff_ip4_src(p));
+    CHECK_EQ(ff_ck(out, 20), 0);
     CHECK_EQ(out[20], 3);
     CHECK_EQ(out[21], 0);
-    CHECK_EQ(ff_csum(out + 20, (size_t)k - 20), 0);
+    CHECK_EQ(ff_ck(out + 20, (size_t)k - 20), 0);
     CHECK(memcmp(out + 28, p, 28) == 0);
     /* short packet: quote what exists */
     mk_packet(p, 24, 17, 64);
     CHECK_EQ(ff_icmp_net_unreach(p, 24, 1, out, sizeof(out)), 20 + 8 + 24);
-    CHECK_EQ(ff_csum(out + 20, 8 + 24), 0);
+    CHECK_EQ(ff_ck(out + 20, 8 + 24), 0);
     /* never about ICMP or non-first fragments */
+    CHECK(ff_icmp_due(p));
     mk_packet(p, 60, 1, 64);
-    CHECK_EQ(ff_icmp_net_unreach(p, 60, 1, out, sizeof(out)), 0);
+    CHECK(!ff_icmp_due(p));
     mk_packet(p, 60, 6, 64);
     p[7] = 1;
-    CHECK_EQ(ff_icmp_net_unreach(p, 60, 1, out, sizeof(out)), 0);
-    p[7] = 0;
-    p[6] = 0x20;                                         /* MF on the first fragment: due */
+    CHECK(!ff_icmp_due(p));
+    p[6] = 0x1f; p[7] = 0xff;                            /* the largest offset */
+    CHECK(!ff_icmp_due(p));
+    p[6] = 0x20; p[7] = 0;                               /* MF on the first fragment: due */
+    CHECK(ff_icmp_due(p));
+    p[6] = 0x40;                                         /* DF alone: due */
+    CHECK(ff_icmp_due(p));
     CHECK(ff_icmp_net_unreach(p, 60, 1, out, sizeof(out)) > 0);
     CHECK_EQ(ff_icmp_net_unreach(p, 60, 1, small, sizeof(small)), -ENOSPC);
     CHECK_EQ(ff_icmp_net_unreach(p, 10, 1, out, sizeof(out)), -EINVAL);

@@ -1,14 +1,16 @@
 """Run one Forwarder on its own, configured as flannel's udp backend would be (tests, benchmarks).
 
-    python3 -m fastflannel.fastpath.node '{"bind_ip": "192.0.2.10", "tun_ip": "10.10.16.0",
+    python3 tests/support/node.py '{"bind_ip": "192.0.2.10", "tun_ip": "10.10.16.0",
         "routes": [["10.10.32.0/20", "192.0.2.11"]], "stats": "/tmp/stats.json"}'
 
-Opens flannel%d, gives it <tun_ip>/32, MTU, txqueuelen, link up and a route for `network` (iproute2, as the
+Opens flannel%d (IPv6 off on it), gives it <tun_ip>/32, MTU, txqueuelen, link up and a route for
+`network` (iproute2, as the
 agent does with netlink), adds the routes, starts, and writes the counters as JSON to `stats`
 every 100 ms and once more after SIGTERM (with "features" and per-queue "queues" counters).
 "workers", "offload", "tun_tso", "udp_gso", "udp_gro", "tcp_gro" are Forwarder.open's switches;
-"refuse" (tests) lists offload parts whose kernel call is made to fail once. With "churn": true a thread replaces the whole table
-(10k dummy routes plus the real ones) every `churn_interval` seconds, counting "replacements".
+"refuse" lists offload parts whose kernel call is made to fail once (a development build of the
+fast path only). With "churn": true a thread replaces the whole table (10k dummy routes plus the
+real ones) every `churn_interval` seconds, counting "replacements".
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ import threading
 
 import numpy as np
 
-from . import ROUTE_DTYPE, Forwarder
+from fastflannel.fastpath import ROUTE_DTYPE, Forwarder
 
 # txqueuelen: the TUN's default 500 overflows under a single TCP stream (each drop a TCP
-# retransmit; PERF.md 5.1); 5000 removed every drop in bench/bench_fastpath_iperf.py.
-DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True, "batch": 64, "offload": False,
+# retransmit; docs/fastpath.md §"What the control plane must do"); 5000 removed every drop in
+# bench/bench_fastpath_iperf.py.
+DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True,
+            "batch": 64, "offload": False,
             "workers": 1, "tun_tso": None, "udp_gso": None, "udp_gro": None, "tcp_gro": None, "refuse": [],
             "routes": [], "churn": False, "churn_interval": 0.005}
 CHURN_ROUTES = 10_000
@@ -45,7 +49,15 @@ class Node:
                 workers=c["workers"], tun_tso=c["tun_tso"], udp_gso=c["udp_gso"], udp_gro=c["udp_gro"],
                 tcp_gro=c["tcp_gro"], _refuse=tuple(c["refuse"]))
         dev = fw.tun_name
-        for cmd in (f"ip addr add {c['tun_ip']}/32 dev {dev}", f"ip link set {dev} mtu {c['mtu']} txqueuelen {c['txqueuelen']} up",
+        # flannel's udp backend is IPv4 only. Left on, the kernel's own IPv6 chatter on the TUN
+        # (router solicitations, MLD reports) is read and dropped as tun_invalid, which would
+        # blur the drop counters the tests compare with exact numbers.
+        ipv6 = f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"
+        if os.path.exists(ipv6):
+            with open(ipv6, "w") as f:
+                f.write("1")
+        for cmd in (f"ip addr add {c['tun_ip']}/32 dev {dev}",
+                    f"ip link set {dev} mtu {c['mtu']} txqueuelen {c['txqueuelen']} up",
                     f"ip route add {c['network']} dev {dev}"):
             subprocess.run(cmd.split(), check=True, capture_output=True)
         for subnet, peer in c["routes"]:

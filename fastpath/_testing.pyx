@@ -1,18 +1,29 @@
-# Test and benchmark hooks: the C table and packet helpers, callable from Python for the
-# differential tests against reference.py, and nogil loops that time the C code alone.
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Test and benchmark hooks of the fast path (a development build only, FASTFLANNEL_DEV=1).
+
+The C route table and packet checks, callable from Python for the differential tests against
+the Python twin (tests/support/reference.py), and nogil loops that time the C code alone. Not
+part of the installed package: setup.py builds this module only in a development build.
+"""
+include "_errors.pxi"
+include "_convert.pxi"
+
+from libc.errno cimport ENOENT
 from libc.string cimport memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from ff_table cimport (ff_table, ff_slot, ff_table_new, ff_table_free, ff_table_insert,
                        ff_table_remove, ff_table_finalize, ff_table_routes, ff_table_lookup,
                        ff_table_has_peer, ff_table_max_probe, ff_table_bench)
-from ff_pkt cimport (ff_ipv4_validate, ff_ipv4_dec_ttl, ff_ipv4_dst, ff_icmp_net_unreach,
-                     FF_ICMP_MAX_LEN, FF_PKT_OK, FF_PKT_SHORT, FF_PKT_BAD_HEADER, FF_PKT_BAD_LENGTH)
+from ff_pkt cimport (ff_ip4_validate, ff_ip4_dec_ttl, ff_ip4_dst, ff_icmp_due, ff_icmp_net_unreach,
+                     FF_ICMP_MAX_LEN, FF_IP4_OK, FF_IP4_SHORT, FF_IP4_BAD_HEADER, FF_IP4_BAD_LENGTH,
+                     FF_TTL_OK, FF_TTL_EXPIRED)
 
-PKT_OK = FF_PKT_OK
-PKT_SHORT = FF_PKT_SHORT
-PKT_BAD_HEADER = FF_PKT_BAD_HEADER
-PKT_BAD_LENGTH = FF_PKT_BAD_LENGTH
+#: ipv4_validate's verdicts (C enum ff_ip4_verdict).
+PKT_OK = FF_IP4_OK
+PKT_SHORT = FF_IP4_SHORT
+PKT_BAD_HEADER = FF_IP4_BAD_HEADER
+PKT_BAD_LENGTH = FF_IP4_BAD_LENGTH
 
 
 cdef double _now_ns() noexcept nogil:
@@ -95,16 +106,16 @@ def ipv4_validate(data):
     """PKT_OK, PKT_SHORT, PKT_BAD_HEADER or PKT_BAD_LENGTH for a raw IPv4 packet."""
     cdef const uint8_t[::1] p = _bytes_view(data)
     cdef uint8_t dummy = 0
-    return ff_ipv4_validate(&p[0] if p.shape[0] else &dummy, p.shape[0])
+    return <int>ff_ip4_validate(&p[0] if p.shape[0] else &dummy, p.shape[0])
 
 
 def ipv4_dec_ttl(data):
     """The packet with TTL-1 and its checksum patched, or None when it must be dropped (TTL <= 1)."""
-    if ipv4_validate(data) != FF_PKT_OK:
+    if ipv4_validate(data) != FF_IP4_OK:
         raise ValueError("not a valid IPv4 packet")
     out = bytearray(data)
     cdef uint8_t[::1] p = out
-    if ff_ipv4_dec_ttl(&p[0]) < 0:
+    if ff_ip4_dec_ttl(&p[0]) == FF_TTL_EXPIRED:
         return None
     return bytes(out)
 
@@ -114,9 +125,10 @@ def icmp_net_unreach(data, uint32_t tun_ip):
     cdef const uint8_t[::1] p = _bytes_view(data)
     cdef uint8_t out[FF_ICMP_MAX_LEN]
     cdef uint8_t dummy = 0
-    cdef int k = ff_icmp_net_unreach(&p[0] if p.shape[0] else &dummy, p.shape[0], tun_ip, out, sizeof(out))
+    cdef const uint8_t *pkt = &p[0] if p.shape[0] else &dummy
+    cdef int k = ff_icmp_net_unreach(pkt, p.shape[0], tun_ip, out, sizeof(out))
     _check(k, "icmp")
-    return None if k == 0 else bytes(out[:k])
+    return bytes(out[:k]) if ff_icmp_due(pkt) else None
 
 
 cdef int _transform_loop(const ff_table *t, uint8_t *buf, const uint8_t *pkt, size_t len,
@@ -126,11 +138,11 @@ cdef int _transform_loop(const ff_table *t, uint8_t *buf, const uint8_t *pkt, si
     cdef int kept = 0
     for i in range(n):
         memcpy(buf, pkt, 20)
-        if ff_ipv4_validate(buf, len) != FF_PKT_OK:
+        if ff_ip4_validate(buf, len) != FF_IP4_OK:
             continue
-        if ff_table_lookup(t, ff_ipv4_dst(buf)) == NULL:
+        if ff_table_lookup(t, ff_ip4_dst(buf)) == NULL:
             continue
-        kept += ff_ipv4_dec_ttl(buf) == 0
+        kept += ff_ip4_dec_ttl(buf) == FF_TTL_OK
     return kept
 
 
