@@ -30,9 +30,9 @@ from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_sub
 from .subnets import LeaseKeeper, SubnetManager
 
 if TYPE_CHECKING:
+    from .etcd_options import EtcdOptions
     from .healthz import HealthServer
     from .ipmasq import ForwardRules, IPMasq
-    from .registry import EtcdOptions
 
 log = logging.getLogger("fastflannel")
 
@@ -51,7 +51,7 @@ def backend_options(opts: Options) -> BackendOptions:
 
 
 def etcd_options(opts: Options) -> EtcdOptions:
-    from .registry import EtcdOptions
+    from .etcd_options import EtcdOptions  # not .registry: a daemon on the v2 store never loads grpc
     return EtcdOptions(endpoints=list(opts.etcd_endpoints), prefix=opts.etcd_prefix,
                        keyfile=opts.etcd_keyfile or None, certfile=opts.etcd_certfile or None,
                        cafile=opts.etcd_cafile or None, username=opts.etcd_username or None,
@@ -153,8 +153,9 @@ class Daemon:
         """The registry, connected (retrying every second while etcd is unreachable) unless
         stop was set first."""
         if self.registry is None:
-            from .registry import EtcdRegistry
-            self.registry = EtcdRegistry(etcd_options(self.opts))
+            # -etcd-api: the v3 store, the v2 store, or (auto) the one holding the config.
+            from .store_select import StoreSelector
+            self.registry = StoreSelector(etcd_options(self.opts), self.opts.etcd_api)
         registry, warned = self.registry, False
         while not self.stop.is_set():
             try:
@@ -184,16 +185,30 @@ class Daemon:
                 log.info("Network config: %s", raw.strip() if isinstance(raw, str) else raw)
                 return cfg
             if not hinted:
-                log.error("Couldn't fetch network config: flannel config not found in etcd store "
-                          "(%s). Did you create your config using etcdv3 API?", key)
-                v2 = self._config_in_v2(registry)
-                if v2 is not None:
-                    log.error("The config exists only in the etcd v2 store (written with the old "
-                              "`etcdctl set`). Write it with the v3 API: ETCDCTL_API=3 etcdctl put %s %s",
-                              key, shlex.quote(v2.strip()))
+                for line in self._config_missing(registry, key):
+                    log.error("%s", line)
                 hinted = True
             self.stop.wait(CONFIG_RETRY_S)
         return None
+
+    def _config_missing(self, registry: Registry, key: str) -> List[str]:
+        """What to say, once, while no config is found: flannel's message for the store in use,
+        and where the config could be instead (-etcd-api, docs/flannel-compat.md §"The etcd v2 store")."""
+        if self.opts.etcd_api == "v2":
+            return [f"Couldn't fetch network config: flannel config not found in the etcd v2 store ({key}). "
+                    f"Write it as flanneld < v0.18 reads it: ETCDCTL_API=2 etcdctl set {key} '<config JSON>'"]
+        lines = [f"Couldn't fetch network config: flannel config not found in etcd store ({key}). "
+                 "Did you create your config using etcdv3 API?"]
+        if self.opts.etcd_api == "auto":
+            lines.append("It is not in the etcd v2 store either, where flanneld v0.6-v0.13 keep it (etcd >= 3.4 "
+                         "serves that store only with --enable-v2); the daemon runs on whichever store holds it")
+            return lines
+        v2 = self._config_in_v2(registry)
+        if v2 is not None:
+            lines.append("The config exists only in the etcd v2 store (written with `etcdctl set`), which "
+                         "-etcd-api=v3 ignores: drop -etcd-api=v3 to run on that store, or write it with the v3 "
+                         f"API: ETCDCTL_API=3 etcdctl put {key} {shlex.quote(v2.strip())}")
+        return lines
 
     @staticmethod
     def _config_in_v2(registry: Registry) -> Optional[str]:

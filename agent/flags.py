@@ -26,6 +26,7 @@ MAX_WORKERS = 64                    # TUN queues per fast path (fastpath MAX_WOR
 # -fastpath-disable: offload parts that can be switched off one by one (a kernel bug in one of
 # them, docs/fastpath.md); fastpath.Forwarder.open takes them as keywords with "_" for "-".
 OFFLOAD_PARTS = ("tun-tso", "udp-gso", "udp-gro", "tcp-gro")
+ETCD_APIS = ("auto", "v2", "v3")    # -etcd-api (agent/store_select.py API_CHOICES)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Options:
     etcd_cafile: str = ""
     etcd_username: str = ""
     etcd_password: str = ""
+    etcd_api: str = "auto"                          # fastflannel: auto | v2 | v3 (agent/store_select.py)
     iface: List[str] = field(default_factory=list)
     iface_regex: List[str] = field(default_factory=list)
     iface_can_reach: str = ""
@@ -98,6 +100,8 @@ _FLAGS: Tuple[_Flag, ...] = (
     _Flag("etcd-cafile", "str", "SSL Certificate Authority file used to secure etcd communication"),
     _Flag("etcd-username", "str", "username for BasicAuth to etcd"),
     _Flag("etcd-password", "str", "password for BasicAuth to etcd"),
+    _Flag("etcd-api", "str", "fastflannel: the etcd store: v3 (flanneld v0.18+), v2 (flanneld v0.6-v0.13; "
+          "etcd >= 3.4 needs --enable-v2) or auto (the store that holds the config; v3 when both do)"),
     _Flag("iface", "list", "interface to use (IP or name) for inter-host communication; repeatable",
           repeatable=True),
     _Flag("iface-regex", "list", "regex expression to match the first interface to use (IP or name) "
@@ -254,6 +258,8 @@ def _validate(opts: Options) -> None:
                         "(use etcd: drop -kube-subnet-mgr)")
     if not opts.etcd_endpoints:
         raise FlagError("-etcd-endpoints: no etcd endpoint given")
+    if opts.etcd_api not in ETCD_APIS:
+        raise FlagError(f"-etcd-api must be one of {', '.join(ETCD_APIS)}, got {_q(opts.etcd_api)}")
     if opts.iptables_resync < 1:
         raise FlagError(f"-iptables-resync must be at least 1 second, got {opts.iptables_resync}")
     if not 0 <= opts.healthz_port <= 65535:

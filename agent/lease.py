@@ -87,6 +87,21 @@ def encode_attrs(attrs: LeaseAttrs) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
+def encode_attrs_v2(attrs: LeaseAttrs) -> bytes:
+    """Byte for byte what flannel v0.6-v0.13 writes on the etcd v2 store (docs/flannel-compat.md
+    §"The etcd v2 store"): `{"PublicIP":"…"[,"BackendType":…][,"BackendData":…]}`, no PublicIPv6
+    (v0.15+), and vxlan's BackendData without "VNI" (v0.14+): `{"VtepMAC":"…"}`."""
+    parts = [f'"PublicIP":{_go_json(str(attrs.public_ip))}']
+    if attrs.backend_type:
+        parts.append(f'"BackendType":{_go_json(attrs.backend_type)}')
+    data = attrs.backend_data
+    if data is not None and attrs.backend_type == "vxlan":
+        data = {k: v for k, v in data.items() if k != "VNI"}
+    if data is not None:
+        parts.append(f'"BackendData":{_go_json(data)}')
+    return ("{" + ",".join(parts) + "}").encode()
+
+
 def json_key(obj: dict, name: str, default: Any = None) -> Any:
     """Go's JSON decoder: an exact key wins, otherwise the first case-insensitive match."""
     if name in obj:
