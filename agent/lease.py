@@ -3,6 +3,11 @@
 
 A lease lives at `<prefix>/subnets/<ip>-<len>`; its value is Go's JSON of `LeaseAttrs`, field order
 PublicIP, PublicIPv6, BackendType (omitempty), BackendData (omitempty). udp sets no BackendType.
+
+Only the spelling flannel writes is a lease key (docs/architecture.md §"Lease admission"): a key
+that names a subnet in another way (`10.5.34.0-024`, non-ASCII digits, a trailing newline, a
+deeper path) would be a second key for a live host's subnet, and its deletion would look like
+that host's.
 """
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from typing import Any, Optional
 from .errors import LeaseFormatError
 
 # flannel's regex (pkg/subnet/subnet.go) is unanchored at the start and leaves two dots
-# unescaped; we accept the same keys but anchor both ends so junk prefixes are rejected.
-_KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
+# unescaped; we match the whole name (fullmatch: `$` would allow a trailing newline) with ASCII
+# digits only (Python's \d takes any Unicode digit, Go's RE2 does not).
+_KEY_RE = re.compile(r"([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)-([0-9]+)(?:&([a-fA-F0-9:]+)-([0-9]+))?")
+MAX_LEASE_VALUE_BYTES = 8192    # a lease flannel writes is under 300 bytes; more is not a lease
+_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
@@ -57,18 +65,29 @@ def subnet_key(net: IPv4Network) -> str:
 
 
 def parse_subnet_key(key: str) -> IPv4Network:
-    """Parse the last path element of a lease key; the IPv6 half of a dual-stack key is ignored."""
-    name = key.rsplit("/", 1)[-1]
-    m = _KEY_RE.match(name)
+    """Parse a lease key (`<prefix>/subnets/<ip>-<len>`, or the bare name); the IPv6 half of a
+    dual-stack key is checked and ignored. Only flannel's own spelling of the IPv4 half is a key."""
+    parts = key.rsplit("/", 2)
+    if len(parts) > 1 and parts[-2] != "subnets":
+        raise LeaseFormatError(f"bad subnet key {key!r}: not directly under subnets/")
+    m = _KEY_RE.fullmatch(parts[-1])
     if not m:
         raise LeaseFormatError(f"bad subnet key {key!r}")
     plen = int(m.group(2))
     if plen > 31:   # flannel parses the length with a 5-bit limit
         raise LeaseFormatError(f"bad prefix length in subnet key {key!r}")
     try:
-        return ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)
+        net = ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)
+        if m.group(3) is not None and int(m.group(4)) > 127:     # flannel: ParseUint(.., 10, 7)
+            raise ValueError("IPv6 prefix length over 127")
+        if m.group(3) is not None:
+            ipaddress.IPv6Address(m.group(3))
     except ValueError as e:
         raise LeaseFormatError(f"bad subnet key {key!r}: {e}") from None
+    if f"{m.group(1)}-{m.group(2)}" != subnet_key(net):
+        raise LeaseFormatError(f"bad subnet key {key!r}: not spelled as flannel writes it "
+                               f"({subnet_key(net)})")
+    return net
 
 
 def _go_json(value: Any) -> str:
@@ -114,6 +133,10 @@ def json_key(obj: dict, name: str, default: Any = None) -> Any:
 
 
 def decode_attrs(raw: bytes | str) -> LeaseAttrs:
+    """A lease value; LeaseFormatError for anything flannel would not have written."""
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if size > MAX_LEASE_VALUE_BYTES:
+        raise LeaseFormatError(f"lease value of {size} bytes (over {MAX_LEASE_VALUE_BYTES})")
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -135,6 +158,26 @@ def decode_attrs(raw: bytes | str) -> LeaseAttrs:
     if bdata is not None and not isinstance(bdata, dict):
         raise LeaseFormatError("BackendData is not a JSON object")
     return LeaseAttrs(public_ip=public_ip, backend_type=btype or None, backend_data=bdata)
+
+
+def valid_peer_mac(mac: Optional[str]) -> bool:
+    """A VTEP MAC another host may announce: lower-case `aa:bb:cc:dd:ee:ff`, unicast, not zero.
+    It need not be locally administered: flannel before v0.15.1 let the kernel pick it."""
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+        return False
+    return not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
+
+
+def vtep_mac(attrs: Optional[LeaseAttrs]) -> Optional[str]:
+    """The VtepMAC of a vxlan lease (BackendData, keys matched like Go), lower-cased; None when
+    absent or not a usable unicast MAC (docs/flannel-compat.md §"Lease JSON")."""
+    if attrs is None or not isinstance(attrs.backend_data, dict):
+        return None
+    mac = json_key(attrs.backend_data, "VtepMAC")
+    if not isinstance(mac, str):
+        return None
+    mac = mac.lower()
+    return mac if valid_peer_mac(mac) else None
 
 
 @dataclass(frozen=True)
