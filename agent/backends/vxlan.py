@@ -155,7 +155,7 @@ class VxlanBackend:
                     p.ok = False
             elif info["address"] != self.mac:
                 log.warning("%s has MAC %s, not our VTEP MAC %s; setting it back", self.dev, info["address"], self.mac)
-                netlink.link_set_address(self.dev, self.mac)
+                self._set_mac()
             self._repair_peers()
 
     def replace_vtep_mac(self) -> LeaseAttrs:
@@ -169,11 +169,20 @@ class VxlanBackend:
             self._save_mac(mac)
             if self.lease is not None:
                 try:
-                    netlink.link_set_address(self.dev, mac)
+                    self._set_mac()
                 except netlink.NetlinkError as e:   # check() sets it again
                     log.error("vxlan: cannot set the new VTEP MAC %s on %s: %s", mac, self.dev, e)
             log.warning("vxlan: VTEP MAC changed from %s to %s", old, mac)
             return self.lease_attrs()
+
+    def _set_mac(self) -> None:
+        """Put our MAC on the device. The kernel flushes a device's neighbours, permanent ones
+        too, when its address changes (neigh_changeaddr): re-program the peers at once, or
+        traffic to us would wait for the next check()."""
+        netlink.link_set_address(self.dev, self.mac)
+        for p in self.peers.values():
+            p.ok = False
+        self._repair_peers()
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
