@@ -90,10 +90,36 @@ def parse_subnet_key(key: str) -> IPv4Network:
     return net
 
 
+# Go's encoding/json string escapes: the short forms only for \n \r \t, \u00XX for the other
+# control characters (Python writes \b and \f), HTML-safe <, >, &, and U+2028/U+2029.
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "<": "\\u003c",
+               ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_string(text: str) -> str:
+    out = []
+    for ch in text:
+        esc = _GO_ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ch < " ":
+            out.append(f"\\u{ord(ch):04x}")
+        elif "\ud800" <= ch <= "\udfff":
+            out.append("\ufffd")                     # Go writes invalid UTF-8 as U+FFFD
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _go_json(value: Any) -> str:
-    # Go's encoding/json: compact separators, HTML-safe escaping of <, >, &.
-    s = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    """Go's encoding/json, compact; objects keep their key order (ours are Go structs)."""
+    if isinstance(value, str):
+        return _go_string(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_go_string(str(k))}:{_go_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_go_json(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def encode_attrs(attrs: LeaseAttrs) -> bytes:
@@ -121,15 +147,44 @@ def encode_attrs_v2(attrs: LeaseAttrs) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
-def json_key(obj: dict, name: str, default: Any = None) -> Any:
-    """Go's JSON decoder: an exact key wins, otherwise the first case-insensitive match."""
-    if name in obj:
-        return obj[name]
+class GoObject(dict):
+    """A JSON object with every key kept in document order, duplicates too (`pairs`): Go's
+    decoder sees them all (json.loads(..., object_pairs_hook=GoObject))."""
+
+    def __init__(self, pairs: Any = ()):
+        pairs = list(pairs.items() if isinstance(pairs, dict) else pairs)
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _go_fold(key: str) -> str:
+    # Go matches keys to field names with Unicode simple case folding; against the ASCII names
+    # used here that also lets KELVIN SIGN (U+212A) stand for k and LONG S (U+017F) for s.
+    return key.replace("\u017f", "s").lower()
+
+
+def json_key(obj: dict, name: str, default: Any = None, raw: bool = False) -> Any:
+    """A field of a JSON object as Go's decoder fills it: every key equal to `name` under Go's
+    case folding sets it, in document order, so the last one wins; a JSON null changes nothing
+    (`raw`: the field is a json.RawMessage, which a null sets too). `default` when none did."""
     low = name.lower()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.lower() == low:
-            return v
-    return default
+    pairs = obj.pairs if isinstance(obj, GoObject) else obj.items()
+    found = default
+    for k, v in pairs:
+        if (v is not None or raw) and isinstance(k, str) and (k == name or _go_fold(k) == low):
+            found = v
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")           # Python reads NaN/Infinity, Go does not
+
+
+def go_json_loads(raw: bytes | str) -> Any:
+    """json.loads as strict as Go's decoder: UTF-8 only (json.loads would guess UTF-16/32 from
+    bytes), no NaN/Infinity, objects as GoObject."""
+    text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=GoObject)
 
 
 def decode_attrs(raw: bytes | str) -> LeaseAttrs:
@@ -138,7 +193,7 @@ def decode_attrs(raw: bytes | str) -> LeaseAttrs:
     if size > MAX_LEASE_VALUE_BYTES:
         raise LeaseFormatError(f"lease value of {size} bytes (over {MAX_LEASE_VALUE_BYTES})")
     try:
-        obj = json.loads(raw)
+        obj = go_json_loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise LeaseFormatError(f"lease value is not JSON: {e}") from None
     if not isinstance(obj, dict):
