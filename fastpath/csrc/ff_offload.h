@@ -118,8 +118,15 @@ static inline int ff_udp_gro_next(struct ff_gro_iter *it, const uint8_t **dg, si
 struct ff_gro;
 
 /* Allocate a coalescer for batches of up to cap packets (the only allocation). NULL on ENOMEM
- * or cap outside 1..4096. */
+ * or cap outside 1..4096. Its flow hash gets a random key (getrandom): a sender cannot pick
+ * 4-tuples that share a slot, and the probes per lookup are bounded anyway. */
 struct ff_gro *ff_gro_new(int cap, unsigned flags);
+/* Tests and fuzzing: set the hash key (reproducible runs), and the home slot a flow hashes to
+ * under it (to build colliding flows on purpose). */
+#define FF_GRO_KEYED 1
+void ff_gro_set_key(struct ff_gro *g, const uint64_t key[4]);
+uint32_t ff_gro_flow_slot(const struct ff_gro *g, uint32_t src, uint32_t dst, uint32_t ports,
+                          uint8_t proto);
 void ff_gro_free(struct ff_gro *g);
 /* Forget the current batch (call after the items were written). */
 void ff_gro_reset(struct ff_gro *g);
