@@ -63,6 +63,11 @@ struct ff_tx {
     struct sockaddr_in *addrs;
     uint8_t *cmsg;               /* FF_UDP_GSO_CMSG_SPACE per group */
     int gso_off;                 /* UDP_GSO off (never on, or EIO once): one datagram per send */
+    /* a superframe of more than FF_GSO_MAX_SEGS segments (a small MSS), kept in `frame` and
+     * split in chunks once the batch before it has left */
+    struct virtio_net_hdr pend_h;
+    size_t pend_len;
+    unsigned pend_next, pend_total;
 };
 
 /* udp->tun worker (ff_rx.c): recvmmsg into per-message buffers (a UDP_GRO train per message
