@@ -7,12 +7,14 @@ tests/csrc/test_gro_defects.c and test_accept.c.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
 
+from fastflannel import lab as labmod
 from fastflannel.fastpath import DROP_REASONS
-from support.overlay import MB, Overlay
+from support.overlay import MB, PORT, Overlay, program
 
 pytestmark = pytest.mark.netns
 
@@ -40,3 +42,35 @@ def test_small_mss_superframes_cross_whole(lab, workers):
     assert s1["tun_gso_frames"] > 0, s1                    # superframes were read and split
     assert s1["tun_rx_packets"] > 8 * MB // 400, s1        # ... into MSS-400 segments
     assert _drops(s1) == {} and _drops(s2) == {}, (s1, s2)
+
+
+# Inner destinations a peer (h1) asks h2 to deliver, and what h2 must do with each. Every one is
+# inside the lab: h2's own subnet, its loopback, the hub, an unleased overlay subnet; the
+# link-local (metadata) and multicast ones could only have reached h2 and the hub namespace.
+DECAP = {"10.10.32.7": "ok", "10.10.32.0": "ok", "127.0.0.1": "dst_special",
+         "169.254.169.254": "dst_special", "224.0.0.1": "dst_special", "10.10.47.255": "dst_special",
+         "10.10.48.1": "dst_foreign", "10.10.16.20": "dst_foreign", "192.0.2.1": "dst_foreign"}
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_decap_only_for_our_subnet(lab, offload):
+    """Defect 10: a known peer could have any inner destination written into our TUN (loopback,
+    a metadata address, another subnet). With anti-spoofing only h2's own lease is delivered;
+    the rest is counted by reason."""
+    ov = Overlay(lab, offload=offload, tun_prefix=20)
+    before = ov.stats("h2")
+    p = labmod.run(lab.ns_cmd(ov.h["h1"].ns, sys.executable, program("decap_targets.py"), ov.h["h2"].ip,
+                              str(PORT), "10.10.16.9", *DECAP), check=False)
+    assert p.returncode == 0 and "sent" in p.stdout, p.stderr
+    ov.wait_for(lambda: ov.stats("h2")["udp_rx_packets"] - before["udp_rx_packets"] >= len(DECAP),
+                "datagrams at h2")
+    ov.wait_for(lambda: ov.stats("h2")["tun_tx_packets"] - before["tun_tx_packets"] >= 2, "deliveries")
+    time.sleep(0.3)                          # two more counter snapshots: nothing else arrives
+    after = ov.stats("h2")
+    delta = {k: after[k] - before[k] for k in ("tun_tx_packets", *DROP_REASONS) if k in after}
+    want = list(DECAP.values())
+    assert delta["tun_tx_packets"] == want.count("ok"), delta
+    # 10.10.32.7 is in h2's subnet but no host of h2: its kernel sends it back out the TUN, where
+    # the forwarder finds no route for it (no_route 1)
+    assert delta == dict(dict.fromkeys(DROP_REASONS, 0), tun_tx_packets=want.count("ok"), no_route=1,
+                         dst_special=want.count("dst_special"), dst_foreign=want.count("dst_foreign"))

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ff_fwd_int.h"
@@ -219,13 +220,27 @@ static enum ff_verdict route(struct memo *m, uint8_t *p, uint32_t len, const str
     return FF_FORWARD;
 }
 
-/* flannel answers an unknown destination with ICMP net-unreachable into the TUN. */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* flannel answers an unknown destination with ICMP net-unreachable into the TUN; ours are
+ * rate-limited per forwarder (a local sender scanning unknown subnets must not make us spend
+ * a TUN write per packet), the ones over the limit counted in icmp_suppressed. */
 static void send_no_route(struct ff_worker *w, const uint8_t *p, uint32_t len)
 {
     int k;
 
     if (!ff_icmp_due(p))
         return;
+    if (!ff_ratelimit_take(&w->fw->icmp_tat, mono_ns(), FF_ICMP_INTERVAL_NS, FF_ICMP_BURST)) {
+        STAT_ADD(w, FF_ST_ICMP_SUPPRESSED, 1);
+        return;
+    }
     k = ff_icmp_net_unreach(p, len, w->fw->tun_ip, w->icmp, sizeof(w->icmp));
     /* single try: an ICMP error is not worth stalling the loop for */
     if (k > 0 && ff_tun_write(w, w->icmp, (uint32_t)k, 0) == 0)
