@@ -160,17 +160,26 @@ def gro_seeds() -> dict:
     f1, f2 = flow(8, sport=40000), flow(8, sport=40001, seq=9000)
     frag = packet(a, b, frag=0x2000)
     mixed = [p for pair in zip(f1, f2) for p in pair]
-    return {"flow8": gro_input(f1), "flow8-ts": gro_input(flow(8, opts=TS)), "two-flows": gro_input(mixed),
-            "window-update": gro_input(flow(3, win=[501, 9999, 9999])), "fixed-id": gro_input(flow(6, fixed=True)),
-            "fixed-id-no-df": gro_input(flow(4, fixed=True, df=False)), "id-jump": gro_input(flow(3) + flow(3, ident=50)),
-            "psh-middle": gro_input(flow(6, psh_at=2)), "short-middle": gro_input(f1[:3] + flow(1, size=10) + f1[3:]),
-            "frag-among": gro_input(f1[:4] + [frag] + f1[4:]), "udp": gro_input([packet(a, b) for _ in range(4)]),
-            "kill-switch": gro_input(f1, 0x80), "max-size": gro_input(flow(3, size=32000)),
-            "bad-csum": gro_input(f1[:2] + [f1[2][:-1] + bytes([f1[2][-1] ^ 1])] + f1[3:]),
-            "trailing": gro_input([p + b"\0" for p in f1[:3]]), "many-flows": gro_input(
-                [q for s in range(16) for q in flow(2, size=100, sport=41000 + s)]),
-            "hosts-frag": gro_input([q for s in range(8) for q in flow(2, src=f"10.10.16.{s + 1}") + [frag]]),
-            "tiny": gro_input([b"\x45", b"", b"\x45" + bytes(18)])}
+    return {
+        "flow8": gro_input(f1),
+        "flow8-ts": gro_input(flow(8, opts=TS)),
+        "two-flows": gro_input(mixed),
+        "window-update": gro_input(flow(3, win=[501, 9999, 9999])),
+        "fixed-id": gro_input(flow(6, fixed=True)),
+        "fixed-id-no-df": gro_input(flow(4, fixed=True, df=False)),
+        "id-jump": gro_input(flow(3) + flow(3, ident=50)),
+        "psh-middle": gro_input(flow(6, psh_at=2)),
+        "short-middle": gro_input(f1[:3] + flow(1, size=10) + f1[3:]),
+        "frag-among": gro_input(f1[:4] + [frag] + f1[4:]),
+        "udp": gro_input([packet(a, b) for _ in range(4)]),
+        "kill-switch": gro_input(f1, 0x80),
+        "max-size": gro_input(flow(3, size=32000)),
+        "bad-csum": gro_input(f1[:2] + [f1[2][:-1] + bytes([f1[2][-1] ^ 1])] + f1[3:]),
+        "trailing": gro_input([p + b"\0" for p in f1[:3]]),
+        "many-flows": gro_input([q for s in range(16) for q in flow(2, size=100, sport=41000 + s)]),
+        "hosts-frag": gro_input([q for s in range(8) for q in flow(2, src=f"10.10.16.{s + 1}") + [frag]]),
+        "tiny": gro_input([b"\x45", b"", b"\x45" + bytes(18)]),
+    }
 
 
 TARGETS = {"fuzz_accept": accept_seeds, "fuzz_icmp": icmp_seeds, "fuzz_gso": gso_seeds, "fuzz_gro": gro_seeds}
