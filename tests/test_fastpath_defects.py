@@ -3,7 +3,9 @@
 Same setup as tests/test_fastpath_netns.py (support/overlay.py): each host namespace runs
 support/node.py; traffic only goes between addresses inside the namespaces the `lab` fixture
 creates and deletes. Every loop is bounded in time and count. The C parts of defects 8-10 are
-tests/csrc/test_gro_defects.c and test_accept.c.
+tests/csrc/test_gro_defects.c (GRO rules and cost), test_accept.c (the accept path) and
+test_defects_fwd.c (a full receive batch, the ICMP rate limit and RFC 1812 exclusions, virtio
+checksum offsets).
 """
 from __future__ import annotations
 
