@@ -94,7 +94,8 @@ class UdpBackend:
         fw = Forwarder()
         try:
             fw.open(tun=TUN_TEMPLATE, bind_ip=str(self.ext.iface_addr), port=self.port,
-                    tun_ip=str(lease.subnet.network_address), mtu=self.mtu(), batch=self.batch,
+                    tun_ip=str(lease.subnet.network_address), tun_prefix=lease.subnet.prefixlen,
+                    mtu=self.mtu(), batch=self.batch,
                     anti_spoof=self.anti_spoof, **self._tier_options())
         except (OSError, ValueError) as e:
             fw.close()
