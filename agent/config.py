@@ -6,8 +6,13 @@ unknown keys are ignored, a JSON `null` leaves the default in place, and a value
 type is an error. `CheckNetworkConfig` then fills in the defaults and validates, with the messages
 reproduced here word for word (modern lowercase spelling).
 
+The IPv6 fields (`EnableIPv6`, `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax`)
+are checked after the IPv4 ones, as flannel does; with `EnableIPv4: false` the IPv4 fields keep
+their zero values unchecked (docs/flannel-compat.md §"Dual-stack").
+
 Where fastflannel differs, on purpose:
-* IPv6 (`EnableIPv6: true`) is refused with a clear message instead of being half supported.
+* `IPv6Network`, `IPv6SubnetMin` and `IPv6SubnetMax` take IPv6 text only (flannel's decoder turns
+  IPv4 text into an IPv4-mapped IPv6 value).
 * Messages for JSON type errors name the field ("SubnetLen must be a non-negative integer")
   instead of Go's "cannot unmarshal string into Go struct field Config.SubnetLen of type uint".
 """
@@ -19,17 +24,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .backends import BACKENDS
+from .backends import BACKENDS, IPV6_BACKENDS
 from .errors import ConfigError
-from .lease import go_json_loads, json_key
+from .lease import go_ip6_string, go_json_loads, json_key
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
+IPv6Network = ipaddress.IPv6Network
+IPv6Address = ipaddress.IPv6Address
 
 DEFAULT_BACKEND = "udp"             # flannel's parseBackendType when Backend is absent (#1221)
 DEFAULT_SUBNET_LEN = 24             # bits; for networks of prefix <= 22
 MIN_NETWORK_PREFIX = 28             # bits; a smaller network cannot hold four subnets of >= 4 addresses
 MAX_SUBNET_LEN = 30                 # bits; "SubnetLen must be less than /31"
+DEFAULT_IPV6_SUBNET_LEN = 64        # bits; for IPv6 networks of prefix <= 62
+MIN_IPV6_NETWORK_PREFIX = 124       # bits
+MAX_IPV6_SUBNET_LEN = 126           # bits; "SubnetLen must be less than /127"
+_NO_NETWORK = IPv4Network("0.0.0.0/0")   # flannel's zero IP4Net (an IPv6-only config)
 
 # Go's net.ParseCIDR: dotted quad, a slash, a decimal prefix length (no netmask form).
 _CIDR_RE = re.compile(r"^([0-9.]+)/([0-9]+)$")
@@ -52,6 +63,12 @@ class NetworkConfig:
     backend_type: str                       # lowercased; "udp" when Backend is absent
     backend: dict = field(default_factory=dict)   # the Backend object as given ({} when absent)
     raw: str = ""
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    ipv6_network: Optional[IPv6Network] = None          # set when enable_ipv6
+    ipv6_subnet_len: int = 0
+    ipv6_subnet_min: Optional[IPv6Address] = None
+    ipv6_subnet_max: Optional[IPv6Address] = None
 
     @property
     def subnet_size(self) -> int:
@@ -74,6 +91,20 @@ class NetworkConfig:
         prefix length is SubnetLen."""
         return (subnet.prefixlen == self.subnet_len
                 and self.subnet_min <= subnet.network_address <= self.subnet_max)
+
+    def ipv6_subnet_compatible(self, subnet6: Optional[IPv6Network]) -> bool:
+        """flannel's isIPv6SubnetConfigCompat: without EnableIPv6 a lease must have no IPv6
+        subnet; with it, one in [IPv6SubnetMin, IPv6SubnetMax] of length IPv6SubnetLen."""
+        if not self.enable_ipv6:
+            return subnet6 is None
+        if subnet6 is None or self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
+            return False
+        return (subnet6.prefixlen == self.ipv6_subnet_len
+                and self.ipv6_subnet_min <= subnet6.network_address <= self.ipv6_subnet_max)
+
+    def lease_compatible(self, subnet: IPv4Network, subnet6: Optional[IPv6Network]) -> bool:
+        """Both halves of a lease key fit the config (flannel reuses a lease only then)."""
+        return self.subnet_compatible(subnet) and self.ipv6_subnet_compatible(subnet6)
 
 
 def _parse_cidr(value: Any, fld: str) -> IPv4Network:
@@ -102,6 +133,33 @@ def _parse_ip(value: Any, fld: str) -> Optional[IPv4Address]:
         raise ConfigError(f"{fld} must be an IPv4 address string, got {json.dumps(value)}")
     try:
         ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ConfigError(f"invalid IP address in {fld}: {value!r}") from None
+    return None if int(ip) == 0 else ip
+
+
+def _parse_cidr6(value: Any, fld: str) -> IPv6Network:
+    if not isinstance(value, str):
+        raise ConfigError(f"{fld} must be a CIDR string like \"fc00::/48\", got {json.dumps(value)}")
+    addr, slash, plen = value.partition("/")
+    if not slash or not plen.isdigit() or not plen.isascii() or int(plen) > 128:
+        raise ConfigError(f"invalid CIDR address in {fld}: {value!r}")
+    try:
+        ip = IPv6Address(addr)
+    except ValueError:
+        kind = "IPv6 CIDR format" if "." in addr and ":" not in addr else "CIDR address"
+        raise ConfigError(f"invalid {kind} in {fld}: {value!r}") from None
+    return IPv6Network((ip, int(plen)), strict=False)        # ParseCIDR masks the host bits
+
+
+def _parse_ip6(value: Any, fld: str) -> Optional[IPv6Address]:
+    """None for absent/null/"::" (flannel's ip.IsEmpty: "use the default")."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{fld} must be an IPv6 address string, got {json.dumps(value)}")
+    try:
+        ip = IPv6Address(value)
     except ValueError:
         raise ConfigError(f"invalid IP address in {fld}: {value!r}") from None
     return None if int(ip) == 0 else ip
@@ -189,23 +247,65 @@ def _range_end(network: IPv4Network, given: Optional[IPv4Address], default: IPv4
     return given
 
 
-def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
-    """Decode and validate a network config; raise ConfigError with flannel's message on failure."""
-    text, obj = _load(raw)
-    net_v = json_key(obj, "Network")
-    network = _parse_cidr(net_v, "Network") if net_v is not None else None
-    subnet_len = _parse_uint(json_key(obj, "SubnetLen"), "SubnetLen")
-    smin = _parse_ip(json_key(obj, "SubnetMin"), "SubnetMin")
-    smax = _parse_ip(json_key(obj, "SubnetMax"), "SubnetMax")
-    v4 = _parse_bool(json_key(obj, "EnableIPv4"), "EnableIPv4", True)
-    v6 = _parse_bool(json_key(obj, "EnableIPv6"), "EnableIPv6", False)
-    btype, backend = _backend(obj)
+def _default_ipv6_subnet_len(network: IPv6Network) -> int:
+    if network.prefixlen > MIN_IPV6_NETWORK_PREFIX:
+        raise ConfigError("IPv6Network is too small. Minimum useful network prefix is "
+                          f"/{MIN_IPV6_NETWORK_PREFIX}")
+    if network.prefixlen <= 62:
+        return DEFAULT_IPV6_SUBNET_LEN
+    return network.prefixlen + 2
 
-    if not v4 and not v6:
-        raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
-    if v6:
-        raise ConfigError("EnableIPv6: IPv6 is not supported yet by fastflannel "
-                          "(remove EnableIPv6 or set it to false)")
+
+def _check_ipv6_subnet_len(network: IPv6Network, subnet_len: int) -> int:
+    if subnet_len == 0:
+        return _default_ipv6_subnet_len(network)
+    if subnet_len > MAX_IPV6_SUBNET_LEN:
+        raise ConfigError("SubnetLen must be less than /127")          # flannel's words
+    if subnet_len < network.prefixlen + 2:
+        raise ConfigError("network must be able to accommodate at least four subnets")
+    return subnet_len
+
+
+def _ipv6_range_end(network: IPv6Network, given: Optional[IPv6Address], default: IPv6Address,
+                    fld: str, subnet_len: int) -> IPv6Address:
+    if given is None:
+        return default
+    if given not in network:
+        raise ConfigError(f"{fld} is not in the range of the IPv6Network")
+    if int(given) & ((1 << (128 - subnet_len)) - 1):
+        raise ConfigError(f"{fld} is not on a SubnetLen boundary: {go_ip6_string(given)}")
+    return given
+
+
+def _decode_ipv6_fields(obj: dict) -> tuple:
+    """The IPv6 fields as Go decodes them (always: a bad value is a decode error even when
+    EnableIPv6 is false)."""
+    net_v = json_key(obj, "IPv6Network")
+    network = _parse_cidr6(net_v, "IPv6Network") if net_v is not None else None
+    return (network, _parse_uint(json_key(obj, "IPv6SubnetLen"), "IPv6SubnetLen"),
+            _parse_ip6(json_key(obj, "IPv6SubnetMin"), "IPv6SubnetMin"),
+            _parse_ip6(json_key(obj, "IPv6SubnetMax"), "IPv6SubnetMax"))
+
+
+def _ipv6_fields(network: Optional[IPv6Network], subnet_len: int, smin: Optional[IPv6Address],
+                 smax: Optional[IPv6Address]) -> dict:
+    """The IPv6 fields checked and defaulted as flannel's CheckNetworkConfig does (when
+    EnableIPv6); NetworkConfig keyword arguments."""
+    if network is None or (int(network.network_address) == 0 and network.prefixlen == 0):
+        raise ConfigError("please define a correct IPv6Network parameter in the flannel config")
+    subnet_len = _check_ipv6_subnet_len(network, subnet_len)
+    size = 1 << (128 - subnet_len)
+    first = IPv6Address(int(network.network_address) + size)     # the first subnet is skipped
+    last = IPv6Address(int(network.broadcast_address) + 1 - size)
+    smin = _ipv6_range_end(network, smin, first, "IPv6SubnetMin", subnet_len)
+    smax = _ipv6_range_end(network, smax, last, "IPv6SubnetMax", subnet_len)
+    return {"enable_ipv6": True, "ipv6_network": network, "ipv6_subnet_len": subnet_len,
+            "ipv6_subnet_min": smin, "ipv6_subnet_max": smax}
+
+
+def _ipv4_fields(network: Optional[IPv4Network], subnet_len: int, smin: Optional[IPv4Address],
+                 smax: Optional[IPv4Address]) -> dict:
+    """The IPv4 fields checked and defaulted as flannel's CheckNetworkConfig does."""
     # ip.IP4Net.Empty(): IP 0 and prefix 0, i.e. absent or "0.0.0.0/0".
     if network is None or (int(network.network_address) == 0 and network.prefixlen == 0):
         raise ConfigError("please define a correct Network parameter in the flannel config")
@@ -216,6 +316,48 @@ def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
     last = IPv4Address(int(network.broadcast_address) + 1 - size)
     smin = _range_end(network, smin, first, "SubnetMin", mask)
     smax = _range_end(network, smax, last, "SubnetMax", mask)
+    return {"network": network, "subnet_len": subnet_len, "subnet_min": smin, "subnet_max": smax}
+
+
+def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
+    """Decode and validate a network config; raise ConfigError with flannel's message on failure."""
+    text, obj = _load(raw)
+    net_v = json_key(obj, "Network")
+    network = _parse_cidr(net_v, "Network") if net_v is not None else None
+    subnet_len = _parse_uint(json_key(obj, "SubnetLen"), "SubnetLen")
+    smin = _parse_ip(json_key(obj, "SubnetMin"), "SubnetMin")
+    smax = _parse_ip(json_key(obj, "SubnetMax"), "SubnetMax")
+    v4 = _parse_bool(json_key(obj, "EnableIPv4"), "EnableIPv4", True)
+    v6 = _parse_bool(json_key(obj, "EnableIPv6"), "EnableIPv6", False)
+    v6_fields = _decode_ipv6_fields(obj)
+    btype, backend = _backend(obj)
+
+    if not v4 and not v6:
+        raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
+    if v4:
+        fields = _ipv4_fields(network, subnet_len, smin, smax)
+    else:   # flannel leaves the IPv4 fields as decoded, unchecked (zero when absent)
+        fields = {"network": network or _NO_NETWORK, "subnet_len": subnet_len,
+                  "subnet_min": smin or IPv4Address(0), "subnet_max": smax or IPv4Address(0)}
+    if v6:
+        fields.update(_ipv6_fields(*v6_fields))
     _check_backend_type(btype)
-    return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=smin, subnet_max=smax,
-                         backend_type=btype, backend=backend, raw=text)
+    return NetworkConfig(backend_type=btype, backend=backend, raw=text, enable_ipv4=v4, **fields)
+
+
+def stack_problem(cfg: NetworkConfig) -> Optional[str]:
+    """Why the daemon cannot run this (valid) config's IP families, or None (docs/flannel-compat.md
+    §"Dual-stack")."""
+    if not cfg.enable_ipv4:
+        # flannel's etcd subnet manager always leases an IPv4 subnet: an IPv6-only host gets
+        # 0.0.0.0/0 with PublicIP 0.0.0.0, so the next IPv6-only host "reuses" its lease by
+        # PublicIP. Refused rather than copied.
+        return ("EnableIPv4: false (IPv6-only) is not supported with etcd: flannel leases every "
+                "IPv6-only host the IPv4 subnet 0.0.0.0/0 with PublicIP 0.0.0.0, so the hosts take "
+                "over each other's lease; run dual-stack (EnableIPv4: true) instead")
+    if cfg.enable_ipv6 and cfg.backend_type == "udp":
+        return "EnableIPv6: the udp backend carries IPv4 only (as flannel's); use vxlan or host-gw"
+    if cfg.enable_ipv6 and cfg.backend_type not in IPV6_BACKENDS:
+        return (f"EnableIPv6: the {cfg.backend_type} backend of fastflannel does not program IPv6 "
+                f"yet (remove EnableIPv6 or set it to false)")
+    return None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 from . import sdnotify
 from .backends import new_backend
 from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
-from .config import NetworkConfig, parse_config
+from .config import NetworkConfig, parse_config, stack_problem
 from .errors import ConfigError, DaemonError, EtcdUnreachable, RegistryError
 from .flags import Options
 from .lease import Lease, LeaseEvent, vtep_mac
@@ -184,6 +184,9 @@ class Daemon:
                     cfg = parse_config(raw)
                 except ConfigError as e:
                     raise DaemonError(f"bad network config at {key}: {e}") from None
+                problem = stack_problem(cfg)
+                if problem is not None:
+                    raise DaemonError(f"network config at {key}: {problem}")
                 log.info("Network config: %s", raw.strip() if isinstance(raw, str) else raw)
                 return cfg
             if not hinted:

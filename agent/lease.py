@@ -1,8 +1,9 @@
 """Lease values and keys exactly as flannel writes them (docs/flannel-compat.md §"Keys",
 §"Lease JSON").
 
-A lease lives at `<prefix>/subnets/<ip>-<len>`; its value is Go's JSON of `LeaseAttrs`, field order
-PublicIP, PublicIPv6, BackendType (omitempty), BackendData (omitempty). udp sets no BackendType.
+A lease lives at `<prefix>/subnets/<ip>-<len>` (dual-stack: `<ip>-<len>&<ipv6>-<len>`); its value is
+Go's JSON of `LeaseAttrs`, field order PublicIP, PublicIPv6 (null on IPv4-only hosts), BackendType
+(omitempty), BackendData (omitempty), BackendV6Data (omitempty). udp sets no BackendType.
 
 Only the spelling flannel writes is a lease key (docs/architecture.md §"Lease admission"): a key
 that names a subnet in another way (`10.5.34.0-024`, non-ASCII digits, a trailing newline, a
@@ -22,12 +23,14 @@ from .errors import LeaseFormatError
 # flannel's regex (pkg/subnet/subnet.go) is unanchored at the start and leaves two dots
 # unescaped; we match the whole name (fullmatch: `$` would allow a trailing newline) with ASCII
 # digits only (Python's \d takes any Unicode digit, Go's RE2 does not).
-_KEY_RE = re.compile(r"([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)-([0-9]+)(?:&([a-fA-F0-9:]+)-([0-9]+))?")
+_KEY_RE = re.compile(r"([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)-([0-9]+)(?:&([a-f0-9:]+)-([0-9]+))?")
 MAX_LEASE_VALUE_BYTES = 8192    # a lease flannel writes is under 300 bytes; more is not a lease
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
+IPv6Network = ipaddress.IPv6Network
+IPv6Address = ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class LeaseAttrs:
     public_ip: IPv4Address
     backend_type: Optional[str] = None          # None for udp and alloc (omitted from JSON)
     backend_data: Optional[dict] = None         # e.g. {"VNI": 100, "VtepMAC": "aa:..."}
+    public_ipv6: Optional[IPv6Address] = None   # None: IPv4-only (JSON null)
+    backend_v6_data: Optional[dict] = None      # the IPv6 vxlan device's, like backend_data
 
     def to_json(self) -> bytes:
         return encode_attrs(self)
@@ -49,24 +54,50 @@ class Lease:
     # Seconds since the epoch when etcd will drop the key; None = no TTL (a reservation).
     expiration: Optional[float] = None
     revision: int = field(default=0, compare=False)
+    ipv6_subnet: Optional[IPv6Network] = None   # the IPv6 half of a dual-stack key
 
     @property
     def public_ip(self) -> Optional[IPv4Address]:
         return self.attrs.public_ip if self.attrs else None
 
     @property
+    def public_ipv6(self) -> Optional[IPv6Address]:
+        return self.attrs.public_ipv6 if self.attrs else None
+
+    @property
     def key(self) -> str:
-        return subnet_key(self.subnet)
+        return subnet_key(self.subnet, self.ipv6_subnet)
 
 
-def subnet_key(net: IPv4Network) -> str:
-    """`10.5.34.0/24` -> `10.5.34.0-24` (flannel's IP4Net.StringSep(".", "-"))."""
-    return f"{net.network_address}-{net.prefixlen}"
+def go_ip6_string(addr: IPv6Address) -> str:
+    """The text flannel writes for an IPv6 address (`ip.IP6.String()`): Go's net.IP.String of the
+    address, which is RFC 5952 (as Python's `compressed`) except that an IPv4-mapped address
+    prints as a dotted quad, and flannel's big.Int round trip turns a value of exactly four
+    significant bytes (`::100:0` .. `::ffff:ffff`) into a dotted quad too (docs/flannel-compat.md
+    §"Keys")."""
+    value = int(addr)
+    if 1 << 24 <= value < 1 << 32 or value >> 32 == 0xFFFF:
+        return str(IPv4Address(value & 0xFFFFFFFF))
+    return addr.compressed
+
+
+def subnet_key(net: IPv4Network, net6: Optional[IPv6Network] = None) -> str:
+    """`10.5.34.0/24` -> `10.5.34.0-24` (flannel's IP4Net.StringSep(".", "-")); with an IPv6
+    subnet `10.5.34.0-24&fc00:5:34::-64` (flannel's MakeSubnetKey)."""
+    key = f"{net.network_address}-{net.prefixlen}"
+    if net6 is None:
+        return key
+    return f"{key}&{go_ip6_string(net6.network_address)}-{net6.prefixlen}"
 
 
 def parse_subnet_key(key: str) -> IPv4Network:
-    """Parse a lease key (`<prefix>/subnets/<ip>-<len>`, or the bare name); the IPv6 half of a
-    dual-stack key is checked and ignored. Only flannel's own spelling of the IPv4 half is a key."""
+    """The IPv4 subnet of a lease key (see parse_lease_key)."""
+    return parse_lease_key(key)[0]
+
+
+def parse_lease_key(key: str) -> tuple[IPv4Network, Optional[IPv6Network]]:
+    """Parse a lease key (`<prefix>/subnets/<ip>-<len>[&<ipv6>-<len>]`, or the bare name) into its
+    IPv4 and IPv6 subnets. Only flannel's own spelling of either half is a key."""
     parts = key.rsplit("/", 2)
     if len(parts) > 1 and parts[-2] != "subnets":
         raise LeaseFormatError(f"bad subnet key {key!r}: not directly under subnets/")
@@ -76,18 +107,19 @@ def parse_subnet_key(key: str) -> IPv4Network:
     plen = int(m.group(2))
     if plen > 31:   # flannel parses the length with a 5-bit limit
         raise LeaseFormatError(f"bad prefix length in subnet key {key!r}")
+    net6: Optional[IPv6Network] = None
     try:
         net = ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)
-        if m.group(3) is not None and int(m.group(4)) > 127:     # flannel: ParseUint(.., 10, 7)
-            raise ValueError("IPv6 prefix length over 127")
         if m.group(3) is not None:
-            ipaddress.IPv6Address(m.group(3))
+            if int(m.group(4)) > 127:                # flannel: ParseUint(.., 10, 7)
+                raise ValueError("IPv6 prefix length over 127")
+            net6 = ipaddress.IPv6Network(f"{m.group(3)}/{int(m.group(4))}", strict=True)
     except ValueError as e:
         raise LeaseFormatError(f"bad subnet key {key!r}: {e}") from None
-    if f"{m.group(1)}-{m.group(2)}" != subnet_key(net):
+    if parts[-1] != subnet_key(net, net6):
         raise LeaseFormatError(f"bad subnet key {key!r}: not spelled as flannel writes it "
-                               f"({subnet_key(net)})")
-    return net
+                               f"({subnet_key(net, net6)})")
+    return net, net6
 
 
 # Go's encoding/json string escapes: the short forms only for \n \r \t, \u00XX for the other
@@ -123,19 +155,27 @@ def _go_json(value: Any) -> str:
 
 
 def encode_attrs(attrs: LeaseAttrs) -> bytes:
-    """Byte-for-byte flannel: `{"PublicIP":"…","PublicIPv6":null[,"BackendType":…][,"BackendData":…]}`."""
-    parts = [f'"PublicIP":{_go_json(str(attrs.public_ip))}', '"PublicIPv6":null']
+    """Byte-for-byte flannel: `{"PublicIP":"…","PublicIPv6":null|"…"[,"BackendType":…]
+    [,"BackendData":…][,"BackendV6Data":…]}`."""
+    v6 = "null" if attrs.public_ipv6 is None else _go_json(go_ip6_string(attrs.public_ipv6))
+    parts = [f'"PublicIP":{_go_json(str(attrs.public_ip))}', f'"PublicIPv6":{v6}']
     if attrs.backend_type:
         parts.append(f'"BackendType":{_go_json(attrs.backend_type)}')
     if attrs.backend_data is not None:
         parts.append(f'"BackendData":{_go_json(attrs.backend_data)}')
+    if attrs.backend_v6_data is not None:
+        parts.append(f'"BackendV6Data":{_go_json(attrs.backend_v6_data)}')
     return ("{" + ",".join(parts) + "}").encode()
 
 
 def encode_attrs_v2(attrs: LeaseAttrs) -> bytes:
     """Byte for byte what flannel v0.6-v0.13 writes on the etcd v2 store (docs/flannel-compat.md
     §"The etcd v2 store"): `{"PublicIP":"…"[,"BackendType":…][,"BackendData":…]}`, no PublicIPv6
-    (v0.15+), and vxlan's BackendData without "VNI" (v0.14+): `{"VtepMAC":"…"}`."""
+    (v0.15+), and vxlan's BackendData without "VNI" (v0.14+): `{"VtepMAC":"…"}`. Dual-stack
+    attrs exist only in v0.15-v0.17, the last versions on the v2 store: those are written as
+    v0.15 writes them (encode_attrs)."""
+    if attrs.public_ipv6 is not None or attrs.backend_v6_data is not None:
+        return encode_attrs(attrs)
     parts = [f'"PublicIP":{_go_json(str(attrs.public_ip))}']
     if attrs.backend_type:
         parts.append(f'"BackendType":{_go_json(attrs.backend_type)}')
@@ -212,7 +252,25 @@ def decode_attrs(raw: bytes | str) -> LeaseAttrs:
     bdata = json_key(obj, "BackendData")
     if bdata is not None and not isinstance(bdata, dict):
         raise LeaseFormatError("BackendData is not a JSON object")
-    return LeaseAttrs(public_ip=public_ip, backend_type=btype or None, backend_data=bdata)
+    v6data = json_key(obj, "BackendV6Data")
+    if v6data is not None and not isinstance(v6data, dict):
+        raise LeaseFormatError("BackendV6Data is not a JSON object")
+    return LeaseAttrs(public_ip=public_ip, backend_type=btype or None, backend_data=bdata,
+                      public_ipv6=_decode_ipv6(json_key(obj, "PublicIPv6")),
+                      backend_v6_data=v6data)
+
+
+def _decode_ipv6(pub: Any) -> Optional[IPv6Address]:
+    """PublicIPv6: null (an IPv4-only host) or IPv6 text. flannel's decoder would also take IPv4
+    text (as ::ffff:a.b.c.d), which no flannel writes; it is refused here."""
+    if pub is None:
+        return None
+    if not isinstance(pub, str):
+        raise LeaseFormatError(f"bad PublicIPv6 {pub!r}")
+    try:
+        return IPv6Address(pub)
+    except ValueError:
+        raise LeaseFormatError(f"bad PublicIPv6 {pub!r}") from None
 
 
 def valid_peer_mac(mac: Optional[str]) -> bool:

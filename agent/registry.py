@@ -50,13 +50,14 @@ from .etcd_conn import (
 )
 from .lease import (
     IPv4Network,
+    IPv6Network,
     Lease,
     LeaseAttrs,
     LeaseEvent,
     LeaseFormatError,
     decode_attrs,
     encode_attrs,
-    parse_subnet_key,
+    parse_lease_key,
     subnet_key,
 )
 from .registry_api import WatchBatch
@@ -161,8 +162,8 @@ class EtcdRegistry:
 
     # ---- leases ----------------------------------------------------------------------------
 
-    def _key(self, subnet: IPv4Network) -> str:
-        return self._subnets_prefix + subnet_key(subnet)
+    def _key(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+        return self._subnets_prefix + subnet_key(subnet, ipv6_subnet)
 
     def _expiration(self, client, lease_id: int, cache: dict[int, float | None]) -> float | None:
         """now + the etcd lease's remaining TTL; None for a key without lease (a reservation)."""
@@ -177,12 +178,12 @@ class EtcdRegistry:
     def _lease_from_kv(self, client, kv, cache) -> Lease | None:
         key = kv.key.decode("utf-8", errors="replace")
         try:
-            subnet = parse_subnet_key(key)
+            subnet, subnet6 = parse_lease_key(key)
             attrs = decode_attrs(kv.value)
         except LeaseFormatError as e:
             log.warning("Ignoring bad subnet node %s: %s", key, e)
             return None
-        return Lease(subnet, attrs, self._expiration(client, kv.lease, cache), kv.mod_revision)
+        return Lease(subnet, attrs, self._expiration(client, kv.lease, cache), kv.mod_revision, subnet6)
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """Every lease under `<prefix>/subnets/` (etcd key order) and the revision of the read."""
@@ -193,18 +194,19 @@ class EtcdRegistry:
             return [x for x in leases if x is not None], resp.header.revision
         return self._call("list leases", run, idempotent=True)
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+    def get_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> Lease | None:
         def run(c):
-            resp = c.get_response(self._key(subnet))
+            resp = c.get_response(self._key(subnet, ipv6_subnet))
             return self._lease_from_kv(c, resp.kvs[0], {}) if resp.kvs else None
         return self._call("get lease", run, idempotent=True)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
         """flannel's createSubnet: grant, then put only if the key does not exist (Version == 0).
         ttl_s == 0 creates a key without lease (a reservation)."""
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, not {ttl_s}")
-        key, value = self._key(subnet), encode_attrs(attrs)
+        key, value = self._key(subnet, ipv6_subnet), encode_attrs(attrs)
         grant = self._call("lease grant", lambda c: c.lease(ttl_s)) if ttl_s else None
 
         def txn(c):
@@ -223,9 +225,9 @@ class EtcdRegistry:
         if not ok:
             if grant:
                 self._revoke(grant.id)
-            raise SubnetExists(f"subnet already exists: {subnet}")
+            raise SubnetExists(f"subnet already exists: {subnet_key(subnet, ipv6_subnet)}")
         rev = responses[0].response_put.header.revision if responses else 0
-        return Lease(subnet, attrs, time.time() + grant.ttl if grant else None, rev)
+        return Lease(subnet, attrs, time.time() + grant.ttl if grant else None, rev, ipv6_subnet)
 
     def _revoke(self, lease_id: int) -> None:
         try:
@@ -233,19 +235,20 @@ class EtcdRegistry:
         except RegistryError as e:
             log.warning("could not revoke etcd lease %x (it expires by itself): %s", lease_id, e)
 
-    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
         """flannel's updateSubnet: an unconditional put under a fresh lease (no KeepAlive);
         ttl_s == 0 writes the key without lease, so a reservation stays one."""
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, not {ttl_s}")
-        key, value = self._key(subnet), encode_attrs(attrs)
+        key, value = self._key(subnet, ipv6_subnet), encode_attrs(attrs)
         grant = self._call("lease grant", lambda c: c.lease(ttl_s)) if ttl_s else None
         resp = self._call("update lease", lambda c: c.put(key, value, lease=grant.id if grant else None))
         expiration = time.time() + grant.ttl if grant else None
-        return Lease(subnet, attrs, expiration, resp.header.revision)
+        return Lease(subnet, attrs, expiration, resp.header.revision, ipv6_subnet)
 
-    def delete_lease(self, subnet: IPv4Network) -> None:
-        key = self._key(subnet)
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> None:
+        key = self._key(subnet, ipv6_subnet)
         self._call("delete lease", lambda c: c.delete(key), idempotent=True)
 
     # ---- watch -----------------------------------------------------------------------------
@@ -379,11 +382,11 @@ class EtcdRegistry:
         if ev.type == kv_pb2.Event.DELETE:
             key = kv.key.decode("utf-8", errors="replace")
             try:
-                subnet = parse_subnet_key(key)
+                subnet, subnet6 = parse_lease_key(key)
             except LeaseFormatError as e:
                 log.warning("Ignoring bad subnet node %s: %s", key, e)
                 return None
-            return LeaseEvent(LeaseEvent.REMOVED, Lease(subnet, None, None, kv.mod_revision))
+            return LeaseEvent(LeaseEvent.REMOVED, Lease(subnet, None, None, kv.mod_revision, subnet6))
         lease = self._lease_from_kv(client, kv, cache)
         return LeaseEvent(LeaseEvent.ADDED, lease) if lease else None
 

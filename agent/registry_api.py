@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol
 
-from .lease import IPv4Network, Lease, LeaseAttrs, LeaseEvent
+from .lease import IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent
 
 
 @dataclass
@@ -25,23 +25,27 @@ class WatchBatch:
 
 
 class LeaseStore(Protocol):
-    """Leases under `<prefix>/subnets/`; `ttl_s == 0` means no TTL (a reservation)."""
+    """Leases under `<prefix>/subnets/`; `ttl_s == 0` means no TTL (a reservation). A lease's key
+    is its IPv4 subnet and, dual-stack, its IPv6 subnet (`ipv6_subnet`, docs/flannel-compat.md
+    §"Keys"); the Lease returned carries both."""
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """Every lease, in key order, and the store revision of that read."""
         ...
 
-    def get_lease(self, subnet: IPv4Network) -> Optional[Lease]: ...
+    def get_lease(self, subnet: IPv4Network, ipv6_subnet: Optional[IPv6Network] = None) -> Optional[Lease]: ...
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: Optional[IPv6Network] = None) -> Lease:
         """Create only if absent; raises errors.SubnetExists when another host was first."""
         ...
 
-    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: Optional[IPv6Network] = None) -> Lease:
         """Write unconditionally (a renewal) with a fresh TTL."""
         ...
 
-    def delete_lease(self, subnet: IPv4Network) -> None: ...
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: Optional[IPv6Network] = None) -> None: ...
 
 
 class Registry(LeaseStore, Protocol):

@@ -47,12 +47,13 @@ from .etcd_v2_conn import (
 )
 from .lease import (
     IPv4Network,
+    IPv6Network,
     Lease,
     LeaseAttrs,
     LeaseEvent,
     decode_attrs,
     encode_attrs_v2,
-    parse_subnet_key,
+    parse_lease_key,
     subnet_key,
 )
 from .registry_api import WatchBatch
@@ -205,21 +206,21 @@ class EtcdV2Registry:
 
     # ---- leases ----------------------------------------------------------------------------
 
-    def _key(self, subnet: IPv4Network) -> str:
-        return f"{self._subnets_dir}/{subnet_key(subnet)}"
+    def _key(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+        return f"{self._subnets_dir}/{subnet_key(subnet, ipv6_subnet)}"
 
     def _lease(self, node: dict, now: float) -> Lease | None:
         key = str(node.get("key", ""))
         try:
             if node.get("dir") or key.rsplit("/", 1)[0] != self._subnets_dir:
                 raise LeaseFormatError("not a lease key")
-            subnet = parse_subnet_key(key)
+            subnet, subnet6 = parse_lease_key(key)
             value = node.get("value")
             attrs = decode_attrs(value if isinstance(value, str) else "")
         except LeaseFormatError as e:
             log.warning("Ignoring bad subnet node %s: %s", key, e)
             return None
-        return Lease(subnet, attrs, node_expiration(node, now), _int(node.get("modifiedIndex")))
+        return Lease(subnet, attrs, node_expiration(node, now), _int(node.get("modifiedIndex")), subnet6)
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """Every lease under `<prefix>/subnets/` (key order) and the etcd index of the read."""
@@ -234,44 +235,48 @@ class EtcdV2Registry:
         leases = [self._lease(n, now) for n in children if isinstance(n, dict)]
         return [x for x in leases if x is not None], r.index
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
-        r = self._do("get lease", "GET", self._key(subnet), {"quorum": "true"}, idempotent=True)
+    def get_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> Lease | None:
+        r = self._do("get lease", "GET", self._key(subnet, ipv6_subnet), {"quorum": "true"}, idempotent=True)
         if r.error_code == KEY_NOT_FOUND:
             return None
         return self._lease(self._node(r, "get lease"), time.time())
 
-    def _put(self, what: str, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int, prev_exist: bool,
-             idempotent: bool) -> V2Response:
+    def _put(self, what: str, subnet: IPv4Network, subnet6: IPv6Network | None, attrs: LeaseAttrs,
+             ttl_s: int, prev_exist: bool, idempotent: bool) -> V2Response:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, not {ttl_s}")
         params = {"prevExist": "true" if prev_exist else "false"}
         if ttl_s:
             params["ttl"] = str(ttl_s)
         form = {"value": encode_attrs_v2(attrs).decode()}
-        return self._do(what, "PUT", self._key(subnet), params, form, idempotent=idempotent)
+        return self._do(what, "PUT", self._key(subnet, subnet6), params, form, idempotent=idempotent)
 
-    def _written(self, r: V2Response, what: str, subnet: IPv4Network, attrs: LeaseAttrs) -> Lease:
+    def _written(self, r: V2Response, what: str, subnet: IPv4Network, subnet6: IPv6Network | None,
+                 attrs: LeaseAttrs) -> Lease:
         node = self._node(r, what)
-        return Lease(subnet, attrs, node_expiration(node, time.time()), _int(node.get("modifiedIndex")))
+        return Lease(subnet, attrs, node_expiration(node, time.time()), _int(node.get("modifiedIndex")),
+                     subnet6)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
         """flannel's createSubnet: `prevExist=false`; ttl_s == 0 creates a reservation."""
-        r = self._put("create lease", subnet, attrs, ttl_s, prev_exist=False, idempotent=False)
+        r = self._put("create lease", subnet, ipv6_subnet, attrs, ttl_s, prev_exist=False, idempotent=False)
         if r.error_code == NODE_EXIST:
-            raise SubnetExists(f"subnet already exists: {subnet}")
-        return self._written(r, "create lease", subnet, attrs)
+            raise SubnetExists(f"subnet already exists: {subnet_key(subnet, ipv6_subnet)}")
+        return self._written(r, "create lease", subnet, ipv6_subnet, attrs)
 
-    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
         """A renewal: `prevExist=true` with a fresh TTL (ttl_s == 0 keeps a reservation one). A
         key that vanished meanwhile is created again with `prevExist=false` (SubnetExists when
         another host took it first)."""
-        r = self._put("update lease", subnet, attrs, ttl_s, prev_exist=True, idempotent=True)
+        r = self._put("update lease", subnet, ipv6_subnet, attrs, ttl_s, prev_exist=True, idempotent=True)
         if r.error_code == KEY_NOT_FOUND:
-            return self.create_lease(subnet, attrs, ttl_s)
-        return self._written(r, "update lease", subnet, attrs)
+            return self.create_lease(subnet, attrs, ttl_s, ipv6_subnet)
+        return self._written(r, "update lease", subnet, ipv6_subnet, attrs)
 
-    def delete_lease(self, subnet: IPv4Network) -> None:
-        r = self._do("delete lease", "DELETE", self._key(subnet), idempotent=True)
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> None:
+        r = self._do("delete lease", "DELETE", self._key(subnet, ipv6_subnet), idempotent=True)
         if not r.ok and r.error_code != KEY_NOT_FOUND:
             raise RegistryError(f"etcd delete lease failed: {r.error_text()}")
 
@@ -391,11 +396,11 @@ class EtcdV2Registry:
             if node.get("dir") or key.rsplit("/", 1)[0] != self._subnets_dir:
                 return None, index, False
             try:
-                subnet = parse_subnet_key(key)
+                subnet, subnet6 = parse_lease_key(key)
             except LeaseFormatError as e:
                 log.warning("Ignoring bad subnet node %s: %s", key, e)
                 return None, index, False
-            return LeaseEvent(LeaseEvent.REMOVED, Lease(subnet, None, None, index)), index, False
+            return LeaseEvent(LeaseEvent.REMOVED, Lease(subnet, None, None, index, subnet6)), index, False
         if action in ADDED_ACTIONS and not node.get("dir"):
             lease = self._lease(node, time.time())
             return (LeaseEvent(LeaseEvent.ADDED, lease) if lease else None), index, False

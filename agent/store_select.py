@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .errors import EtcdUnreachable, RegistryError
 from .etcd_options import EtcdOptions
-from .lease import IPv4Network, Lease, LeaseAttrs
+from .lease import IPv4Network, IPv6Network, Lease, LeaseAttrs
 from .registry_api import Registry, WatchBatch
 
 log = logging.getLogger("fastflannel.registry")
@@ -133,17 +133,19 @@ class StoreSelector:
     def list_leases(self) -> tuple[list[Lease], int]:
         return self._store().list_leases()
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
-        return self._store().get_lease(subnet)
+    def get_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> Lease | None:
+        return self._store().get_lease(subnet, ipv6_subnet)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
-        return self._store().create_lease(subnet, attrs, ttl_s)
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
+        return self._store().create_lease(subnet, attrs, ttl_s, ipv6_subnet)
 
-    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
-        return self._store().update_lease(subnet, attrs, ttl_s)
+    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
+        return self._store().update_lease(subnet, attrs, ttl_s, ipv6_subnet)
 
-    def delete_lease(self, subnet: IPv4Network) -> None:
-        self._store().delete_lease(subnet)
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> None:
+        self._store().delete_lease(subnet, ipv6_subnet)
 
     def watch_leases(self, revision: int, stop: threading.Event) -> Iterator[WatchBatch]:
         return self._store().watch_leases(revision, stop)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastflannel.agent.config import ConfigError, NetworkConfig, parse_config
+from fastflannel.agent.config import ConfigError, NetworkConfig, parse_config, stack_problem
 
 
 def cfg(**kw) -> NetworkConfig:
@@ -157,11 +157,14 @@ def test_missing_backend_type_is_an_error_like_flannel():
     assert "Backend.Type is missing" in err('{"Network":"10.5.0.0/16","Backend":null}')
 
 
-def test_ipv6_refused_clearly():
-    m = err({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48"})
-    assert "IPv6 is not supported yet by fastflannel" in m and "EnableIPv6" in m
-    m = err({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00::/48"})
-    assert "IPv6 is not supported yet" in m
+def test_ipv6_stacks_the_daemon_cannot_run_are_named():
+    """Valid configs the daemon refuses with a clear message (config.stack_problem)."""
+    m = stack_problem(cfg(Network="10.5.0.0/16", EnableIPv6=True, IPv6Network="fc00::/48"))
+    assert m is not None and "udp backend carries IPv4 only" in m
+    m = stack_problem(cfg(EnableIPv4=False, EnableIPv6=True, IPv6Network="fc00::/48",
+                          Backend={"Type": "vxlan"}))
+    assert m is not None and "IPv6-only" in m and "0.0.0.0/0" in m
+    assert stack_problem(cfg(Network="10.5.0.0/16")) is None
 
 
 @pytest.mark.parametrize("raw", ["", "{", "[1]", "null", '"x"', "{'Network': 1}", '{"Network":NaN}',

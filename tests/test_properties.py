@@ -77,7 +77,9 @@ def valid_configs(draw):
     if hi is not None:
         pairs.append((draw(spellings("SubnetMax")), str(ipaddress.IPv4Address(base + hi * size))))
     pairs.append((draw(spellings("Backend")), {draw(spellings("Type")): draw(spellings(btype, fold=False))}))
-    pairs += draw(st.lists(st.tuples(st.sampled_from(["Foo", "IPv6Network", "EnableNFTables"]), _json), max_size=2))
+    # keys that are no field of flannel's Config (IPv6Network is one: Go decodes it, and fails on
+    # junk, whatever EnableIPv6 says)
+    pairs += draw(st.lists(st.tuples(st.sampled_from(["Foo", "PublicIPv6", "EnableNFTables"]), _json), max_size=2))
     pairs = draw(st.permutations(pairs))
     want = dict(network=network, subnet_len=eff,
                 subnet_min=ipaddress.IPv4Address(base + (lo if lo is not None else 1) * size),
@@ -210,6 +212,8 @@ _UNICODE_DIGITS = {"0": "\u0660", "1": "\u0661", "2": "\u06f2", "3": "\u0969", "
 _MUTATIONS = {
     "none": True,
     "path": True,                 # <prefix>/subnets/<name>
+    "ipv6-host-bits": False,      # fd00::1-127: flannel allocates aligned subnets only
+    "ipv6-spelling": False,       # fc00:0::-64: a second spelling of fc00::-64
     "zero-length": False,         # 10.5.34.0-024: flannel's ParseUint takes it, a second spelling
     "junk-before": False,         # flannel's regex is unanchored at the start and takes it
     "padded-octet": False,        # Go's ParseIP refuses leading zeros (Go >= 1.17)
@@ -228,7 +232,7 @@ _MUTATIONS = {
 def key_cases(draw):
     """(key, whether it is a key, its subnet): a key flannel writes, changed in one way."""
     net = ipaddress.IPv4Network((draw(st.ip_addresses(v=4)), draw(st.integers(0, 31))), strict=False)
-    v6 = draw(st.none() | st.sampled_from(["fc00::-64", "fc00:42:0:1::-64", "fd00::1-127"]))
+    v6 = draw(st.none() | st.sampled_from(["fc00::-64", "fc00:42:0:1::-64", "fd00::2-127"]))
     mutation = draw(st.sampled_from(sorted(_MUTATIONS)))
     ip, plen = str(net.network_address), net.prefixlen
     if mutation == "zero-length":
@@ -250,6 +254,10 @@ def key_cases(draw):
         v6 = draw(st.sampled_from(["zz::-64", ":::::-64", "fc00::-", "-64"]))
     elif mutation == "ipv6-length-128":
         v6 = "fc00::-128"
+    elif mutation == "ipv6-host-bits":
+        v6 = "fd00::1-127"
+    elif mutation == "ipv6-spelling":
+        v6 = draw(st.sampled_from(["fc00:0::-64", "fc00:42::0:1:0:0:0-64", "fc00:0042::-64"]))
     if v6:
         name += "&" + v6
     name = {"junk-before": "x" + name, "junk-after": name + "x", "newline": name + "\n",

@@ -7,7 +7,7 @@ path and numpy, which a vxlan or host-gw host never loads. The contract is in `b
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet
 
 from ..errors import BackendError
 
@@ -35,6 +35,9 @@ def _hostgw(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) ->
 
 
 BACKENDS: Dict[str, BackendCtor] = {"udp": _udp, "vxlan": _vxlan, "host-gw": _hostgw}
+# The backends that program IPv6 (EnableIPv6). udp is IPv4 only, as flannel's; vxlan and host-gw
+# join this set when their IPv6 paths land (issue 13).
+IPV6_BACKENDS: FrozenSet[str] = frozenset()
 
 
 def register(name: str, ctor: BackendCtor) -> None:

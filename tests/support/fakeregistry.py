@@ -7,6 +7,7 @@ see what the code under test did, `before` to race it, and an injectable clock f
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from fastflannel.agent.registry_api import Registry
 
 IPv4Network = ipaddress.IPv4Network
+IPv6Network = ipaddress.IPv6Network
+Key = Tuple[IPv4Network, Optional[IPv6Network]]      # a lease key's two halves
 WATCH_POLL_S = 0.05          # how often a blocked watch looks at its stop event
 
 
@@ -55,7 +58,7 @@ class FakeRegistry:
     def __init__(self, clock: Optional[Callable[[], float]] = None, config: Optional[str] = None):
         self.clock: Callable[[], float] = clock if clock is not None else FakeClock()
         self.config = config                 # what get_network_config() returns
-        self._kv: Dict[IPv4Network, _Entry] = {}
+        self._kv: Dict[Key, _Entry] = {}            # (IPv4 subnet, IPv6 subnet) -> value
         self.revision = 1
         self._log: List[Tuple[int, LeaseEvent]] = []      # (revision, event), for watch_leases
         self._changed = threading.Condition()
@@ -67,11 +70,16 @@ class FakeRegistry:
 
     # -- helpers for tests ------------------------------------------------------------------------
     def put(self, subnet: Union[str, IPv4Network], public_ip: str, ttl_s: Optional[int] = 86400,
-            btype: Optional[str] = None, data: Optional[dict] = None) -> Lease:
+            btype: Optional[str] = None, data: Optional[dict] = None,
+            ipv6_subnet: Optional[Union[str, IPv6Network]] = None, public_ipv6: Optional[str] = None) -> Lease:
         """Seed a lease; ttl_s None or 0 makes a reservation (no expiry)."""
         sn = net(subnet) if isinstance(subnet, str) else subnet
-        self._store(sn, attrs(public_ip, btype, data), ttl_s or 0)
-        return self._lease(sn)
+        sn6 = IPv6Network(ipv6_subnet) if isinstance(ipv6_subnet, str) else ipv6_subnet
+        a = attrs(public_ip, btype, data)
+        if public_ipv6 is not None:
+            a = dataclasses.replace(a, public_ipv6=ipaddress.IPv6Address(public_ipv6))
+        self._store((sn, sn6), a, ttl_s or 0)
+        return self._lease((sn, sn6))
 
     def fail(self, method: str, *excs: BaseException) -> None:
         """Make the next len(excs) calls of `method` raise these exceptions, in order."""
@@ -80,12 +88,17 @@ class FakeRegistry:
     def holder(self, subnet: Union[str, IPv4Network]) -> Optional[str]:
         sn = net(subnet) if isinstance(subnet, str) else subnet
         self._expire()
-        e = self._kv.get(sn)
+        e = next((e for k, e in sorted(self._kv.items(), key=lambda ke: subnet_key(*ke[0])) if k[0] == sn), None)
         return str(e.attrs.public_ip) if e else None
 
-    def subnets(self) -> List[IPv4Network]:
+    def keys(self) -> List[Key]:
+        """Every lease key, in etcd key order."""
         self._expire()
-        return sorted(self._kv, key=subnet_key)
+        return sorted(self._kv, key=lambda k: subnet_key(*k))
+
+    def subnets(self) -> List[IPv4Network]:
+        """The IPv4 subnet of every lease, in key order."""
+        return [k[0] for k in self.keys()]
 
     def names(self) -> List[str]:
         return [c[0] for c in self.calls]
@@ -106,30 +119,32 @@ class FakeRegistry:
 
     def list_leases(self) -> Tuple[List[Lease], int]:
         self._enter("list_leases", None)
-        return [self._lease(s) for s in self.subnets()], self.revision
+        return [self._lease(k) for k in self.keys()], self.revision
 
-    def get_lease(self, subnet: IPv4Network) -> Optional[Lease]:
+    def get_lease(self, subnet: IPv4Network, ipv6_subnet: Optional[IPv6Network] = None) -> Optional[Lease]:
         self._enter("get_lease", subnet)
         self._expire()
-        return self._lease(subnet) if subnet in self._kv else None
+        return self._lease((subnet, ipv6_subnet)) if (subnet, ipv6_subnet) in self._kv else None
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: Optional[IPv6Network] = None) -> Lease:
         self._enter("create_lease", subnet)
         self._expire()
-        if subnet in self._kv:
-            raise SubnetExists(f"subnet already exists: {subnet}")
-        self._store(subnet, attrs, ttl_s)
-        return self._lease(subnet)
+        if (subnet, ipv6_subnet) in self._kv:
+            raise SubnetExists(f"subnet already exists: {subnet_key(subnet, ipv6_subnet)}")
+        self._store((subnet, ipv6_subnet), attrs, ttl_s)
+        return self._lease((subnet, ipv6_subnet))
 
-    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> Lease:
+    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
+                     ipv6_subnet: Optional[IPv6Network] = None) -> Lease:
         self._enter("update_lease", (subnet, ttl_s))
-        self._store(subnet, attrs, ttl_s)
-        return self._lease(subnet)
+        self._store((subnet, ipv6_subnet), attrs, ttl_s)
+        return self._lease((subnet, ipv6_subnet))
 
-    def delete_lease(self, subnet: IPv4Network) -> None:
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: Optional[IPv6Network] = None) -> None:
         self._enter("delete_lease", subnet)
-        if self._kv.pop(subnet, None) is not None:
-            self._changed_to(LeaseEvent(LeaseEvent.REMOVED, Lease(subnet, None)))
+        if self._kv.pop((subnet, ipv6_subnet), None) is not None:
+            self._changed_to(LeaseEvent(LeaseEvent.REMOVED, Lease(subnet, None, ipv6_subnet=ipv6_subnet)))
 
     def watch_leases(self, revision: int, stop: threading.Event) -> Iterator[WatchBatch]:
         """Every change after `revision` in order, one batch per wake-up, until `stop` is set.
@@ -160,20 +175,22 @@ class FakeRegistry:
             self._log.append((self.revision, ev))
             self._changed.notify_all()
 
-    def _store(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int) -> None:
+    def _store(self, key: Key, attrs: LeaseAttrs, ttl_s: int) -> None:
         exp = self.clock() + ttl_s if ttl_s else None
-        self._kv[subnet] = _Entry(attrs, exp, self.revision + 1)
-        self._changed_to(LeaseEvent(LeaseEvent.ADDED, self._lease(subnet)))
+        self._kv[key] = _Entry(attrs, exp, self.revision + 1)
+        self._changed_to(LeaseEvent(LeaseEvent.ADDED, self._lease(key)))
 
     def _expire(self) -> None:
         now = self.clock()
-        for s in [s for s, e in self._kv.items() if e.expiration is not None and e.expiration <= now]:
-            del self._kv[s]
-            self._changed_to(LeaseEvent(LeaseEvent.REMOVED, Lease(s, None)))
+        for k in [k for k, e in self._kv.items() if e.expiration is not None and e.expiration <= now]:
+            del self._kv[k]
+            self._changed_to(LeaseEvent(LeaseEvent.REMOVED, Lease(k[0], None, ipv6_subnet=k[1])))
 
-    def _lease(self, subnet: IPv4Network) -> Lease:
-        e = self._kv[subnet]
-        return Lease(subnet, e.attrs, e.expiration, e.mod_revision)
+    def _lease(self, key: Union[Key, IPv4Network]) -> Lease:
+        if isinstance(key, IPv4Network):        # tests name an IPv4-only lease by its subnet
+            key = (key, None)
+        e = self._kv[key]
+        return Lease(key[0], e.attrs, e.expiration, e.mod_revision, key[1])
 
 
 if TYPE_CHECKING:
