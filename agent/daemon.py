@@ -26,7 +26,7 @@ from .flags import Options
 from .lease import Lease, LeaseEvent, vtep_mac
 from .peers import PeerTracker
 from .registry_api import Registry
-from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_subnet_file
+from .subnetfile import parse_cidr, read_prev_ipv6_subnet, read_prev_subnet, read_subnet_env, write_subnet_file
 from .subnets import LeaseKeeper, SubnetManager
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class Daemon:
     def _start(self) -> None:
         opts = self.opts
         prev = read_prev_subnet(opts.subnet_file)
+        prev6 = read_prev_ipv6_subnet(opts.subnet_file)
         if opts.healthz_port:
             from .healthz import HealthServer
             self.health = HealthServer(opts.healthz_ip, opts.healthz_port, lambda: self.ready, self._stats)
@@ -119,13 +120,15 @@ class Daemon:
         log.info("Using interface with name %s and address %s (public %s, mtu %d)",
                  ext.name, ext.iface_addr, ext.ext_addr, ext.mtu)
         backend = self.backend = new_backend(ext, cfg, backend_options(opts))
-        mgr = SubnetManager(registry, cfg, ext.ext_addr, prev, renew_margin_s=opts.subnet_lease_renew_margin * 60)
+        mgr = SubnetManager(registry, cfg, ext.ext_addr, prev, renew_margin_s=opts.subnet_lease_renew_margin * 60,
+                            prev_ipv6_subnet=prev6)
         lease = mgr.acquire(backend.lease_attrs())
-        log.info("Acquired lease %s (public %s)", lease.subnet, ext.ext_addr)
+        log.info("Acquired lease %s (public %s)", lease.key, ext.ext_addr)
         self._mark("lease")
         backend.setup(lease, cfg)
         self._setup_rules(cfg, lease)
-        write_subnet_file(opts.subnet_file, cfg.network, lease.subnet, backend.mtu(), opts.ip_masq)
+        ipv6 = (cfg.ipv6_network, lease.ipv6_subnet) if cfg.ipv6_network and lease.ipv6_subnet else None
+        write_subnet_file(opts.subnet_file, cfg.network, lease.subnet, backend.mtu(), opts.ip_masq, ipv6)
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)

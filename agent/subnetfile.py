@@ -2,7 +2,8 @@
 
 Format and write semantics follow flannel's WriteSubnetFile (docs/flannel-compat.md
 §"subnet.env"): the lines FLANNEL_NETWORK, FLANNEL_SUBNET (the lease's first host address with
-the lease prefix), FLANNEL_MTU, FLANNEL_IPMASQ, each ending in "\\n"; written atomically (temp
+the lease prefix), dual-stack FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET (the same for the
+IPv6 lease), FLANNEL_MTU, FLANNEL_IPMASQ, each ending in "\\n"; written atomically (temp
 file in the same directory, fsync, rename) with mode 0644 whatever the umask, the directory
 created 0755.
 """
@@ -13,9 +14,12 @@ import logging
 import os
 import re
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
+
+from .lease import go_ip6_string
 
 IPv4Network = ipaddress.IPv4Network
+IPv6Network = ipaddress.IPv6Network
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -25,13 +29,19 @@ log = logging.getLogger("fastflannel.subnetfile")
 _CIDR_RE = re.compile(r"^([0-9.]+)/([0-9]+)$")
 
 
-def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool) -> str:
-    """The exact text flanneld writes for an IPv4-only network."""
+def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool,
+                      ipv6: Optional[Tuple[IPv6Network, IPv6Network]] = None) -> str:
+    """The exact text flanneld writes; `ipv6` = (IPv6Network, the IPv6 lease) when EnableIPv6
+    (its two lines follow the IPv4 ones, in Go's IPv6 text)."""
     first_host = subnet.network_address + 1
-    return (f"FLANNEL_NETWORK={network}\n"
-            f"FLANNEL_SUBNET={first_host}/{subnet.prefixlen}\n"
-            f"FLANNEL_MTU={int(mtu)}\n"
-            f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n")
+    text = (f"FLANNEL_NETWORK={network}\n"
+            f"FLANNEL_SUBNET={first_host}/{subnet.prefixlen}\n")
+    if ipv6 is not None:
+        net6, subnet6 = ipv6
+        text += (f"FLANNEL_IPV6_NETWORK={go_ip6_string(net6.network_address)}/{net6.prefixlen}\n"
+                 f"FLANNEL_IPV6_SUBNET={go_ip6_string(subnet6.network_address + 1)}/{subnet6.prefixlen}\n")
+    return text + (f"FLANNEL_MTU={int(mtu)}\n"
+                   f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n")
 
 
 def _makedirs(path: str) -> None:
@@ -48,12 +58,12 @@ def _makedirs(path: str) -> None:
 
 
 def write_subnet_file(path: str, network: IPv4Network, subnet: IPv4Network, mtu: int,
-                      ip_masq: bool) -> None:
+                      ip_masq: bool, ipv6: Optional[Tuple[IPv6Network, IPv6Network]] = None) -> None:
     """Atomically replace `path`: readers see the old file or the new one, never a torn one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     _makedirs(directory)
-    data = render_subnet_env(network, subnet, mtu, ip_masq).encode()
+    data = render_subnet_env(network, subnet, mtu, ip_masq, ipv6).encode()
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
         try:
@@ -143,4 +153,32 @@ def read_prev_subnet(path: str) -> Optional[IPv4Network]:
         log.warning("Ignoring unparsable FLANNEL_SUBNET=%r in %s", text, path)
         return None
     log.info("Found previous subnet %s in %s", subnet, path)
+    return subnet
+
+
+def parse_cidr6(text: str) -> IPv6Network:
+    """Go's net.ParseCIDR for IPv6 text: "fc00:0:0:1::1/64" -> fc00:0:0:1::/64. ValueError if
+    malformed or IPv4."""
+    addr, slash, plen = text.strip().partition("/")
+    if not slash or not plen.isascii() or not plen.isdigit() or int(plen) > 128:
+        raise ValueError(f"invalid CIDR address: {text!r}")
+    return ipaddress.IPv6Network((ipaddress.IPv6Address(addr), int(plen)), strict=False)
+
+
+def read_prev_ipv6_subnet(path: str) -> Optional[IPv6Network]:
+    """FLANNEL_IPV6_SUBNET from a previous run's subnet file (flannel's
+    ReadIP6CIDRFromSubnetFile), as a network; None if absent or unusable."""
+    try:
+        text = read_subnet_env(path).get("FLANNEL_IPV6_SUBNET")
+    except OSError as e:
+        log.warning("Could not read previous subnet file %s: %s", path, e)
+        return None
+    if text is None:
+        return None
+    try:
+        subnet = parse_cidr6(text)
+    except ValueError:
+        log.warning("Ignoring unparsable FLANNEL_IPV6_SUBNET=%r in %s", text, path)
+        return None
+    log.info("Found previous IPv6 subnet %s in %s", subnet, path)
     return subnet

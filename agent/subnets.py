@@ -17,6 +17,14 @@ Deliberate differences from flannel v0.18+ (each fixes a fault of flannel's):
   treating the other host's lease as our renewal and overwriting it later. A deleted own key is
   re-created with a create-if-absent transaction instead of shutting the daemon down (#904).
 
+Dual-stack (EnableIPv6, docs/flannel-compat.md §"Dual-stack"): a lease holds an IPv4 and an IPv6
+subnet under one key; both must fit the config for a lease to be reused (flannel's
+isSubnetConfigCompat and isIPv6SubnetConfigCompat, so a v4-only lease is not reused by a
+dual-stack host, nor a dual-stack one by a v4-only host: it is deleted and a new one taken); the
+previous subnets of subnet.env are reused only as a pair; a new lease takes a free subnet of each
+family. Unlike flannel, an IPv4-only lease never blocks the IPv6 window (flannel v0.20.2 dereferences
+its missing IPv6 subnet), and the previous IPv6 subnet is refused when a lease overlaps it.
+
 Lease admission (docs/architecture.md §"Lease admission"):
 * A lease that covers several subnets of the window (another prefix length, shorter than
   SubnetLen: `10.0.0.0/8`, a `/12` in a network of `/20`s) never blocks allocation, nor the
@@ -33,16 +41,17 @@ Lease admission (docs/architecture.md §"Lease admission"):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import math
 import random
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Set
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from .config import NetworkConfig
 from .errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
-from .lease import IPv4Address, IPv4Network, Lease, LeaseAttrs, LeaseEvent
+from .lease import IPv4Address, IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent, subnet_key
 from .registry_api import LeaseStore
 
 SUBNET_TTL_S = 86400        # flannel's hard-coded subnetTTL (24 h)
@@ -55,31 +64,48 @@ REANNOUNCE_MIN_S = 5.0      # at most one look at our key (and re-put) per 5 s, 
 _log = logging.getLogger("fastflannel.subnets")
 
 
-def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: int) -> List[IPv4Network]:
-    """The first `limit` aligned subnets in [SubnetMin, SubnetMax] that overlap no taken subnet.
+def _free_starts(taken: Sequence[Tuple[int, int]], first: int, last: int, size: int,
+                 limit: int) -> List[int]:
+    """The first `limit` aligned starts in [first, last], step `size`, whose block overlaps no
+    taken (lo, hi) range.
 
     flannel tests each candidate against every lease (O(candidates x leases)); merging the taken
     ranges once and jumping over them gives the same answer in O(leases log leases + limit)."""
-    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)
     starts: List[int] = []
     ends: List[int] = []
-    for lo, hi in spans:                         # merge overlapping/nested ranges
+    for lo, hi in sorted(taken):                 # merge overlapping/nested ranges
         if ends and lo <= ends[-1] + 1:
             ends[-1] = max(ends[-1], hi)
         else:
             starts.append(lo)
             ends.append(hi)
-    size = cfg.subnet_size
-    ip, last = int(cfg.subnet_min), int(cfg.subnet_max)
-    out: List[IPv4Network] = []
+    ip = first
+    out: List[int] = []
     while ip <= last and len(out) < limit:
         i = bisect.bisect_right(starts, ip + size - 1) - 1    # last range starting inside or before
         if i >= 0 and ends[i] >= ip:                           # it reaches into the candidate
             ip = (ends[i] // size + 1) * size                  # next aligned start after it
             continue
-        out.append(IPv4Network((ip, cfg.subnet_len)))
+        out.append(ip)
         ip += size
     return out
+
+
+def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: int) -> List[IPv4Network]:
+    """The first `limit` aligned subnets in [SubnetMin, SubnetMax] that overlap no taken subnet."""
+    spans = [(int(n.network_address), int(n.broadcast_address)) for n in taken]
+    starts = _free_starts(spans, int(cfg.subnet_min), int(cfg.subnet_max), cfg.subnet_size, limit)
+    return [IPv4Network((ip, cfg.subnet_len)) for ip in starts]
+
+
+def _free_ipv6_candidates(cfg: NetworkConfig, taken: Sequence[IPv6Network], limit: int) -> List[IPv6Network]:
+    """The same for [IPv6SubnetMin, IPv6SubnetMax] (flannel's OuterLoopv6)."""
+    if cfg.ipv6_subnet_min is None or cfg.ipv6_subnet_max is None:
+        return []
+    spans = [(int(n.network_address), int(n.broadcast_address)) for n in taken]
+    starts = _free_starts(spans, int(cfg.ipv6_subnet_min), int(cfg.ipv6_subnet_max),
+                          1 << (128 - cfg.ipv6_subnet_len), limit)
+    return [IPv6Network((ip, cfg.ipv6_subnet_len)) for ip in starts]
 
 
 def _blocking(cfg: NetworkConfig, leases: Sequence[Lease]) -> List[Lease]:
@@ -92,11 +118,12 @@ class SubnetManager:
     def __init__(self, registry: LeaseStore, config: NetworkConfig, public_ip: IPv4Address,
                  prev_subnet: Optional[IPv4Network] = None, renew_margin_s: int = 3600,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
-                 log: Optional[logging.Logger] = None):
+                 log: Optional[logging.Logger] = None, prev_ipv6_subnet: Optional[IPv6Network] = None):
         self.registry = registry
         self.config = config
         self.public_ip = IPv4Address(public_ip)
         self.prev_subnet = prev_subnet
+        self.prev_ipv6_subnet = prev_ipv6_subnet            # FLANNEL_IPV6_SUBNET of subnet.env
         self.renew_margin_s = renew_margin_s
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
@@ -119,20 +146,21 @@ class SubnetManager:
         leases, _rev = self.registry.list_leases()
         mine = self._own_lease(leases)
         if mine is not None:
-            if self.config.subnet_compatible(mine.subnet):
+            if self.config.lease_compatible(mine.subnet, mine.ipv6_subnet):
                 return self._reuse(mine, attrs)
             self.log.info("Found lease (%s) for current IP (%s) but not compatible with current "
-                          "config, deleting", mine.subnet, self.public_ip)
-            self.registry.delete_lease(mine.subnet)
-            leases = [lease for lease in leases if lease.subnet != mine.subnet]
+                          "config, deleting", mine.key, self.public_ip)
+            self.registry.delete_lease(mine.subnet, mine.ipv6_subnet)
+            leases = [lease for lease in leases if lease.key != mine.key]
         taken = _blocking(self.config, leases)
-        subnet = self._previous_subnet(taken, lost) or self._allocate(taken, lost)
+        pair = self._previous_pair(taken, leases, lost)
+        subnet, subnet6 = pair if pair is not None else (self._allocate(taken, lost), self._allocate6(leases))
         try:
-            lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S)
+            lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S, subnet6)
         except SubnetExists:
             lost.add(subnet)
             raise
-        self.log.info("Allocated lease %s for %s", subnet, self.public_ip)
+        self.log.info("Allocated lease %s for %s", subnet_key(subnet, subnet6), self.public_ip)
         return lease
 
     def _own_lease(self, leases: Sequence[Lease]) -> Optional[Lease]:
@@ -143,7 +171,7 @@ class SubnetManager:
         if len(mine) > 1:
             self.log.warning("%d leases carry this host's PublicIP %s: %s", len(mine), self.public_ip,
                              ", ".join(str(lease.subnet) for lease in mine))
-        fitting = [lease for lease in mine if self.config.subnet_compatible(lease.subnet)]
+        fitting = [lease for lease in mine if self.config.lease_compatible(lease.subnet, lease.ipv6_subnet)]
         prev = [lease for lease in fitting if lease.subnet == self.prev_subnet]
         best = prev or fitting or mine
         return best[0] if best else None
@@ -151,8 +179,29 @@ class SubnetManager:
     def _reuse(self, mine: Lease, attrs: LeaseAttrs) -> Lease:
         reservation = mine.expiration is None
         self.log.info("Found %s (%s) for current IP (%s), reusing",
-                      "reservation" if reservation else "lease", mine.subnet, self.public_ip)
-        return self.registry.update_lease(mine.subnet, attrs, 0 if reservation else SUBNET_TTL_S)
+                      "reservation" if reservation else "lease", mine.key, self.public_ip)
+        return self.registry.update_lease(mine.subnet, attrs, 0 if reservation else SUBNET_TTL_S,
+                                          mine.ipv6_subnet)
+
+    def _previous_pair(self, taken: Sequence[Lease], leases: Sequence[Lease],
+                       lost: Set[IPv4Network]) -> Optional[Tuple[IPv4Network, Optional[IPv6Network]]]:
+        """The subnets of subnet.env, reused only together: the IPv6 one must fit the config
+        too (absent when EnableIPv6 is off, present when on) and be free."""
+        prev = self._previous_subnet(taken, lost)
+        if prev is None:
+            return None
+        prev6 = self.prev_ipv6_subnet if self.config.enable_ipv6 else None
+        if not self.config.ipv6_subnet_compatible(prev6):
+            self.log.error("Found previously leased IPv6 subnet (%s) that is not compatible with "
+                           "the network config, ignoring the previous subnets", prev6)
+            return None
+        holder = next((lease for lease in leases if prev6 is not None and lease.ipv6_subnet is not None
+                       and lease.ipv6_subnet.overlaps(prev6)), None)
+        if holder is not None:
+            self.log.error("Found lease (%s, held by %s) matching previously leased IPv6 subnet (%s), "
+                           "ignoring the previous subnets", holder.key, holder.public_ip, prev6)
+            return None
+        return prev, prev6
 
     def _previous_subnet(self, taken: Sequence[Lease], lost: Set[IPv4Network]) -> Optional[IPv4Network]:
         prev = self.prev_subnet
@@ -179,6 +228,20 @@ class SubnetManager:
                                f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(taken)} leases)")
         return self.rng.choice(free)
 
+    def _allocate6(self, leases: Sequence[Lease]) -> Optional[IPv6Network]:
+        """A free IPv6 subnet when EnableIPv6 (flannel's allocateSubnet, IPv6 half), else None."""
+        cfg = self.config
+        if not cfg.enable_ipv6:
+            return None
+        self.log.info("Picking ipv6 subnet in range %s ... %s", cfg.ipv6_subnet_min, cfg.ipv6_subnet_max)
+        taken = [lease.ipv6_subnet for lease in leases
+                 if lease.ipv6_subnet is not None and lease.ipv6_subnet.prefixlen >= cfg.ipv6_subnet_len]
+        free = _free_ipv6_candidates(cfg, taken, MAX_CANDIDATES)
+        if not free:
+            raise OutOfSubnets(f"out of subnets: no free IPv6 /{cfg.ipv6_subnet_len} left in range "
+                               f"{cfg.ipv6_subnet_min} ... {cfg.ipv6_subnet_max} ({len(taken)} leases)")
+        return self.rng.choice(free)
+
     # -- keeping --------------------------------------------------------------------------------
     def renew(self, lease: Lease) -> Lease:
         """Re-put the lease with a fresh 24 h TTL (flannel's updateSubnet); a reservation is
@@ -187,7 +250,7 @@ class SubnetManager:
             return lease
         if lease.attrs is None:               # only REMOVED events lack attrs: a caller's bug
             raise ValueError(f"cannot renew {lease.subnet} without its attrs")
-        return self.registry.update_lease(lease.subnet, lease.attrs, SUBNET_TTL_S)
+        return self.registry.update_lease(lease.subnet, lease.attrs, SUBNET_TTL_S, lease.ipv6_subnet)
 
     def renew_delay(self, lease: Lease) -> float:
         """Seconds until the renewal is due (expiration - now - margin, at least 0); math.inf for
@@ -239,7 +302,7 @@ class LeaseKeeper:
         """Our lease carries `attrs` from now on (e.g. a new VTEP MAC): put them at once."""
         with self._lock:
             self._attrs = attrs
-            self._lease = Lease(self._lease.subnet, attrs, self._lease.expiration, self._lease.revision)
+            self._lease = dataclasses.replace(self._lease, attrs=attrs)
             self._verify, self._next_verify = True, 0.0
         self._wake.set()
 
@@ -253,9 +316,12 @@ class LeaseKeeper:
                 if ev.lease.attrs is None:
                     self.log.warning("Ignoring added event without attributes for our subnet %s", subnet)
                     return
-                if ev.lease.public_ip == self.manager.public_ip and ev.lease.attrs == self._attrs:
+                if (ev.lease.public_ip == self.manager.public_ip and ev.lease.attrs == self._attrs
+                        and ev.lease.ipv6_subnet == self._lease.ipv6_subnet):
                     # Our own renewal (or the admin touched it): take the new expiration.
-                    self._lease = Lease(subnet, self._attrs, ev.lease.expiration, ev.lease.revision)
+                    self._lease = dataclasses.replace(self._lease, attrs=self._attrs,
+                                                      expiration=ev.lease.expiration,
+                                                      revision=ev.lease.revision)
                     self._removed = False
                     self._retry_at = None       # a PUT that timed out client-side may have landed
                 else:
@@ -319,7 +385,7 @@ class LeaseKeeper:
                 self._verify = self._verify or verify
             return
         with self._lock:
-            self._lease = Lease(new.subnet, self._attrs, new.expiration, new.revision)
+            self._lease = dataclasses.replace(new, attrs=self._attrs)
             if removed:
                 self._removed = False
             if verify or removed:
@@ -334,21 +400,21 @@ class LeaseKeeper:
         # took over while we could not reach etcd is not overwritten (the window left is one
         # GET-to-PUT round trip instead of a whole day).
         reg = self.manager.registry
-        current = reg.get_lease(lease.subnet)
+        current = reg.get_lease(lease.subnet, lease.ipv6_subnet)
         if current is None:
             return self._recreate(lease)
         if current.public_ip != self.manager.public_ip:
             raise self._lost_error(lease.subnet, current.public_ip)
         if verify or current.attrs != self._attrs:
             return self._put_back(current)
-        return self.manager.renew(Lease(lease.subnet, self._attrs, lease.expiration, lease.revision))
+        return self.manager.renew(dataclasses.replace(lease, attrs=self._attrs))
 
     def _put_back(self, current: Lease) -> Lease:
         """Our key holds our PublicIP: put our attrs there again (a reservation stays one), so
         peers that followed an event for another spelling of our key see our lease again."""
         self.log.info("Announcing our lease %s again", current.subnet)
         ttl = 0 if current.expiration is None else SUBNET_TTL_S
-        return self.manager.registry.update_lease(current.subnet, self._attrs, ttl)
+        return self.manager.registry.update_lease(current.subnet, self._attrs, ttl, current.ipv6_subnet)
 
     def _recreate(self, lease: Lease) -> Lease:
         """Our key is gone: take it back with create-if-absent, never overwriting another host.
@@ -356,11 +422,11 @@ class LeaseKeeper:
         reg = self.manager.registry
         for _ in range(RECREATE_RETRIES):
             try:
-                new = reg.create_lease(lease.subnet, self._attrs, SUBNET_TTL_S)
+                new = reg.create_lease(lease.subnet, self._attrs, SUBNET_TTL_S, lease.ipv6_subnet)
                 self.log.info("Re-created lease %s", lease.subnet)
                 return new
             except SubnetExists:
-                current = reg.get_lease(lease.subnet)
+                current = reg.get_lease(lease.subnet, lease.ipv6_subnet)
             if current is None:
                 continue                            # deleted again in between: try once more
             if current.public_ip != self.manager.public_ip:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import stat
 from ipaddress import IPv4Network as N
+from ipaddress import IPv6Network as N6
 
 import pytest
 
 from fastflannel.agent import subnetfile
 from fastflannel.agent.subnetfile import (
     parse_cidr,
+    read_prev_ipv6_subnet,
     read_prev_subnet,
     read_subnet_env,
     render_subnet_env,
@@ -139,3 +141,36 @@ def test_parse_cidr_like_go():
     assert parse_cidr("10.5.72.200/25") == N("10.5.72.128/25")
     with pytest.raises(ValueError):
         parse_cidr("10.5.72.1")
+
+
+# -- dual-stack (flannel's WriteSubnetFile with EnableIPv6, ReadIP6CIDRFromSubnetFile) ----------------
+
+def test_dual_stack_exact_bytes(tmp_path):
+    """The two IPv6 lines follow FLANNEL_SUBNET; the subnet is its first host (IncrementIP), both
+    in Go's IPv6 text."""
+    p = tmp_path / "subnet.env"
+    write_subnet_file(str(p), N("10.5.0.0/16"), N("10.5.72.0/24"), 1450, True,
+                      (N6("fc00:5::/48"), N6("fc00:5:0:48::/64")))
+    assert p.read_bytes() == (b"FLANNEL_NETWORK=10.5.0.0/16\n"
+                              b"FLANNEL_SUBNET=10.5.72.1/24\n"
+                              b"FLANNEL_IPV6_NETWORK=fc00:5::/48\n"
+                              b"FLANNEL_IPV6_SUBNET=fc00:5:0:48::1/64\n"
+                              b"FLANNEL_MTU=1450\n"
+                              b"FLANNEL_IPMASQ=true\n")
+
+
+def test_previous_ipv6_subnet_is_read_back(tmp_path):
+    p = tmp_path / "subnet.env"
+    write_subnet_file(str(p), N("10.5.0.0/16"), N("10.5.72.0/24"), 1450, False,
+                      (N6("fc00:5::/48"), N6("fc00:5:0:48::/64")))
+    assert read_prev_subnet(str(p)) == N("10.5.72.0/24")
+    assert read_prev_ipv6_subnet(str(p)) == N6("fc00:5:0:48::/64")
+
+
+@pytest.mark.parametrize("text", ["FLANNEL_SUBNET=10.5.72.1/24\n", "FLANNEL_IPV6_SUBNET=10.5.72.1/24\n",
+                                  "FLANNEL_IPV6_SUBNET=fc00::1\n", "FLANNEL_IPV6_SUBNET=zz::1/64\n",
+                                  "FLANNEL_IPV6_SUBNET=fc00::1/129\n"])
+def test_previous_ipv6_subnet_absent_or_unusable_is_none(tmp_path, text):
+    p = tmp_path / "subnet.env"
+    p.write_text(text)
+    assert read_prev_ipv6_subnet(str(p)) is None
