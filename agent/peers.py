@@ -14,13 +14,15 @@ hands the backends only the admitted ones, as events:
   state left by peers that vanished while it was down.
 
 Admission: a lease is refused when it does not fit the network (outside Network, another prefix
-length than SubnetLen), names an address no host can have as its PublicIP, carries this host's
-PublicIP, or is a vxlan lease without a usable VtepMAC; and, between leases, when its VtepMAC is
-also announced by another host (one FDB entry per MAC: the host admitted first keeps it) or by
-this host (the daemon then takes a new MAC, `take_mac_conflicts()`). A refused lease is logged
-once, never replaces the admitted value of its key (the last good value stays programmed until a
-DELETE), and is admitted as soon as what made it refused goes away. `rejected()` and
-`rejection_counts()` are what monitoring reads.
+length than SubnetLen; with EnableIPv6 its IPv6 subnet, when it has one, outside IPv6Network or
+not an IPv6SubnetLen; a PublicIPv6 no host can have, or none beside an IPv6 subnet; a vxlan
+lease with an IPv6 subnet but no usable VtepMAC in BackendV6Data), names an address no host can
+have as its PublicIP, carries this host's PublicIP, or is a vxlan lease without a usable
+VtepMAC; and, between leases, when its VtepMAC is also announced by another host (one FDB entry
+per MAC: the host admitted first keeps it) or by this host (the daemon then takes a new MAC,
+`take_mac_conflicts()`). A refused lease is logged once, never replaces the admitted value of
+its key (the last good value stays programmed until a DELETE), and is admitted as soon as what
+made it refused goes away. `rejected()` and `rejection_counts()` are what monitoring reads.
 """
 from __future__ import annotations
 
@@ -30,7 +32,18 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
-from .lease import IPv4Address, IPv4Network, Lease, LeaseAttrs, LeaseEvent, json_key, subnet_key, vtep_mac
+from .lease import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    json_key,
+    subnet_key,
+    vtep_mac,
+)
 
 if TYPE_CHECKING:
     from .config import NetworkConfig
@@ -52,6 +65,13 @@ _NOT_A_HOST = ((IPv4Network("0.0.0.0/8"), "is not a host address (0.0.0.0/8)"),
                (IPv4Network("127.0.0.0/8"), "is a loopback address"),
                (IPv4Network("224.0.0.0/4"), "is a multicast address"),
                (IPv4Network("240.0.0.0/4"), "is reserved (240.0.0.0/4, with the broadcast address)"))
+
+
+# The IPv6 addresses that are never a host's unicast address (RFC 4291 §2.5.2, §2.5.3, §2.7).
+_NOT_A_HOST6 = ((IPv6Network("::/128"), "is the unspecified address"),
+                (IPv6Network("::1/128"), "is the loopback address"),
+                (IPv6Network("::ffff:0:0/96"), "is an IPv4-mapped address"),
+                (IPv6Network("ff00::/8"), "is a multicast address"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,51 @@ def public_ip_problem(ip: IPv4Address, network: Optional[IPv4Network]) -> Option
             return why
     if network is not None and ip in network:
         return f"is inside the overlay network {network} (the tunnel would carry itself)"
+    return None
+
+
+def network6_problem(subnet6: IPv6Network, network6: IPv6Network) -> Optional[str]:
+    """network_problem for the IPv6 half of a lease (IPv6Network)."""
+    if subnet6.prefixlen > network6.prefixlen and subnet6.subnet_of(network6):
+        return None
+    if subnet6 == network6:
+        return f"IPv6 subnet {subnet6} is the whole IPv6Network"
+    if network6.subnet_of(subnet6):
+        return f"IPv6 subnet {subnet6} covers the whole IPv6Network {network6}"
+    return f"IPv6 subnet {subnet6} is outside the IPv6Network {network6}"
+
+
+def public_ipv6_problem(ip: IPv6Address, network6: Optional[IPv6Network]) -> Optional[str]:
+    for net, why in _NOT_A_HOST6:
+        if ip in net:
+            return why
+    if network6 is not None and ip in network6:
+        return f"is inside the overlay network {network6} (the tunnel would carry itself)"
+    return None
+
+
+def ipv6_rejection(lease: Lease, cfg: Optional[NetworkConfig]) -> Optional[Rejection]:
+    """The rules for the IPv6 half of a lease, which matter only when we run IPv6: a v4-only host
+    programs the IPv4 half alone, as flannel's (a mixed cluster, docs/flannel-compat.md
+    §"Dual-stack"). A lease without an IPv6 subnet passes (an IPv4-only peer)."""
+    sn6, a = lease.ipv6_subnet, lease.attrs
+    if cfg is None or not cfg.enable_ipv6 or sn6 is None or a is None or cfg.ipv6_network is None:
+        return None
+    why = network6_problem(sn6, cfg.ipv6_network)
+    if why is not None:
+        return Rejection(OUTSIDE_NETWORK, why)
+    if sn6.prefixlen != cfg.ipv6_subnet_len:
+        return Rejection(PREFIX_LENGTH, f"IPv6 prefix length /{sn6.prefixlen} is not the network's "
+                                        f"IPv6SubnetLen /{cfg.ipv6_subnet_len}")
+    if a.public_ipv6 is None:
+        return Rejection(PUBLIC_IP, f"IPv6 subnet {sn6} without a PublicIPv6")
+    why = public_ipv6_problem(a.public_ipv6, cfg.ipv6_network)
+    if why is not None:
+        return Rejection(PUBLIC_IP, f"PublicIPv6 {a.public_ipv6} {why}")
+    if a.backend_type == "vxlan" and vtep_mac(LeaseAttrs(a.public_ip, "vxlan", a.backend_v6_data)) is None:
+        raw = json_key(a.backend_v6_data, "VtepMAC") if isinstance(a.backend_v6_data, dict) else None
+        return Rejection(VTEP_MAC, f"vxlan lease with an IPv6 subnet but no usable VtepMAC in "
+                                   f"BackendV6Data ({raw!r})")
     return None
 
 
@@ -109,7 +174,12 @@ class PeerTracker:
     def rejected(self) -> Dict[str, str]:
         """Lease key -> why its current value is refused, for every key refused now."""
         with self._lock:
-            return {subnet_key(s): r.text for s, r in self._rejected.items()}
+            return {self._key_of(s): r.text for s, r in self._rejected.items()}
+
+    def _key_of(self, subnet: IPv4Network) -> str:
+        """The key of the latest value seen for `subnet` (dual-stack keys name the IPv6 half)."""
+        seen = self._seen.get(subnet)
+        return seen.key if seen is not None else subnet_key(subnet)
 
     def rejection_counts(self) -> Dict[str, int]:
         """Rejection code -> how many times a lease value was refused (each logged once)."""
@@ -195,7 +265,7 @@ class PeerTracker:
         if a.backend_type == "vxlan" and vtep_mac(a) is None:
             raw = json_key(a.backend_data, "VtepMAC") if isinstance(a.backend_data, dict) else None
             return Rejection(VTEP_MAC, f"vxlan lease without a usable VtepMAC ({raw!r})")
-        return None
+        return ipv6_rejection(lease, cfg)
 
     def _candidate(self, subnet: IPv4Network) -> Optional[Lease]:
         """The value of `subnet` that may be admitted: the latest one if it passes, else the
@@ -315,10 +385,11 @@ class PeerTracker:
         self._counts[why.code] += 1
         seen = self._seen[subnet]
         kept = "; keeping its last good value" if admit is not None and admit is not seen else ""
-        log.warning("Ignoring lease %s (PublicIP %s): %s%s", subnet_key(subnet),
+        log.warning("Ignoring lease %s (PublicIP %s): %s%s", seen.key,
                     seen.public_ip, why.text, kept)
         if why.code == OWN_MAC:
             self._conflicts[subnet] = seen
 
 
-__all__ = ["CODES", "PeerTracker", "Rejection", "network_problem", "public_ip_problem"]
+__all__ = ["CODES", "PeerTracker", "Rejection", "ipv6_rejection", "network6_problem", "network_problem",
+           "public_ip_problem", "public_ipv6_problem"]

@@ -1,6 +1,7 @@
 """EtcdRegistry against a real etcd v3 server (FLANNEL.md §1): formats, TTLs, races, watch."""
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import logging
@@ -511,3 +512,16 @@ def test_config_in_v2_store_detects_an_old_v2_config(own_etcd):
     r.connect()
     assert r.get_network_config() is None        # the v3 keyspace is separate
     r.close()
+
+
+def test_dual_stack_key_and_value_bytes_in_etcd(reg, etcd_server):
+    """What etcd holds is flannel's key and flannel's JSON, byte for byte (tests/test_lease_ipv6.py
+    derives the bytes from flannel's structs)."""
+    net6 = ipaddress.IPv6Network("fc00:5:0:34::/64")
+    attrs = LeaseAttrs(ipaddress.IPv4Address("192.168.64.3"), "host-gw",
+                       public_ipv6=ipaddress.IPv6Address("fd00:64::3"))
+    reg.create_lease(NET, attrs, DAY_S, net6)
+    out = json.loads(_ok(etcdctl(etcd_server, "get", "--prefix", f"{PREFIX}/subnets/", "-w", "json")))
+    kvs = [(base64.b64decode(kv["key"]), base64.b64decode(kv["value"])) for kv in out["kvs"]]
+    assert kvs == [(b"/coreos.com/network/subnets/10.5.34.0-24&fc00:5:0:34::-64",
+                    b'{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"host-gw"}')]

@@ -118,3 +118,45 @@ def test_watch_sees_changes_after_the_revision_in_order(registry):
     assert evs[0].lease.attrs == _read_back(registry, VX) and evs[1].lease.attrs == UDP
     assert evs[2].lease.attrs is None                          # a delete carries only the key
     assert w.q.empty()
+
+
+# -- dual-stack keys (docs/flannel-compat.md §"Keys", §"Dual-stack") --------------------------------
+
+NET6 = ipaddress.IPv6Network("fc00:5:0:34::/64")
+DS = LeaseAttrs(ipaddress.IPv4Address("192.168.64.3"), "vxlan", {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"},
+                public_ipv6=ipaddress.IPv6Address("fd00:64::3"),
+                backend_v6_data={"VNI": 1, "VtepMAC": "7a:11:9c:00:2e:01"})
+
+
+def test_a_dual_stack_key_is_its_own_key(registry):
+    """`10.5.34.0-24&fc00:5:0:34::-64` and `10.5.34.0-24` are two etcd keys; every call names
+    both halves and every lease read back carries them."""
+    made = registry.create_lease(NET, DS, DAY_S, NET6)
+    assert (made.subnet, made.ipv6_subnet, made.attrs) == (NET, NET6, DS)
+    with pytest.raises(SubnetExists):
+        registry.create_lease(NET, DS, DAY_S, NET6)
+    assert registry.get_lease(NET) is None                     # the IPv4-only key is another key
+    registry.create_lease(NET, UDP, DAY_S)
+    got = registry.get_lease(NET, NET6)
+    assert got is not None and (got.ipv6_subnet, got.attrs) == (NET6, DS)
+    leases, _ = registry.list_leases()
+    assert sorted((lease.key, lease.attrs == DS) for lease in leases) == [
+        ("10.5.34.0-24", False), ("10.5.34.0-24&fc00:5:0:34::-64", True)]
+    renewed = registry.update_lease(NET, DS, DAY_S, NET6)
+    assert renewed.ipv6_subnet == NET6
+    registry.delete_lease(NET, NET6)
+    assert registry.get_lease(NET, NET6) is None and registry.get_lease(NET) is not None
+
+
+def test_watch_carries_the_ipv6_half(registry):
+    _, rev = registry.list_leases()
+    w = Watch(registry, rev)
+    try:
+        registry.create_lease(NET, DS, DAY_S, NET6)
+        registry.delete_lease(NET, NET6)
+        evs = w.events(2)
+    finally:
+        w.close()
+    assert [(e.kind, e.lease.subnet, e.lease.ipv6_subnet) for e in evs] == [
+        (LeaseEvent.ADDED, NET, NET6), (LeaseEvent.REMOVED, NET, NET6)]
+    assert evs[0].lease.attrs == DS and evs[1].lease.attrs is None
