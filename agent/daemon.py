@@ -8,6 +8,7 @@ away with its fd). See docs/architecture.md §"Lifecycle".
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -116,9 +117,13 @@ class Daemon:
             return
         from .iface import choose_external_interface
         ext = choose_external_interface(list(opts.iface), list(opts.iface_regex), opts.public_ip or None,
-                                        opts.iface_can_reach or None)
+                                        opts.iface_can_reach or None, opts.public_ipv6 or None,
+                                        ipv6=cfg.enable_ipv6)
         log.info("Using interface with name %s and address %s (public %s, mtu %d)",
                  ext.name, ext.iface_addr, ext.ext_addr, ext.mtu)
+        if ext.iface_v6_addr is not None:
+            log.info("Using interface with name %s and v6 address %s (public %s)",
+                     ext.name, ext.iface_v6_addr, ext.ext_v6_addr)
         backend = self.backend = new_backend(ext, cfg, backend_options(opts))
         mgr = SubnetManager(registry, cfg, ext.ext_addr, prev, renew_margin_s=opts.subnet_lease_renew_margin * 60,
                             prev_ipv6_subnet=prev6)
@@ -266,9 +271,11 @@ class Daemon:
         for batch in registry.watch_leases(rev, self.stop):
             if batch.snapshot is not None:
                 snapshot = batch.snapshot
-                mine = [lease for lease in snapshot if lease.subnet == own]
+                # our key first: a dual-stack key and an IPv4-only one may share our subnet
+                mine = sorted((lease for lease in snapshot if lease.subnet == own),
+                              key=lambda lease: lease.key != run.lease.key)
                 run.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
-                                    LeaseEvent(LeaseEvent.REMOVED, Lease(own, None)))
+                                    LeaseEvent(LeaseEvent.REMOVED, dataclasses.replace(run.lease, attrs=None)))
                 run.tracker.reset(snapshot)
                 self._guarded(lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync")
             others = []

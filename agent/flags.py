@@ -109,7 +109,7 @@ _FLAGS: Tuple[_Flag, ...] = (
           "for inter-host communication; repeatable", repeatable=True),
     _Flag("iface-can-reach", "str", "detect the interface to use by the route to this IP"),
     _Flag("public-ip", "str", "IP accessible by other nodes for inter-host communication"),
-    _Flag("public-ipv6", "str", "IPv6 accessible by other nodes (IPv6 is not supported yet)"),
+    _Flag("public-ipv6", "str", "IPv6 accessible by other nodes for inter-host communication"),
     _Flag("subnet-file", "str", "filename where env variables (subnet, MTU, ...) will be written to"),
     _Flag("subnet-lease-renew-margin", "int", "subnet lease renewal margin, in minutes, ranging from 1 to 1439"),
     _Flag("ip-masq", "bool", "setup IP masquerade rule for traffic destined outside of overlay network"),

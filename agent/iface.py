@@ -3,7 +3,9 @@ flannel's pkg/ipmatch/match.go and pkg/ip/iface.go).
 
 The result names the interface (its index and MTU size the backends' devices), the address on it
 (IfaceAddr: what udp binds to, what host-gw insists on) and ExtAddr, the PublicIP written into
-the lease (`-public-ip` when given, else IfaceAddr).
+the lease (`-public-ip` when given, else IfaceAddr). Dual-stack (EnableIPv6) adds the IPv6
+address on the same interface (IfaceV6Addr, the vxlan v6 device's local address) and ExtV6Addr,
+the PublicIPv6 (`-public-ipv6` when given, else IfaceV6Addr): see agent/iface6.py.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .errors import InterfaceError
 log = logging.getLogger("fastflannel.iface")
 
 IPv4Address = ipaddress.IPv4Address
+IPv6Address = ipaddress.IPv6Address
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 NOT_FOUND = "Failed to find interface to use that matches the interfaces and/or regexes provided"
 
@@ -30,6 +33,8 @@ class ExternalInterface:
     mtu: int
     iface_addr: IPv4Address
     ext_addr: IPv4Address
+    iface_v6_addr: Optional[IPv6Address] = None     # dual-stack only
+    ext_v6_addr: Optional[IPv6Address] = None       # the PublicIPv6 of our lease
 
 
 def _candidate(a: netlink.Address) -> bool:
@@ -124,23 +129,32 @@ def _default(public_ip: Optional[str]) -> ExternalInterface:
 
 
 def choose_external_interface(ifaces: Optional[Sequence[str]], iface_regexes: Optional[Sequence[str]],
-                              public_ip: Optional[str], can_reach: Optional[str]) -> ExternalInterface:
+                              public_ip: Optional[str], can_reach: Optional[str],
+                              public_ipv6: Optional[str] = None, ipv6: bool = False) -> ExternalInterface:
     """flanneld's selection: -iface entries in order, then -iface-regex, then -iface-can-reach;
-    with none of them, the owner of -public-ip or the default-route interface."""
+    with none of them, the owner of -public-ip or the default-route interface. `ipv6`
+    (EnableIPv6): the IPv6 addresses on that interface too (agent/iface6.py)."""
+    from . import iface6
     ifaces, regexes = list(ifaces or []), list(iface_regexes or [])
     if public_ip is not None and _parse_ip(public_ip) is None:
         raise InterfaceError(f"invalid public IP address: {public_ip}")
+    v6 = iface6.Want(public_ipv6) if ipv6 else None
     try:
         if not ifaces and not regexes and not can_reach:
+            if v6 is not None:
+                return iface6.add_ipv6(iface6.default(public_ip, v6), v6, "default", public_ip=public_ip)
             return _default(public_ip)
     except (InterfaceError, netlink.NetlinkError) as e:
         raise InterfaceError(f"Failed to find any valid interface to use: {e}") from None
-    attempts: List = [(_by_name_or_ip, s) for s in ifaces] + [(_by_regex, r) for r in regexes]
+    attempts: List = ([(_by_name_or_ip, s, "ip" if _parse_ip(s) or iface6.parse6(s) else "name") for s in ifaces]
+                      + [(_by_regex, r, "regex") for r in regexes])
     if can_reach:
-        attempts.append((_by_can_reach, can_reach))
-    for fn, spec in attempts:
+        attempts.append((_by_can_reach, can_reach, "can-reach"))
+    for fn, spec, mode in attempts:
         try:
-            return fn(spec, public_ip)
+            if v6 is None:
+                return fn(spec, public_ip)
+            return iface6.add_ipv6(iface6.lookup(fn, spec, public_ip, mode), v6, mode, spec, public_ip)
         except (InterfaceError, netlink.NetlinkError) as e:
             log.error("Could not find valid interface matching %s: %s", spec, e)
     raise InterfaceError(NOT_FOUND)

@@ -298,3 +298,14 @@ def test_pods_on_two_hosts_talk_over_the_overlay(lab, tmp_path, cni_bin):
     for name, (pod, _ip, rt, conflist, result) in pods.items():
         rt.delete(conflist, "pod-" + name, f"/var/run/netns/{pod}", result)
         assert _ns_json(lab, cluster.hosts[name].ns, "ip -j link show master cni0") == []
+
+
+def test_cni_reads_the_dual_stack_subnet_env_the_daemon_writes(tmp_path):
+    """The daemon's writer (agent/subnetfile.py) and the plugin agree on the two IPv6 lines."""
+    from fastflannel.agent.subnetfile import write_subnet_file
+    path = str(tmp_path / "subnet.env")
+    write_subnet_file(path, ipaddress.IPv4Network("10.5.0.0/16"), ipaddress.IPv4Network("10.5.72.0/24"), 1450,
+                      True, (ipaddress.IPv6Network("fc00:5::/48"), ipaddress.IPv6Network("fc00:5:0:48::/64")))
+    ipam = cni.delegate_config({"name": "n"}, cni.load_subnet_env(path))["ipam"]
+    assert ipam["ranges"] == [[{"subnet": "10.5.72.0/24"}], [{"subnet": "fc00:5:0:48::/64"}]]
+    assert ipam["routes"] == [{"dst": "10.5.0.0/16"}, {"dst": "fc00:5::/48"}]

@@ -1,0 +1,181 @@
+"""The IPv6 reads the interface choice needs (docs/flannel-compat.md §"Dual-stack"): an
+interface's IPv6 addresses, the interface holding an IPv6 address, the IPv6 default route and
+`ip -6 route get`. Read-only, once at start-up, in the calling process's namespace.
+
+Plain rtnetlink with `struct` (no pyroute2): one request, one reply or dump per call. Kept apart
+from agent/netlink.py, the IPv4 API the backends program through, on purpose: it needs none of
+its state and can be folded into it later without touching its callers (agent/iface.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from . import netlink
+from .errors import NetlinkError
+
+IPv6Address = ipaddress.IPv6Address
+
+AF_INET6 = 10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_GETROUTE = 20, 22, 24, 26
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
+RT_TABLE_MAIN = 254
+IFA_F_SECONDARY, IFA_F_DEPRECATED, IFA_F_PERMANENT = 0x01, 0x20, 0x80   # SECONDARY == TEMPORARY
+RECV_BYTES = 64 * 1024
+TIMEOUT_S = 5.0                 # a local kernel answers at once; this only bounds a bug
+
+_HDR = struct.Struct("=IHHII")          # nlmsghdr: len, type, flags, seq, pid
+_IFADDR = struct.Struct("=BBBBI")       # ifaddrmsg: family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")    # rtmsg: family, dst_len, src_len, tos, table, proto, scope, type, flags
+_ATTR = struct.Struct("=HH")
+
+
+@dataclass(frozen=True)
+class Address6:
+    index: int
+    ip: IPv6Address
+    prefixlen: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class Route6:
+    dst_len: int
+    table: int
+    oif: int
+    gateway: Optional[IPv6Address]
+    prefsrc: Optional[IPv6Address]
+
+
+def _attrs(buf: bytes, off: int, end: int) -> Dict[int, bytes]:
+    out: Dict[int, bytes] = {}
+    while off + _ATTR.size <= end:
+        alen, kind = _ATTR.unpack_from(buf, off)
+        if alen < _ATTR.size:
+            break
+        out[kind & 0x3FFF] = buf[off + _ATTR.size:off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def _ip6(raw: Optional[bytes]) -> Optional[IPv6Address]:
+    return IPv6Address(raw) if raw is not None and len(raw) == 16 else None
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:          # CLONE_NEWNET
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _socket() -> socket.socket:
+    """A NETLINK_ROUTE socket in the namespace agent/netlink.py sends to (`set_netns`, for
+    tests), else in our own; the thread switches in and back only to create it."""
+    def new() -> socket.socket:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    ns = getattr(netlink, "_netns", None)
+    if ns is None:
+        return new()
+    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            return new()
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def _exchange(kind: int, flags: int, body: bytes) -> Iterator[Tuple[int, bytes, int, int]]:
+    """Send one request; yield (type, buffer, body offset, message end) of each reply message."""
+    seq = int.from_bytes(os.urandom(4), "little") or 1
+    try:
+        sock = _socket()
+    except OSError as e:
+        raise NetlinkError(f"open rtnetlink socket for IPv6 queries: {e.strerror or e}", e.errno) from None
+    with sock as s:
+        s.settimeout(TIMEOUT_S)
+        s.sendto(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body, (0, 0))
+        while True:
+            try:
+                buf = s.recv(RECV_BYTES)
+            except OSError as e:
+                raise NetlinkError(f"rtnetlink IPv6 query: {e}") from None
+            off = 0
+            while off + _HDR.size <= len(buf):
+                mlen, mtype, _flags, mseq, _pid = _HDR.unpack_from(buf, off)
+                if mlen < _HDR.size or mseq != seq:
+                    break
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", buf, off + _HDR.size)[0]
+                    if code:
+                        raise NetlinkError(f"rtnetlink IPv6 query: {os.strerror(code)}", code)
+                    return
+                yield mtype, buf, off + _HDR.size, off + mlen
+                off += (mlen + 3) & ~3
+            if not flags & NLM_F_DUMP:
+                return
+
+
+def addresses6(index: int = 0) -> List[Address6]:
+    """The IPv6 addresses of interface `index` (0: of every interface), in the kernel's order."""
+    out: List[Address6] = []
+    for mtype, buf, off, end in _exchange(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(AF_INET6, 0, 0, 0, 0)):
+        if mtype != RTM_NEWADDR:
+            continue
+        family, plen, flags, _scope, idx = _IFADDR.unpack_from(buf, off)
+        if family != AF_INET6 or (index and idx != index):
+            continue
+        a = _attrs(buf, off + _IFADDR.size, end)
+        ip = _ip6(a.get(IFA_LOCAL) or a.get(IFA_ADDRESS))
+        if ip is not None:
+            ext = a.get(IFA_FLAGS)
+            out.append(Address6(idx, ip, plen, struct.unpack("=I", ext)[0] if ext and len(ext) == 4 else flags))
+    return out
+
+
+def _route(buf: bytes, off: int, end: int) -> Optional[Route6]:
+    family, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(buf, off)
+    if family != AF_INET6:
+        return None
+    a = _attrs(buf, off + _RTMSG.size, end)
+    oif = struct.unpack("=I", a[RTA_OIF])[0] if len(a.get(RTA_OIF, b"")) == 4 else 0
+    if len(a.get(RTA_TABLE, b"")) == 4:
+        table = struct.unpack("=I", a[RTA_TABLE])[0]
+    return Route6(dst_len, table, oif, _ip6(a.get(RTA_GATEWAY)), _ip6(a.get(RTA_PREFSRC)))
+
+
+def default_route6_oif() -> Optional[int]:
+    """The interface index of the first IPv6 default route of the main table (flannel's
+    GetDefaultV6GatewayInterface); None when there is none or it names no interface."""
+    body = _RTMSG.pack(AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)
+    for mtype, buf, off, end in _exchange(RTM_GETROUTE, NLM_F_DUMP, body):
+        r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
+        if r is not None and r.dst_len == 0 and r.table == RT_TABLE_MAIN:
+            return r.oif or None
+    return None
+
+
+def route_get6(dst: IPv6Address) -> Tuple[Optional[int], Optional[IPv6Address]]:
+    """`ip -6 route get dst`: (output interface index, preferred source)."""
+    body = _RTMSG.pack(AF_INET6, 128, 0, 0, 0, 0, 0, 0, 0) + _ATTR.pack(4 + 16, RTA_DST) + dst.packed
+    for mtype, buf, off, end in _exchange(RTM_GETROUTE, 0, body):
+        r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
+        if r is not None:
+            return r.oif or None, r.prefsrc
+    return None, None
