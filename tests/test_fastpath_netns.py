@@ -316,3 +316,35 @@ def test_workers2_routes_replaced_under_load(lab, offload):
     for n in ov.h:
         assert after[n]["replacements"] - before[n]["replacements"] >= 20, after[n]
     _assert_no_drops(*after.values())
+
+
+def _settled(ov, name: str, counter: str, quiet_s: float = 2.0, limit_s: float = 15.0) -> dict:
+    """Stats once `counter` has not moved for `quiet_s` (at most `limit_s`)."""
+    deadline = time.monotonic() + limit_s
+    last, since = ov.stats(name), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = ov.stats(name)
+        if now[counter] != last[counter]:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+    pytest.fail(f"{counter} of {name} kept moving for {limit_s} s")
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["tier1", "offload"])
+def test_ipv6_from_the_kernel_is_a_counted_tun_drop(lab, offload):
+    """The udp backend is IPv4 only (as flannel's): IPv6 packets the host routes into flannel0
+    (here 5 datagrams to fd00:77::2, a ULA route inside h1's namespace) are dropped and counted
+    as tun_invalid, never sent, and IPv4 forwarding goes on."""
+    ov = Overlay(lab, offload=offload)
+    ns = ov.h["h1"].ns
+    lab.sh(ns, "sysctl -qw net.ipv6.conf.flannel0.disable_ipv6=0 && ip -6 addr add fd00:77::1/64 dev flannel0 nodad")
+    before = _settled(ov, "h1", "tun_invalid")       # the kernel's own MLD reports come first
+    code = ("import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+            "for _ in range(5): s.sendto(b'x' * 40, ('fd00:77::2', 9))")
+    p = labmod.run(lab.ns_cmd(ns, sys.executable, "-c", code), check=False)
+    assert p.returncode == 0, p.stderr
+    ov.wait_for(lambda: ov.stats("h1")["tun_invalid"] - before["tun_invalid"] >= 5, "IPv6 drops")
+    ov.tcp_transfer(1 * MB, seed=4)                  # asserts every byte arrived
+    assert ov.stats("h1")["tun_invalid"] - before["tun_invalid"] == 5
