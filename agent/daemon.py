@@ -80,6 +80,8 @@ class Daemon:
         self.health: Optional[HealthServer] = None
         self.masq: Optional[IPMasq] = None
         self.fwd_rules: Optional[ForwardRules] = None
+        self.masq6: Optional[IPMasq] = None         # the IPv6 sets (EnableIPv6)
+        self.fwd_rules6: Optional[ForwardRules] = None
         self.timings: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
         self._t0 = time.monotonic()
@@ -240,6 +242,27 @@ class Daemon:
         if self.opts.iptables_forward_rules:
             self.fwd_rules = ForwardRules(cfg.network)
             self.fwd_rules.ensure_rules()
+        if cfg.ipv6_network is not None and lease.ipv6_subnet is not None:
+            self._setup_rules6(cfg.ipv6_network, lease.ipv6_subnet)
+
+    def _setup_rules6(self, net6, subnet6) -> None:
+        """flannel's MasqIP6Rules and IPv6 forward rules, with ip6tables (docs/flannel-compat.md
+        §"Dual-stack"); the ones of a previous IPv6 network/subnet are removed first."""
+        from .ipmasq import ForwardRules, IPMasq, remove_old_masq_rules
+        from .subnetfile import parse_cidr6
+        if self.opts.ip_masq:
+            old = read_subnet_env(self.opts.subnet_file)
+            try:
+                old_net, old_sub = parse_cidr6(old["FLANNEL_IPV6_NETWORK"]), parse_cidr6(old["FLANNEL_IPV6_SUBNET"])
+                if (old_net, old_sub) != (net6, subnet6):
+                    self._guarded(lambda: remove_old_masq_rules(old_net, old_sub), "removing old IPv6 masquerade rules")
+            except (KeyError, ValueError):
+                pass
+            self.masq6 = IPMasq(net6, subnet6, random_fully=not self.opts.ip_masq_fully_random_disable)
+            self.masq6.ensure_rules()
+        if self.opts.iptables_forward_rules:
+            self.fwd_rules6 = ForwardRules(net6)
+            self.fwd_rules6.ensure_rules()
 
     def _remove_stale_masq(self, cfg: NetworkConfig, lease: Lease, remove: Callable[..., None]) -> None:
         """flannel deletes the masq rules built from the previous subnet.env when its values changed."""
@@ -329,7 +352,7 @@ class Daemon:
                 self._guarded(run.backend.check, "backend check")
             if now >= next_rules:
                 next_rules = now + resync
-                for rules in (self.masq, self.fwd_rules):
+                for rules in (self.masq, self.fwd_rules, self.masq6, self.fwd_rules6):
                     if rules is not None:
                         self._guarded(rules.ensure_rules, "iptables resync")
 

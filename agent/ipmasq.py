@@ -7,6 +7,8 @@ The rule lists are pure functions (`masq_rules`, `forward_rules`); the classes a
 set and re-adds it in order with one `iptables-restore --noflush` transaction, as flannel's resync
 loop does; `remove_rules()` deletes them (flannel does this for the rules built from the network
 and subnet of the previous run when they changed). Like flannel, nothing is removed on exit.
+Dual-stack: the same sets for IPv6Network and the IPv6 lease, with `ip6tables` and ff00::/8 as the
+multicast range (flannel's MasqIP6Rules, docs/flannel-compat.md §"Dual-stack").
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from .errors import IptablesError
 
 log = logging.getLogger("fastflannel.ipmasq")
 
-IPv4Network = ipaddress.IPv4Network
 KUBE_PROXY_MARK = "0x4000/0x4000"    # kube-proxy's masquerade mark; such packets are left to it
 MULTICAST = "224.0.0.0/4"
+MULTICAST6 = "ff00::/8"
 MASQ_COMMENT = "flanneld masq"
 FWD_COMMENT = "flanneld forward"
 MASQ_CHAIN = "FLANNEL-POSTRTG"
@@ -40,7 +42,9 @@ Rule = Tuple[str, str, Tuple[str, ...]]
 
 def masq_rules(network, subnet, random_fully: bool) -> List[Rule]:
     """nat rules for N = Network and S = this host's subnet, in flannel's order."""
-    n, s = str(IPv4Network(str(network))), str(IPv4Network(str(subnet)))
+    net = ipaddress.ip_network(str(network))
+    n, s = str(net), str(ipaddress.ip_network(str(subnet)))
+    multicast = MULTICAST6 if net.version == 6 else MULTICAST
     c = ("-m", "comment", "--comment", MASQ_COMMENT)
     masq = ("-j", "MASQUERADE", "--random-fully") if random_fully else ("-j", "MASQUERADE")
     return [
@@ -50,7 +54,7 @@ def masq_rules(network, subnet, random_fully: bool) -> List[Rule]:
         ("nat", MASQ_CHAIN, ("-s", n, "-d", s) + c + ("-j", "RETURN")),
         # keeps the client source IP of outside traffic entering our own pods (#734)
         ("nat", MASQ_CHAIN, ("!", "-s", n, "-d", s) + c + ("-j", "RETURN")),
-        ("nat", MASQ_CHAIN, ("-s", n, "!", "-d", MULTICAST) + c + masq),
+        ("nat", MASQ_CHAIN, ("-s", n, "!", "-d", multicast) + c + masq),
         # host-to-overlay traffic leaves with the flannel interface address as source (#318)
         ("nat", MASQ_CHAIN, ("!", "-s", n, "-d", n) + c + masq),
     ]
@@ -58,7 +62,7 @@ def masq_rules(network, subnet, random_fully: bool) -> List[Rule]:
 
 def forward_rules(network) -> List[Rule]:
     """filter rules accepting overlay traffic despite a DROP FORWARD policy (Docker >= 1.13)."""
-    n = str(IPv4Network(str(network)))
+    n = str(ipaddress.ip_network(str(network)))
     c = ("-m", "comment", "--comment", FWD_COMMENT)
     return [
         ("filter", "FORWARD", c + ("-j", FWD_CHAIN)),
@@ -89,10 +93,12 @@ def _version(text: str) -> Tuple[int, ...]:
 
 
 class Iptables:
-    """Runs iptables/iptables-restore, optionally inside a namespace (`ip netns exec NS`, tests)."""
+    """Runs iptables/iptables-restore (`ipv6`: ip6tables/ip6tables-restore), optionally inside a
+    namespace (`ip netns exec NS`, tests)."""
 
-    def __init__(self, netns: Optional[str] = None):
+    def __init__(self, netns: Optional[str] = None, ipv6: bool = False):
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.cmd = "ip6tables" if ipv6 else "iptables"
 
     def run(self, argv: Sequence[str], stdin: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
         cmd = self.prefix + list(argv)
@@ -105,33 +111,33 @@ class Iptables:
         return p
 
     def version(self) -> Tuple[int, ...]:
-        return _cached_version(tuple(self.prefix))
+        return _cached_version(tuple(self.prefix), self.cmd)
 
     def has_random_fully(self) -> bool:
         return self.version() >= RANDOM_FULLY_MIN
 
     def exists(self, rule: Rule) -> bool:
         table, chain, spec = rule
-        return self.run(["iptables", "--wait", "-t", table, "-C", chain, *spec], check=False).returncode == 0
+        return self.run([self.cmd, "--wait", "-t", table, "-C", chain, *spec], check=False).returncode == 0
 
     def delete(self, rule: Rule) -> bool:
         table, chain, spec = rule
-        return self.run(["iptables", "--wait", "-t", table, "-D", chain, *spec], check=False).returncode == 0
+        return self.run([self.cmd, "--wait", "-t", table, "-D", chain, *spec], check=False).returncode == 0
 
     def restore(self, payload: str) -> None:
-        argv = ["iptables-restore", "--noflush"]
+        argv = [self.cmd + "-restore", "--noflush"]
         if self.version() >= RESTORE_WAIT_MIN:
             argv.append("--wait")
         self.run(argv, stdin=payload)
 
 
 @cache
-def _cached_version(prefix: Tuple[str, ...]) -> Tuple[int, ...]:
+def _cached_version(prefix: Tuple[str, ...], cmd: str = "iptables") -> Tuple[int, ...]:
     try:
-        p = subprocess.run(list(prefix) + ["iptables", "--version"], capture_output=True, text=True,
+        p = subprocess.run(list(prefix) + [cmd, "--version"], capture_output=True, text=True,
                            timeout=CMD_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise IptablesError(f"iptables --version: {e}") from None
+        raise IptablesError(f"{cmd} --version: {e}") from None
     return _version(p.stdout + p.stderr)
 
 
@@ -139,8 +145,10 @@ class _RuleSet:
     chains: Sequence[Tuple[str, str]] = ()
     what = "iptables"
 
-    def __init__(self, netns: Optional[str] = None):
-        self.ipt = Iptables(netns)
+    def __init__(self, netns: Optional[str] = None, ipv6: bool = False):
+        self.ipt = Iptables(netns, ipv6)
+        if ipv6:
+            self.what = f"{self.what} (IPv6)"
         self._rules: Optional[List[Rule]] = None
 
     def build(self) -> List[Rule]:
@@ -190,7 +198,7 @@ class IPMasq(_RuleSet):
     what = "ip-masq"
 
     def __init__(self, network, subnet, random_fully: bool = True, netns: Optional[str] = None):
-        super().__init__(netns)
+        super().__init__(netns, ipaddress.ip_network(str(network)).version == 6)
         self.network, self.subnet, self.want_random_fully = network, subnet, random_fully
 
     def build(self) -> List[Rule]:
@@ -204,7 +212,7 @@ class ForwardRules(_RuleSet):
     what = "forward"
 
     def __init__(self, network, netns: Optional[str] = None):
-        super().__init__(netns)
+        super().__init__(netns, ipaddress.ip_network(str(network)).version == 6)
         self.network = network
 
     def build(self) -> List[Rule]:
@@ -214,7 +222,7 @@ class ForwardRules(_RuleSet):
 def remove_old_masq_rules(network, subnet, netns: Optional[str] = None) -> None:
     """Delete the masq rules built from a previous run's network/subnet (both random-fully variants,
     since the old run may have had either)."""
-    ipt = Iptables(netns)
+    ipt = Iptables(netns, ipaddress.ip_network(str(network)).version == 6)
     for rf in (True, False):
         for rule in masq_rules(network, subnet, rf):
             while ipt.delete(rule):

@@ -1,6 +1,6 @@
-"""The IPv6 reads the interface choice needs (docs/flannel-compat.md §"Dual-stack"): an
-interface's IPv6 addresses, the interface holding an IPv6 address, the IPv6 default route and
-`ip -6 route get`. Read-only, once at start-up, in the calling process's namespace.
+"""IPv6 over rtnetlink (docs/flannel-compat.md §"Dual-stack"): the reads the interface choice
+needs (an interface's IPv6 addresses, the IPv6 default route, `ip -6 route get`) and the routes
+the backends' IPv6 halves program (main table, replace/delete/list).
 
 Plain rtnetlink with `struct` (no pyroute2): one request, one reply or dump per call. Kept apart
 from agent/netlink.py, the IPv4 API the backends program through, on purpose: it needs none of
@@ -24,8 +24,9 @@ IPv6Address = ipaddress.IPv6Address
 
 AF_INET6 = 10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_GETROUTE = 20, 22, 24, 26
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x100, 0x400
+RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 20, 22, 24, 25, 26
+RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 3, 1, 4
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 RT_TABLE_MAIN = 254
@@ -49,6 +50,7 @@ class Address6:
 
 @dataclass(frozen=True)
 class Route6:
+    dst: ipaddress.IPv6Network
     dst_len: int
     table: int
     oif: int
@@ -157,7 +159,9 @@ def _route(buf: bytes, off: int, end: int) -> Optional[Route6]:
     oif = struct.unpack("=I", a[RTA_OIF])[0] if len(a.get(RTA_OIF, b"")) == 4 else 0
     if len(a.get(RTA_TABLE, b"")) == 4:
         table = struct.unpack("=I", a[RTA_TABLE])[0]
-    return Route6(dst_len, table, oif, _ip6(a.get(RTA_GATEWAY)), _ip6(a.get(RTA_PREFSRC)))
+    dst = _ip6(a.get(RTA_DST)) or IPv6Address(0)
+    net = ipaddress.IPv6Network((int(dst), dst_len), strict=False)
+    return Route6(net, dst_len, table, oif, _ip6(a.get(RTA_GATEWAY)), _ip6(a.get(RTA_PREFSRC)))
 
 
 def default_route6_oif() -> Optional[int]:
@@ -179,3 +183,51 @@ def route_get6(dst: IPv6Address) -> Tuple[Optional[int], Optional[IPv6Address]]:
         if r is not None:
             return r.oif or None, r.prefsrc
     return None, None
+
+
+def _route_body(dst: ipaddress.IPv6Network, gateway: Optional[IPv6Address], oif: int, onlink: bool) -> bytes:
+    body = _RTMSG.pack(AF_INET6, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, 0, RTN_UNICAST,
+                       RTNH_F_ONLINK if onlink else 0)
+    body += _ATTR.pack(4 + 16, RTA_DST) + dst.network_address.packed
+    if gateway is not None:
+        body += _ATTR.pack(4 + 16, RTA_GATEWAY) + gateway.packed
+    if oif:
+        body += _ATTR.pack(8, RTA_OIF) + struct.pack("=I", oif)
+    return body
+
+
+def _ack(what: str, kind: int, flags: int, body: bytes) -> None:
+    try:
+        for _ in _exchange(kind, flags | NLM_F_ACK, body):
+            pass
+    except NetlinkError as e:
+        raise NetlinkError(f"{what}: {e}", e.errno) from None
+
+
+def route6_replace(dst: ipaddress.IPv6Network, gateway: Optional[IPv6Address], oif: int,
+                   onlink: bool = False) -> None:
+    """`ip -6 route replace dst [via gateway] dev oif [onlink]` in the main table."""
+    _ack(f"replace route {dst} via {gateway}", RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
+         _route_body(dst, gateway, oif, onlink))
+
+
+def route6_delete(dst: ipaddress.IPv6Network, gateway: Optional[IPv6Address] = None, oif: int = 0) -> bool:
+    """Delete a main-table IPv6 route; False when there was none (ESRCH)."""
+    try:
+        _ack(f"delete route {dst} via {gateway}", RTM_DELROUTE, 0, _route_body(dst, gateway, oif, False))
+    except NetlinkError as e:
+        if e.errno == 3:                        # ESRCH
+            return False
+        raise
+    return True
+
+
+def routes6(oif: int = 0) -> List[Route6]:
+    """The IPv6 routes of the main table (through interface `oif` when given)."""
+    body = _RTMSG.pack(AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)
+    out = []
+    for mtype, buf, off, end in _exchange(RTM_GETROUTE, NLM_F_DUMP, body):
+        r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
+        if r is not None and r.table == RT_TABLE_MAIN and (not oif or r.oif == oif):
+            out.append(r)
+    return out

@@ -1,8 +1,9 @@
 """A namespace lab: hosts on one underlay bridge, a local etcd, containers behind per-host bridges.
 
 Used by `fastflannel demo`, the integration tests and the end-to-end benchmark. Every address lives
-inside namespaces this module creates (underlay 192.0.2.0/24, TEST-NET-1); `close()` deletes them
-all, also after a failure. Requires root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and iproute2.
+inside namespaces this module creates (underlay 192.0.2.0/24, TEST-NET-1; with `ipv6` also the
+ULA fd00:2::/64 on the same links, and containers get the IPv6 subnet of subnet.env); `close()`
+deletes them all, also after a failure. Requires root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and iproute2.
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from .proc import LabError, run, stop_process
 
 UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")
 HUB_IP = "192.0.2.1"
+UNDERLAY6 = ipaddress.IPv6Network("fd00:2::/64")    # ULA, only inside the lab's namespaces
+HUB_IP6 = "fd00:2::1"
+_IPV6_ON = ("sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0 "
+            "net.ipv6.conf.lo.disable_ipv6=0")
 ETCD_PORT = 2379                 # etcd's client port, on the hub's underlay address
 ETCD_PEER_PORT = 2380
 
@@ -51,14 +56,16 @@ class Host:
     ip: str            # underlay address on eth0
     iface: str = "eth0"
     containers: List[str] = field(default_factory=list)
+    ip6: str = ""      # IPv6 underlay address on eth0 (Lab(ipv6=True))
 
 
 class Lab:
     """Context manager owning namespaces and processes; everything is torn down by close()."""
 
-    def __init__(self, prefix: Optional[str] = None, mtu: int = 1500):
+    def __init__(self, prefix: Optional[str] = None, mtu: int = 1500, ipv6: bool = False):
         self.prefix = prefix or f"ff{os.getpid() % 100000}"
         self.mtu = mtu
+        self.ipv6 = ipv6            # give hosts an IPv6 underlay address too (set before add_host)
         self.tmp = tempfile.mkdtemp(prefix=f"{self.prefix}-")
         self.namespaces: List[str] = []
         self.procs: List[subprocess.Popen] = []
@@ -131,6 +138,9 @@ class Lab:
         self.hub = self.add_ns("hub")
         self.sh(self.hub, f"ip link add br0 type bridge && ip link set br0 mtu {self.mtu} up && "
                           f"ip addr add {HUB_IP}/{UNDERLAY.prefixlen} dev br0")
+        if self.ipv6:
+            self.sh(self.hub, f"{_IPV6_ON} net.ipv6.conf.br0.disable_ipv6=0 && "
+                              f"ip -6 addr add {HUB_IP6}/{UNDERLAY6.prefixlen} dev br0 nodad")
         return self.hub
 
     def add_host(self, name: str) -> Host:
@@ -146,6 +156,11 @@ class Lab:
         self.sh(ns, f"ip addr add {ip}/{UNDERLAY.prefixlen} dev eth0 && ip link set eth0 up && "
                     f"ip route add default via {HUB_IP} && sysctl -qw net.ipv4.ip_forward=1")
         host = Host(name=name, ns=ns, ip=ip)
+        if self.ipv6:
+            host.ip6 = str(UNDERLAY6.network_address + self._next_host - 1)
+            self.sh(ns, f"{_IPV6_ON} net.ipv6.conf.eth0.disable_ipv6=0 net.ipv6.conf.all.forwarding=1 && "
+                        f"ip -6 addr add {host.ip6}/{UNDERLAY6.prefixlen} dev eth0 nodad && "
+                        f"ip -6 route add default via {HUB_IP6} dev eth0")
         self.hosts[name] = host
         return host
 
@@ -190,7 +205,23 @@ class Lab:
         self.sh(host.ns, f"ip link set {hv} master {bridge} up")
         self.sh(ns, f"ip addr add {cip} dev eth0 && ip link set eth0 up && "
                     f"ip route add default via {sub.ip}")
-        return Container(ns=ns, ip=cip.split("/")[0], host=host)
+        c = Container(ns=ns, ip=cip.split("/")[0], host=host)
+        if "FLANNEL_IPV6_SUBNET" in subnet_env:
+            c.ip6 = self._add_container_ipv6(host, ns, subnet_env["FLANNEL_IPV6_SUBNET"], idx, bridge,
+                                             add_bridge_addr=not have_bridge)
+        return c
+
+    def _add_container_ipv6(self, host: Host, ns: str, subnet6: str, idx: int, bridge: str,
+                            add_bridge_addr: bool) -> str:
+        """The container's IPv6 address in FLANNEL_IPV6_SUBNET (the bridge has its first address)."""
+        sub6 = ipaddress.IPv6Interface(subnet6)
+        cip6 = f"{sub6.network.network_address + idx}/{sub6.network.prefixlen}"
+        if add_bridge_addr:
+            self.sh(host.ns, f"{_IPV6_ON} net.ipv6.conf.{bridge}.disable_ipv6=0 && "
+                             f"ip -6 addr add {sub6} dev {bridge} nodad")
+        self.sh(ns, f"{_IPV6_ON} net.ipv6.conf.eth0.disable_ipv6=0 && ip -6 addr add {cip6} dev eth0 nodad && "
+                    f"ip -6 route add default via {sub6.ip} dev eth0")
+        return cip6.split("/")[0]
 
 
 @dataclass
@@ -198,6 +229,7 @@ class Container:
     ns: str
     ip: str
     host: Host
+    ip6: str = ""      # from FLANNEL_IPV6_SUBNET when subnet.env has it
 
 
 def read_subnet_env(path: str) -> Dict[str, str]:

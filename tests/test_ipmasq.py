@@ -130,3 +130,32 @@ def test_masquerade_rewrites_container_source(lab):
     assert "10.10.16.2 > 192.0.2.1" in sources()
     IPMasq(N, S, netns=h1.ns).ensure_rules()
     assert "192.0.2.10 > 192.0.2.1" in sources()
+
+
+# -- IPv6 (flannel's MasqIP6Rules: the same set with ip6tables and ff00::/8) -------------------------
+
+N6, S6 = "fc00:10::/48", "fc00:10:0:16::/64"
+EXPECTED_NAT6 = [rule.replace(N, N6).replace(S, S6).replace("224.0.0.0/4", "ff00::/8") for rule in EXPECTED_NAT]
+EXPECTED_FWD6 = [rule.replace(N, N6) for rule in EXPECTED_FWD]
+
+
+def test_ipv6_rules_match_flannel():
+    assert lines(ipmasq.masq_rules(N6, S6, True)) == EXPECTED_NAT6
+    assert lines(ipmasq.forward_rules(N6)) == EXPECTED_FWD6
+
+
+@pytest.mark.netns
+def test_ipv6_rules_go_to_ip6tables_only(lab):
+    ns = lab.add_ns("masq6")
+    m, f = IPMasq(N6, S6, netns=ns), ForwardRules(N6, netns=ns)
+    assert m.ensure_rules() is True and f.ensure_rules() is True
+    out = lab.sh(ns, "ip6tables-save -t nat").stdout.splitlines()
+    assert [line for line in out if line.startswith("-A ")] == EXPECTED_NAT6
+    out = lab.sh(ns, "ip6tables-save -t filter").stdout.splitlines()
+    assert [line for line in out if line.startswith("-A ")] == EXPECTED_FWD6
+    assert saved(lab, ns, "nat") == [] and saved(lab, ns, "filter") == []     # iptables untouched
+    lab.sh(ns, f"ip6tables -t nat -D FLANNEL-POSTRTG -s {N6} -d {S6} {C} -j RETURN")
+    assert m.ensure_rules() is True and m.ensure_rules() is False
+    ipmasq.remove_old_masq_rules(N6, S6, netns=ns)
+    out = lab.sh(ns, "ip6tables-save -t nat").stdout.splitlines()
+    assert [line for line in out if line.startswith("-A ")] == []

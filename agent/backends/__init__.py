@@ -30,14 +30,17 @@ def _vxlan(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> 
 
 
 def _hostgw(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    if cfg.enable_ipv6:
+        from .hostgw6 import DualStackHostGw
+        return DualStackHostGw(ext, cfg, opts)
     from .hostgw import HostGwBackend
     return HostGwBackend(ext, cfg, opts)
 
 
 BACKENDS: Dict[str, BackendCtor] = {"udp": _udp, "vxlan": _vxlan, "host-gw": _hostgw}
-# The backends that program IPv6 (EnableIPv6). udp is IPv4 only, as flannel's; vxlan and host-gw
-# join this set when their IPv6 paths land (issue 13).
-IPV6_BACKENDS: FrozenSet[str] = frozenset()
+# The backends that program IPv6 (EnableIPv6). udp is IPv4 only, as flannel's; vxlan joins this
+# set when its IPv6 device lands (issue 13).
+IPV6_BACKENDS: FrozenSet[str] = frozenset({"host-gw"})
 
 
 def register(name: str, ctor: BackendCtor) -> None:

@@ -11,7 +11,7 @@ CHUNK = 1 << 16        # bytes per recv
 
 
 def main(ip: str, port: int, timeout_s: float) -> None:
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)   # IPv4 or IPv6
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ip, port))
     s.listen(1)
