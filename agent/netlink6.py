@@ -231,3 +231,135 @@ def routes6(oif: int = 0) -> List[Route6]:
         if r is not None and r.table == RT_TABLE_MAIN and (not oif or r.oif == oif):
             out.append(r)
     return out
+
+
+# -- the vxlan backend's IPv6 device and per-peer objects (docs/flannel-compat.md §"Dual-stack") --
+AF_BRIDGE = 7
+NLM_F_EXCL = 0x200
+RTM_NEWLINK, RTM_DELADDR, RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 16, 21, 28, 29, 30
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 7, 15
+IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 17, 23
+NLA_F_NESTED = 0x8000
+IFA_F_NODAD = 0x02
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NTF_SELF = 0x02
+_IFINFO = struct.Struct("=BxHiII")      # ifinfomsg: family, type, index, flags, change
+_NDMSG = struct.Struct("=BxxxiHBB")     # ndmsg: family, ifindex, state, flags, type
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    raw = _ATTR.pack(_ATTR.size + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _mac(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def vxlan6_create(name: str, vni: int, local6: IPv6Address, dev_index: int, port: int = 0,
+                  learning: bool = False, gbp: bool = False, mac: Optional[str] = None,
+                  mtu: Optional[int] = None) -> None:
+    """`ip link add NAME type vxlan id VNI local IPV6 dev DEV [dstport PORT] [no]learning [gbp]`,
+    flannel's IPv6 device (backend/vxlan/device.go with vtepAddr = IfaceV6Addr)."""
+    data = (_attr(IFLA_VXLAN_ID, struct.pack("=I", vni)) + _attr(IFLA_VXLAN_LINK, struct.pack("=I", dev_index))
+            + _attr(IFLA_VXLAN_LOCAL6, local6.packed) + _attr(IFLA_VXLAN_LEARNING, bytes([1 if learning else 0])))
+    if port:
+        data += _attr(IFLA_VXLAN_PORT, struct.pack("!H", port))
+    if gbp:
+        data += _attr(IFLA_VXLAN_GBP, b"")
+    info = _attr(IFLA_INFO_KIND, b"vxlan\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
+    body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+    if mac:
+        body += _attr(IFLA_ADDRESS, _mac(mac))
+    if mtu:
+        body += _attr(IFLA_MTU, struct.pack("=I", mtu))
+    body += _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+    _ack(f"create vxlan device {name} (vni {vni}, local {local6})", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+
+def address6_replace(index: int, ip: IPv6Address, prefixlen: int = 128) -> None:
+    """`ip -6 addr replace IP/LEN dev INDEX nodad`."""
+    body = (_IFADDR.pack(AF_INET6, prefixlen, IFA_F_NODAD, 0, index) + _attr(IFA_LOCAL, ip.packed)
+            + _attr(IFA_ADDRESS, ip.packed))
+    _ack(f"add address {ip}/{prefixlen}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body)
+
+
+def address6_delete(index: int, ip: IPv6Address, prefixlen: int) -> None:
+    body = _IFADDR.pack(AF_INET6, prefixlen, 0, 0, index) + _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed)
+    _ack(f"delete address {ip}/{prefixlen}", RTM_DELADDR, 0, body)
+
+
+@dataclass(frozen=True)
+class Neigh6:
+    ip: Optional[IPv6Address]        # NDA_DST: the neighbour, or an FDB entry's remote
+    mac: Optional[str]
+    state: int
+
+
+def _neigh_body(family: int, index: int, state: int, flags: int, ip: Optional[IPv6Address],
+                mac: Optional[str]) -> bytes:
+    body = _NDMSG.pack(family, index, state, flags, 0)
+    if ip is not None:
+        body += _attr(NDA_DST, ip.packed)
+    if mac is not None:
+        body += _attr(NDA_LLADDR, _mac(mac))
+    return body
+
+
+def neigh6_replace(index: int, ip: IPv6Address, mac: str) -> None:
+    """`ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`."""
+    _ack(f"replace neighbour {ip} lladdr {mac}", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+         _neigh_body(AF_INET6, index, NUD_PERMANENT, 0, ip, mac))
+
+
+def fdb6_replace(index: int, mac: str, dst: IPv6Address) -> None:
+    """`bridge fdb replace MAC dev INDEX dst IPV6 self permanent`."""
+    _ack(f"replace FDB entry {mac} dst {dst}", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+         _neigh_body(AF_BRIDGE, index, NUD_NOARP | NUD_PERMANENT, NTF_SELF, dst, mac))
+
+
+def _gone_ok(what: str, kind: int, body: bytes) -> bool:
+    try:
+        _ack(what, kind, 0, body)
+    except NetlinkError as e:
+        if e.errno in (2, 3):                   # ENOENT, ESRCH: nothing to delete
+            return False
+        raise
+    return True
+
+
+def neigh6_delete(index: int, ip: IPv6Address) -> bool:
+    return _gone_ok(f"delete neighbour {ip}", RTM_DELNEIGH, _neigh_body(AF_INET6, index, 0, 0, ip, None))
+
+
+def fdb6_delete(index: int, mac: str, dst: Optional[IPv6Address] = None) -> bool:
+    return _gone_ok(f"delete FDB entry {mac}", RTM_DELNEIGH,
+                    _neigh_body(AF_BRIDGE, index, NUD_NOARP | NUD_PERMANENT, NTF_SELF, dst, mac))
+
+
+def _neigh_dump(family: int, index: int) -> List[Neigh6]:
+    out = []
+    for mtype, buf, off, end in _exchange(RTM_GETNEIGH, NLM_F_DUMP, _NDMSG.pack(family, 0, 0, 0, 0)):
+        if mtype != RTM_NEWNEIGH:
+            continue
+        fam, idx, state, _flags, _type = _NDMSG.unpack_from(buf, off)
+        if fam != family or idx != index:
+            continue
+        a = _attrs(buf, off + _NDMSG.size, end)
+        lladdr = a.get(NDA_LLADDR)
+        mac = ":".join(f"{b:02x}" for b in lladdr) if lladdr and len(lladdr) == 6 else None
+        out.append(Neigh6(_ip6(a.get(NDA_DST)), mac, state))
+    return out
+
+
+def neigh6_list(index: int) -> List[Neigh6]:
+    """The IPv6 neighbours of interface `index`."""
+    return _neigh_dump(AF_INET6, index)
+
+
+def fdb6_list(index: int) -> List[Neigh6]:
+    """The FDB entries of interface `index` whose remote is an IPv6 address (others: ip None)."""
+    return _neigh_dump(AF_BRIDGE, index)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import re
 
 import pytest
 
@@ -25,6 +26,7 @@ def dual_config(backend: dict) -> str:
 
 
 HOSTGW = dual_config({"Type": "host-gw"})
+VXLAN = dual_config({"Type": "vxlan", "VNI": 100, "Port": 8472})
 
 
 @pytest.fixture
@@ -57,9 +59,38 @@ def _v6_route(lab, host, sn6):
     return lab.sh(host.ns, f"ip -6 route show {sn6}", check=False).stdout.strip()
 
 
-def test_hostgw_dual_stack_three_hosts(lab6):
+def _expected_lease(cluster, h, value):
+    host = cluster.hosts[h]
+    lease = json.loads(value)
+    if lease["BackendType"] == "host-gw":
+        assert value == f'{{"PublicIP":"{host.ip}","PublicIPv6":"{host.ip6}","BackendType":"host-gw"}}'
+        return
+    assert list(lease) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]
+    assert (lease["PublicIP"], lease["PublicIPv6"]) == (host.ip, host.ip6)
+    assert list(lease["BackendV6Data"]) == ["VNI", "VtepMAC"] and lease["BackendV6Data"]["VNI"] == 100
+    assert lease["BackendV6Data"]["VtepMAC"] != lease["BackendData"]["VtepMAC"]
+
+
+def _v6_peer_state_ok(lab, cluster, a, b, sn6, backend):
+    """Host a's kernel state for peer b's IPv6 subnet, as flannel programs it."""
+    ha, hb = cluster.hosts[a], cluster.hosts[b]
+    route = _v6_route(lab, ha, sn6)
+    if backend == "host-gw":
+        return f"via {hb.ip6} dev eth0" in route
+    mac6 = json.loads(next(v for k, v in cluster.leases().items() if k.endswith(f"&{sn6.network_address}-64")))[
+        "BackendV6Data"]["VtepMAC"]
+    neigh = lab.sh(ha.ns, "ip -6 neigh show dev flannel-v6.100", check=False).stdout
+    fdb = lab.sh(ha.ns, "bridge fdb show dev flannel-v6.100", check=False).stdout
+    return (re.search(rf"via {sn6.network_address} dev flannel-v6\.100 .*onlink", route) is not None
+            and f"{sn6.network_address} lladdr {mac6} PERMANENT" in neigh
+            and f"{mac6} dst {hb.ip6} self permanent" in fdb)
+
+
+@pytest.mark.parametrize("config", [HOSTGW, VXLAN], ids=["host-gw", "vxlan"])
+def test_dual_stack_three_hosts(lab6, config):
     lab = lab6
-    cluster = Cluster(lab, HOSTGW, extra_flags=["-ip-masq"])
+    backend = json.loads(config)["Backend"]["Type"]
+    cluster = Cluster(lab, config, extra_flags=["-ip-masq"])
     cluster.start_all()
     envs = cluster.wait_all()
     subnets = {h: _subnets(e) for h, e in envs.items()}
@@ -72,15 +103,17 @@ def test_hostgw_dual_stack_three_hosts(lab6):
         assert list(envs[h]) == ["FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_IPV6_NETWORK",
                                  "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"]
         assert envs[h]["FLANNEL_IPV6_NETWORK"] == NET6
-        value = leases[_key(v4, v6)]
-        assert value == (f'{{"PublicIP":"{cluster.hosts[h].ip}","PublicIPv6":"{cluster.hosts[h].ip6}",'
-                         f'"BackendType":"host-gw"}}')
+        _expected_lease(cluster, h, leases[_key(v4, v6)])
     assert len({v6 for _, v6 in subnets.values()}) == 3
     cluster.add_containers()
     _all_pairs_tcp(lab, cluster)
     for a, b in itertools.permutations(cluster.hosts, 2):
-        route = _v6_route(lab, cluster.hosts[a], subnets[b][1])
-        assert f"via {cluster.hosts[b].ip6} dev eth0" in route, route
+        assert _v6_peer_state_ok(lab, cluster, a, b, subnets[b][1], backend), (a, b)
+    if backend == "vxlan":
+        dev = lab.sh(cluster.hosts["h1"].ns, "ip -d link show flannel-v6.100").stdout
+        assert f"vxlan id 100 local {cluster.hosts['h1'].ip6} dev eth0" in dev and "mtu 1430" in dev, dev
+        addr = lab.sh(cluster.hosts["h1"].ns, "ip -6 addr show dev flannel-v6.100").stdout
+        assert f"{subnets['h1'][1].network_address}/128" in addr, addr
 
     # a restart keeps both subnets (reused by PublicIP and from subnet.env)
     assert cluster.stop("h2") == 0
@@ -99,16 +132,17 @@ def test_hostgw_dual_stack_three_hosts(lab6):
         assert gone, (h, _v6_route(lab, host, v6))
 
 
-def test_a_mixed_cluster_runs_ipv4_between_all_and_ipv6_between_dual_stack_hosts(lab6):
+@pytest.mark.parametrize("config", [HOSTGW, VXLAN], ids=["host-gw", "vxlan"])
+def test_a_mixed_cluster_runs_ipv4_between_all_and_ipv6_between_dual_stack_hosts(lab6, config):
     """flannel programs a peer's IPv6 state only when both run IPv6: h3 runs the config without
     EnableIPv6 (it reads the same etcd key: in practice a host started before the config gained
     IPv6 keeps its v4-only lease until it restarts)."""
     lab = lab6
-    cluster = Cluster(lab, HOSTGW)
+    cluster = Cluster(lab, config)
     cluster.start("h1")
     cluster.start("h2")
     envs = {h: cluster.wait_subnet(h) for h in ("h1", "h2")}
-    v4only = json.loads(HOSTGW)
+    v4only = json.loads(config)
     del v4only["EnableIPv6"]
     cluster.put_config(json.dumps(v4only))
     cluster.start("h3")
@@ -124,3 +158,20 @@ def test_a_mixed_cluster_runs_ipv4_between_all_and_ipv6_between_dual_stack_hosts
     assert cluster.containers["h3"].ip6 == ""
     _, v6_h1 = _subnets(envs["h1"])
     assert not _v6_route(lab, cluster.hosts["h3"], v6_h1)           # the v4-only host has no IPv6 state
+    if "vxlan" in config:
+        assert lab.sh(cluster.hosts["h3"].ns, "ip link show flannel-v6.100", check=False).returncode != 0
+
+
+def test_vxlan_v6_device_deleted_is_recreated_with_its_peers(lab6):
+    lab = lab6
+    cluster = Cluster(lab, VXLAN, hosts=("h1", "h2"))
+    cluster.start_all()
+    envs = cluster.wait_all()
+    cluster.add_containers()
+    c1, c2 = cluster.containers["h1"], cluster.containers["h2"]
+    assert wait_for(lambda: lab.sh(c1.ns, f"ping -c1 -W1 {c2.ip6}", check=False).returncode == 0, 15, 0.2)
+    lab.sh(cluster.hosts["h1"].ns, "ip link del flannel-v6.100")
+    sn6 = _subnets(envs["h2"])[1]
+    back = wait_for(lambda: _v6_peer_state_ok(lab, cluster, "h1", "h2", sn6, "vxlan"), 30, 0.5)
+    assert back, cluster.log("h1")[-2000:]
+    assert tcp_transfer(lab, c1.ns, c2.ns, c2.ip6, 64 << 10)["ok"]

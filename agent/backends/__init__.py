@@ -25,6 +25,9 @@ def _udp(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Ba
 
 
 def _vxlan(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    if cfg.enable_ipv6:
+        from .vxlan6 import DualStackVxlan
+        return DualStackVxlan(ext, cfg, opts)
     from .vxlan import VxlanBackend
     return VxlanBackend(ext, cfg, opts)
 
@@ -38,9 +41,9 @@ def _hostgw(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) ->
 
 
 BACKENDS: Dict[str, BackendCtor] = {"udp": _udp, "vxlan": _vxlan, "host-gw": _hostgw}
-# The backends that program IPv6 (EnableIPv6). udp is IPv4 only, as flannel's; vxlan joins this
-# set when its IPv6 device lands (issue 13).
-IPV6_BACKENDS: FrozenSet[str] = frozenset({"host-gw"})
+# The backends that program IPv6 (EnableIPv6, docs/flannel-compat.md §"Dual-stack"); udp is IPv4
+# only, as flannel's.
+IPV6_BACKENDS: FrozenSet[str] = frozenset({"host-gw", "vxlan"})
 
 
 def register(name: str, ctor: BackendCtor) -> None:
