@@ -175,3 +175,18 @@ def test_vxlan_v6_device_deleted_is_recreated_with_its_peers(lab6):
     back = wait_for(lambda: _v6_peer_state_ok(lab, cluster, "h1", "h2", sn6, "vxlan"), 30, 0.5)
     assert back, cluster.log("h1")[-2000:]
     assert tcp_transfer(lab, c1.ns, c2.ns, c2.ip6, 64 << 10)["ok"]
+
+
+@pytest.mark.parametrize("config, words", [
+    (dual_config({"Type": "udp"}), "the udp backend carries IPv4 only"),
+    (json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": NET6, "Backend": {"Type": "vxlan"}}),
+     "IPv6-only) is not supported with etcd"),
+])
+def test_what_the_daemon_cannot_run_ends_it_with_one_clear_line(lab6, config, words):
+    cluster = Cluster(lab6, config, hosts=("h1",))
+    p = cluster.start("h1")
+    assert p.wait(30) == 1
+    log = cluster.log("h1")
+    last = log.strip().splitlines()[-1]
+    assert "Traceback" not in log and last.startswith("fastflannel: ") and words in last, log[-1500:]
+    assert cluster.leases() == {}                     # nothing was taken
