@@ -121,15 +121,30 @@ def test_dual_stack_three_hosts(lab6, config):
     assert _subnets(cluster.wait_subnet("h2")) == subnets["h2"]
     _all_pairs_tcp(lab, cluster, nbytes=64 << 10)
 
-    # a deleted lease removes both families' routes on the others
+    # a deleted lease removes both families' state on the others: routes, and on vxlan the
+    # neighbours and FDB entries of both devices
     assert cluster.stop("h3") == 0
     v4, v6 = subnets["h3"]
+    lease3 = json.loads(cluster.leases()[_key(v4, v6)])
     lab.etcdctl("del", f"{PREFIX}/subnets/{_key(v4, v6)}")
     for h in ("h1", "h2"):
         host = cluster.hosts[h]
-        gone = wait_for(lambda host=host: not _v6_route(lab, host, v6) and not lab.sh(
-            host.ns, f"ip route show {v4}", check=False).stdout.strip(), 15, 0.2)
-        assert gone, (h, _v6_route(lab, host, v6))
+        gone = wait_for(lambda host=host: not _state_of(lab, host, v4, v6, lease3), 15, 0.2)
+        assert gone, (h, _state_of(lab, host, v4, v6, lease3))
+
+
+def _state_of(lab, host, v4, v6, lease) -> list:
+    """What of a peer's kernel state (its lease `lease`) is still on `host`."""
+    left = [x for x in (lab.sh(host.ns, f"ip route show {v4}", check=False).stdout.strip(),
+                        _v6_route(lab, host, v6)) if x]
+    if lease["BackendType"] == "vxlan":
+        mac4, mac6 = lease["BackendData"]["VtepMAC"], lease["BackendV6Data"]["VtepMAC"]
+        for dev, ip, mac in (("flannel.100", v4.network_address, mac4), ("flannel-v6.100", v6.network_address, mac6)):
+            neigh = lab.sh(host.ns, f"ip neigh show dev {dev}", check=False).stdout
+            fdb = lab.sh(host.ns, f"bridge fdb show dev {dev}", check=False).stdout
+            left += [line for line in neigh.splitlines() if line.startswith(f"{ip} ")]
+            left += [line for line in fdb.splitlines() if line.startswith(mac)]
+    return left
 
 
 @pytest.mark.parametrize("config", [HOSTGW, VXLAN], ids=["host-gw", "vxlan"])
