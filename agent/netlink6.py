@@ -363,3 +363,19 @@ def neigh6_list(index: int) -> List[Neigh6]:
 def fdb6_list(index: int) -> List[Neigh6]:
     """The FDB entries of interface `index` whose remote is an IPv6 address (others: ip None)."""
     return _neigh_dump(AF_BRIDGE, index)
+
+
+RTM_GETLINK = 18
+
+
+def vxlan6_local(index: int) -> Optional[IPv6Address]:
+    """The IPv6 local address (IFLA_VXLAN_LOCAL6) of vxlan device `index`, None when it has none."""
+    for mtype, buf, off, end in _exchange(RTM_GETLINK, 0, _IFINFO.pack(0, 0, index, 0, 0)):
+        if mtype != RTM_NEWLINK:
+            continue
+        link = _attrs(buf, off + _IFINFO.size, end).get(IFLA_LINKINFO)
+        if link is None:
+            return None
+        data = _attrs(link, 0, len(link)).get(IFLA_INFO_DATA)
+        return _ip6(_attrs(data, 0, len(data)).get(IFLA_VXLAN_LOCAL6)) if data else None
+    return None

@@ -205,3 +205,15 @@ def test_what_the_daemon_cannot_run_ends_it_with_one_clear_line(lab6, config, wo
     last = log.strip().splitlines()[-1]
     assert "Traceback" not in log and last.startswith("fastflannel: ") and words in last, log[-1500:]
     assert cluster.leases() == {}                     # nothing was taken
+
+
+def test_vxlan_v6_device_with_another_local_address_is_recreated(lab6):
+    """A flannel-v6.<VNI> kept from a run on another IPv6 address would send from it: replaced."""
+    cluster = Cluster(lab6, VXLAN, hosts=("h1",))
+    h1 = cluster.hosts["h1"]
+    lab6.sh(h1.ns, "ip link add flannel-v6.100 type vxlan id 100 local fd00:2::99 dev eth0 dstport 8472 nolearning")
+    cluster.start("h1")
+    cluster.wait_subnet("h1")
+    dev = lab6.sh(h1.ns, "ip -d link show flannel-v6.100").stdout
+    assert f"local {h1.ip6} " in dev and "fd00:2::99" not in dev, dev
+    assert "incompatible configuration: local fd00:2::99" in cluster.log("h1")

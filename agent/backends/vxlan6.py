@@ -104,10 +104,9 @@ class VxlanV6Device:
         except netlink.NetlinkError as e:
             if e.errno != errno.ENODEV:
                 raise
-        vx = info.get("vxlan") if info else None
-        if info is not None and (info["kind"] != "vxlan" or not vx or vx.get("id") != self.v4.vni
-                                 or vx.get("link") != self.ext.index):
-            log.warning("%s exists with another configuration; recreating it", self.dev)
+        why = self._incompatible(info) if info is not None else None
+        if why is not None:
+            log.warning("%s already exists with incompatible configuration: %s; recreating device", self.dev, why)
             netlink.link_delete(self.dev)
             info = None
         if info is None:
@@ -123,6 +122,19 @@ class VxlanV6Device:
                 netlink6.address6_delete(index, a.ip, a.prefixlen)
         netlink6.address6_replace(index, want, 128)
         netlink.link_set_up(self.dev)
+
+    def _incompatible(self, info: dict) -> Optional[str]:
+        """Why a kept flannel-v6.<VNI> cannot be reused (as the IPv4 device's check)."""
+        vx = info.get("vxlan")
+        if info["kind"] != "vxlan" or not vx:
+            return f"kind {info['kind']}"
+        want = {"id": self.v4.vni, "link": self.ext.index, "port": self.v4.port or netlink.VXLAN_DEFAULT_PORT,
+                "gbp": self.v4.gbp, "learning": self.v4.learning}
+        diffs = [f"{k} {vx.get(k)} != {w}" for k, w in want.items() if vx.get(k) != w]
+        local = netlink6.vxlan6_local(info["index"])
+        if local != self.ext.iface_v6_addr:
+            diffs.append(f"local {local} != {self.ext.iface_v6_addr}")
+        return ", ".join(diffs) or None
 
     # -- peers ------------------------------------------------------------------------------------
     def wanted(self, lease: Lease) -> Optional[Peer6]:
