@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from . import sdnotify
+from . import metrics, sdnotify
 from .backends import new_backend
 from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
 from .config import NetworkConfig, parse_config
@@ -30,7 +30,7 @@ from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_sub
 from .subnets import LeaseKeeper, SubnetManager
 
 if TYPE_CHECKING:
-    from .healthz import HealthServer
+    from .healthz import HealthServer, StatusSocket
     from .ipmasq import ForwardRules, IPMasq
     from .registry import EtcdOptions
 
@@ -77,6 +77,8 @@ class Daemon:
         self.backend: Optional[Backend] = None      # set as soon as it exists, so shutdown closes it
         self.running: Optional[_Running] = None
         self.health: Optional[HealthServer] = None
+        self.status_socket: Optional[StatusSocket] = None    # `fastflannel status` (agent/status.py)
+        self.started = time.time()
         self.masq: Optional[IPMasq] = None
         self.fwd_rules: Optional[ForwardRules] = None
         self.timings: Dict[str, float] = {}
@@ -105,10 +107,7 @@ class Daemon:
     def _start(self) -> None:
         opts = self.opts
         prev = read_prev_subnet(opts.subnet_file)
-        if opts.healthz_port:
-            from .healthz import HealthServer
-            self.health = HealthServer(opts.healthz_ip, opts.healthz_port, lambda: self.ready, self._stats)
-            self.health.start()
+        self._start_endpoints()
         registry = self._connect()
         cfg = self._get_config(registry)
         if cfg is None:
@@ -146,8 +145,16 @@ class Daemon:
         self.systemd.notify("READY=1")   # as flanneld: subnet.env written, backend running
         self.watchdog.start()
 
-    def _stats(self) -> dict:
-        return self.backend.stats() if self.backend is not None else {}
+    def _start_endpoints(self) -> None:
+        """The health port (-healthz-port) and the status socket beside subnet.env, both serving
+        /healthz, /readyz, /stats, /metrics and /status (agent/healthz.py)."""
+        from .healthz import DaemonEndpoints, HealthServer, start_status_socket
+        from .status import socket_path
+        endpoints = DaemonEndpoints(self)
+        if self.opts.healthz_port:
+            self.health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, endpoints)
+            self.health.start()
+        self.status_socket = start_status_socket(socket_path(self.opts.subnet_file), endpoints)
 
     def _connect(self) -> Registry:
         """The registry, connected (retrying every second while etcd is unreachable) unless
@@ -241,13 +248,14 @@ class Daemon:
     def _watch(self, registry: Registry, run: _Running, rev: int) -> None:
         own = run.lease.subnet
         for batch in registry.watch_leases(rev, self.stop):
+            t0 = time.monotonic()          # the events' arrival: LEASE_APPLY_SECONDS starts here
             if batch.snapshot is not None:
                 snapshot = batch.snapshot
                 mine = [lease for lease in snapshot if lease.subnet == own]
                 run.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
                                     LeaseEvent(LeaseEvent.REMOVED, Lease(own, None)))
                 run.tracker.reset(snapshot)
-                self._guarded(lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync")
+                self._apply("sync", lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync", t0)
             others = []
             for ev in batch.events:
                 if ev.lease.subnet == own:
@@ -258,7 +266,7 @@ class Daemon:
                 # One peer that cannot be programmed must not take the others down; the backend's
                 # periodic check() retries it.
                 fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
-                self._guarded(functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
+                self._apply(ev.kind, functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}", t0)
             if others:
                 self._mark("last_peer_event")
 
@@ -278,13 +286,28 @@ class Daemon:
                 next_rules = now + resync
                 for rules in (self.masq, self.fwd_rules):
                     if rules is not None:
-                        self._guarded(rules.ensure_rules, "iptables resync")
+                        self._guarded(functools.partial(self._resync, rules), "iptables resync")
 
-    def _guarded(self, fn: Callable[[], object], what: str) -> None:
+    @staticmethod
+    def _resync(rules: IPMasq | ForwardRules) -> None:
+        if rules.ensure_rules():
+            metrics.IPTABLES_RESYNCS.labels(rules.what).inc()
+
+    def _apply(self, kind: str, fn: Callable[[], object], what: str, t0: float) -> None:
+        """A lease change into the backend, counted and timed from t0, the events' arrival."""
+        if self._guarded(fn, what):
+            metrics.LEASE_EVENTS.labels(kind).inc()
+            metrics.LEASE_APPLY_SECONDS.observe(time.monotonic() - t0)
+        else:
+            metrics.LEASE_EVENT_ERRORS.labels(kind).inc()
+
+    def _guarded(self, fn: Callable[[], object], what: str) -> bool:
         try:
             fn()
+            return True
         except Exception as e:  # repair loops log and try again next tick
             log.warning("%s failed: %s", what, e)
+            return False
 
     # -- shutdown -------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -304,3 +327,5 @@ class Daemon:
             self._guarded(self.registry.close, "etcd close")
         if self.health is not None:
             self.health.close()
+        if self.status_socket is not None:
+            self.status_socket.close()
