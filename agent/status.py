@@ -124,7 +124,7 @@ def status_doc(st: State) -> Dict[str, Any]:
 
 
 # -- the command side -------------------------------------------------------------------------------
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self.path = path
@@ -150,7 +150,7 @@ def fetch(sock: Optional[str] = None, url: Optional[str] = None, timeout: float 
             conn: http.client.HTTPConnection = http.client.HTTPConnection(u.hostname or "", u.port or 80,
                                                                           timeout=timeout)
         else:
-            conn = _UnixHTTPConnection(where, timeout)
+            conn = UnixHTTPConnection(where, timeout)
         try:
             conn.request("GET", "/status")
             resp = conn.getresponse()
@@ -196,7 +196,7 @@ def _ago(t: Optional[float], now: float) -> str:
 
 def _duration(s: float) -> str:
     if s < 60:
-        return f"{s:.1f}s" if s < 10 else f"{s:.0f}s"
+        return f"{s:.1f}s" if s < 10 else f"{int(s)}s"
     m, s = divmod(int(s), 60)
     h, m = divmod(m, 60)
     d, h = divmod(h, 24)
