@@ -24,6 +24,7 @@ import platform
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import __version__
@@ -360,57 +361,70 @@ PEER_FAMILIES = (
 )
 
 
-class _PeerLabels:
-    """`subnet="10.10.16.0/20",public_ip="192.0.2.11"` per route, kept only for live routes."""
+# The per-series line starts of every live route, `name{subnet="...",public_ip="...",direction="tx"} `:
+# made once per route (and dropped with it), so a scrape only formats the values.
+_LAST_RX = "fastflannel_peer_last_receive_timestamp_seconds"
+_PEER_SERIES = [(name, suffix, field) for name, _k, _d, series in PEER_FAMILIES for suffix, field in series]
 
+
+class _PeerPrefixes:
     def __init__(self) -> None:
-        self._cache: Dict[Tuple[int, int, int], str] = {}
+        self._cache: Dict[Tuple[int, int, int], Tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
-    def of(self, peers: Any) -> List[str]:
+    @staticmethod
+    def _make(net: int, prefix: int, ip: int) -> Tuple[str, ...]:
+        lab = f'subnet="{ipaddress.IPv4Address(net)}/{prefix}",public_ip="{ipaddress.IPv4Address(ip)}"'
+        return tuple(f"{name}{{{lab},{suffix}}} " for name, suffix, _f in _PEER_SERIES) + (f"{_LAST_RX}{{{lab}}} ",)
+
+    def of(self, peers: Any) -> List[Tuple[str, ...]]:
+        """One tuple of line starts per row of `peers` (the order of _PEER_SERIES, then last-rx)."""
         keys = list(zip(peers["net"].tolist(), peers["prefix"].tolist(), peers["peer_ip"].tolist()))
         with self._lock:
             old, new = self._cache, {}
             for k in keys:
-                s = old.get(k)
-                if s is None:
-                    s = (f'subnet="{ipaddress.IPv4Address(k[0])}/{k[1]}",'
-                         f'public_ip="{ipaddress.IPv4Address(k[2])}"')
-                new[k] = s
+                new[k] = old.get(k) or self._make(*k)
             self._cache = new
         return [new[k] for k in keys]
 
 
-_PEER_LABELS = _PeerLabels()
+_PEER_PREFIXES = _PeerPrefixes()
 
 
 def _render_peers(peers: Any) -> str:
     """The per-peer families in the text format: one series per live route."""
     if peers is None or len(peers) == 0:
         return ""
-    labels = _PEER_LABELS.of(peers)
+    starts = _PEER_PREFIXES.of(peers)
     out: List[str] = []
+    col = 0
     for name, kind, doc, series in PEER_FAMILIES:
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
-        for suffix, fieldname in series:
-            out.extend([f"{name}{{{lab},{suffix}}} {v}\n" for lab, v in zip(labels, peers[fieldname].tolist())])
-    last = peers["last_rx_ns"].tolist()
+        for _suffix, fieldname in series:
+            firsts = [s[col] for s in starts]
+            out.extend(chain.from_iterable(zip(firsts, map(str, peers[fieldname].tolist()), repeat("\n"))))
+            col += 1
     now_mono, now = time.monotonic_ns(), time.time()
-    name = "fastflannel_peer_last_receive_timestamp_seconds"
-    out.append(f"# HELP {name} When the last datagram from the peer was accepted (Unix time).\n"
-               f"# TYPE {name} gauge\n")
-    out.extend([f"{name}{{{lab}}} {now - (now_mono - ns) / 1e9:.3f}\n" for lab, ns in zip(labels, last) if ns])
+    out.append(f"# HELP {_LAST_RX} When the last datagram from the peer was accepted (Unix time).\n"
+               f"# TYPE {_LAST_RX} gauge\n")
+    out.extend([f"{s[col]}{now - (now_mono - ns) / 1e9:.3f}\n"
+                for s, ns in zip(starts, peers["last_rx_ns"].tolist()) if ns])
     return "".join(out)
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"     # prometheus_client's CONTENT_TYPE_LATEST
 
 
+_PROCESS: List[Any] = []      # prometheus_client's process collector, made once (it reads /proc/stat)
+
+
 def render(state: State) -> bytes:
     """The whole /metrics page for `state` (imports prometheus_client on the first call)."""
     from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+    if not _PROCESS:
+        _PROCESS.append(ProcessCollector(namespace="fastflannel", registry=None))   # CPU, memory, fds
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(state))
-    ProcessCollector(namespace="fastflannel", registry=registry)   # CPU, memory, fds of the daemon
+    registry.register(_PROCESS[0])
     peers = state.data.peers if state.data is not None else None
     return generate_latest(registry) + _render_peers(peers).encode()

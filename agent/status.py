@@ -73,25 +73,25 @@ def collect_state(daemon: Daemon) -> State:
 
 
 def _peer_rows(st: State) -> List[Dict[str, Any]]:
+    """One row per peer lease (address order), with the fast path's counters of its route."""
     counted: Dict[str, Dict[str, Any]] = {}
     peers = st.data.peers if st.data is not None else None
-    if peers is not None:
+    if peers is not None and len(peers):
         now_mono, now = time.monotonic_ns(), time.time()
-        for rec in peers.tolist():
-            net, prefix, ip = rec[0], rec[1], rec[2]
-            c = dict(zip(peers.dtype.names[4:], rec[4:]))
-            subnet = f"{_ip(net)}/{prefix}"
-            counted[subnet] = {
-                "tx_packets": c["tx_packets"], "tx_bytes": c["tx_bytes"],
-                "rx_packets": c["rx_packets"], "rx_bytes": c["rx_bytes"],
-                "dropped": {"send_error": c["tx_dropped"], "spoofed": c["rx_spoofed"], "other": c["rx_dropped"]},
-                "last_seen": now - (now_mono - c["last_rx_ns"]) / 1e9 if c["last_rx_ns"] else None,
-                "route_public_ip": _ip(ip)}
+        cols = {name: peers[name].tolist() for name in peers.dtype.names}
+        for i, (net, prefix) in enumerate(zip(cols["net"], cols["prefix"])):
+            last = cols["last_rx_ns"][i]
+            counted[f"{_ip(net)}/{prefix}"] = {
+                "tx_packets": cols["tx_packets"][i], "tx_bytes": cols["tx_bytes"][i],
+                "rx_packets": cols["rx_packets"][i], "rx_bytes": cols["rx_bytes"][i],
+                "dropped": {"send_error": cols["tx_dropped"][i], "spoofed": cols["rx_spoofed"][i],
+                            "other": cols["rx_dropped"][i]},
+                "last_seen": now - (now_mono - last) / 1e9 if last else None}
     rows = []
     for lease in sorted(st.peers, key=lambda x: int(x.subnet.network_address)):
-        row: Dict[str, Any] = {"subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
-                               "expiration": lease.expiration}
-        row.update(counted.get(str(lease.subnet), {}))
+        subnet = str(lease.subnet)
+        row: Dict[str, Any] = {"subnet": subnet, "public_ip": str(lease.public_ip), "expiration": lease.expiration}
+        row.update(counted.get(subnet, ()))
         rows.append(row)
     return rows
 
