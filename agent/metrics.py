@@ -295,9 +295,11 @@ def _fast_path(d: DataPlane) -> Iterator[Any]:
     if not d.counters:
         return
     c = d.counters
-    pk = CounterMetricFamily("fastflannel_fastpath_packets", "Packets through the fast path (inner packets).",
+    where = ("the fast path's view: tun rx = read from the TUN, udp tx = sent to peers, udp rx = received "
+             "from peers, tun tx = written to the TUN")
+    pk = CounterMetricFamily("fastflannel_fastpath_packets", f"Inner packets through the fast path ({where}).",
                              labels=["device", "direction"])
-    by = CounterMetricFamily("fastflannel_fastpath_bytes", "Bytes through the fast path.",
+    by = CounterMetricFamily("fastflannel_fastpath_bytes", f"Bytes through the fast path ({where}).",
                              labels=["device", "direction"])
     for stem, labels in _FP_TRAFFIC.items():
         pk.add_metric(list(labels), c.get(f"{stem}_packets", 0))
