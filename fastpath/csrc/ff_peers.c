@@ -40,9 +40,12 @@ static int add_chunk(struct ff_fwd *fw)
     if (c >= FF_PEER_CHUNKS)
         return -ENOSPC;
     for (uint32_t i = 0; i < fw->nw; i++) {
-        struct ff_peer_row *rows = aligned_alloc(64, sizeof(*rows) * FF_PEER_CHUNK);
+        struct ff_peer_row *rows;
+        if (fw->w[i].pdir[c])
+            continue;            /* given by an earlier attempt that ran out of memory */
+        rows = aligned_alloc(64, sizeof(*rows) * FF_PEER_CHUNK);
         if (!rows)
-            return -ENOMEM;      /* the chunks given so far stay: they are freed at close */
+            return -ENOMEM;      /* the chunks given so far stay: the next attempt, or close, has them */
         memset(rows, 0, sizeof(*rows) * FF_PEER_CHUNK);
         fw->w[i].pdir[c] = rows;
     }

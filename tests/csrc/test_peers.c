@@ -5,7 +5,8 @@
  *     unknown senders by address, bounded (FF_UNKNOWN_SENDERS, then "other");
  *   - indices: a route keeps its index and counts across replace/add/remove; a freed index is
  *     reused only after the update that freed it, with zeroed counts; a changed peer address is
- *     a new index; the writer waits for a tun->udp batch that may still count into a freed index.
+ *     a new index; counts stay exact while tables are replaced under traffic; the writer waits
+ *     for a tun->udp batch that may still count into a freed index.
  * Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN for unshare); exits 77 (skipped) without. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -210,6 +211,37 @@ static void check_unknown(struct ff_fwd *fw, uint16_t port)
     CHECK_EQ(total + other, 80);
 }
 
+/* Counting goes on exactly while the table is replaced under it: route A in every table, the
+ * others coming and going (their indices freed and reused), traffic both ways through A. */
+static void check_churn(struct ff_fwd *fw, int peer_sock, uint16_t port, uint16_t myport)
+{
+    struct ff_route with[3] = {{NET_A, 16, LO(1), myport}, {NET_B, 16, LO(2), 8285}, {NET_C, 16, LO(3), 8285}};
+    struct ff_route without[2] = {{NET_A, 16, LO(1), myport}, {NET_D, 16, LO(4), 8285}};
+    struct ff_peer_stats a0 = peer(fw, NET_A);
+    uint8_t p[60], buf[2048];
+    int ks = udp_sock(TUN_ME, 0), got = 0;
+    ip4(p, 60, NET_A | 7, TUN_ME);
+    for (int round = 0; round < 200; round++) {
+        send_to(peer_sock, LO(1), port, p, 60);          /* udp->tun, from A */
+        send_to(ks, NET_A | 5, 9, buf, 100);             /* tun->udp, to A */
+        CHECK_EQ(round & 1 ? ff_fwd_replace_routes(fw, with, 3) : ff_fwd_replace_routes(fw, without, 2), 0);
+    }
+    while (got < 200) {
+        struct pollfd pfd = {peer_sock, POLLIN, 0};
+        if (poll(&pfd, 1, 2000) != 1)
+            break;
+        if (recv(peer_sock, buf, sizeof(buf), 0) == 128)
+            got++;
+    }
+    CHECK_EQ(got, 200);
+    CHECK_EQ(wait_peer(fw, NET_A, FF_PS_RX_PACKETS, a0.v[FF_PS_RX_PACKETS] + 200), a0.v[FF_PS_RX_PACKETS] + 200);
+    CHECK_EQ(wait_peer(fw, NET_A, FF_PS_TX_PACKETS, a0.v[FF_PS_TX_PACKETS] + 200), a0.v[FF_PS_TX_PACKETS] + 200);
+    CHECK_EQ(peer(fw, NET_A).v[FF_PS_TX_BYTES], a0.v[FF_PS_TX_BYTES] + 200 * 128);
+    CHECK_EQ(peer(fw, NET_A).pidx, a0.pidx);
+    CHECK_EQ(peer(fw, NET_B).v[FF_PS_RX_PACKETS], 0);   /* B came back: a fresh row */
+    close(ks);
+}
+
 /* The index of each route stays while the route does; freed ones are reused with zero counts. */
 static void check_indices(struct ff_fwd *fw, uint16_t myport)
 {
@@ -273,7 +305,7 @@ static int finished_within(struct update *u, int ms)
  * (nothing freed) must not wait for it, a removal must, until the batch ends. */
 static void check_quiescence(struct ff_fwd *fw)
 {
-    struct update a = {fw, NET_B, 1, 0}, r = {fw, NET_E, 0, 0};
+    struct update a = {fw, NET_E, 1, 0}, r = {fw, NET_C, 0, 0};
     pthread_t ta, tr;
     CHECK_EQ(ff_fwd_stop(fw), 0);
     __atomic_store_n(&fw->w[0].busy, fw->w[0].busy + 1, __ATOMIC_RELAXED);
@@ -317,6 +349,7 @@ static int run(uint32_t flags, uint32_t workers)
     CHECK_EQ(wait_peer(fw, NET_B, FF_PS_RX_PACKETS, 1), 1);
     check_unknown(fw, port);
     check_indices(fw, myport);
+    check_churn(fw, ps, port, myport);
     check_quiescence(fw);
     ff_fwd_close(fw);
     close(ps);
