@@ -199,9 +199,32 @@ def _answers(sock: str) -> bool:
         return False
 
 
+def test_etcd_outage_shows_in_metrics_and_status(lab):
+    """etcd stops under a running daemon: the watch fails (a reconnect counted), the state goes
+    unreachable; etcd comes back on the same data dir: connected again."""
+    cluster = Cluster(lab, seed_config("udp"), hosts=("h1",))
+    cluster.start_all()
+    cluster.wait_all()
+    sock = _sock(cluster, "h1")
+    state = lambda: scrape.status(sock)["etcd"]["state"]  # noqa: E731
+    assert wait_for(lambda: state() == "connected", 10)
+    before, _ = scrape.metrics(sock)
+    assert lab.etcd is not None
+    lab.etcd.stop()
+    assert wait_for(lambda: state() == "unreachable", 15), cluster.log("h1")[-2000:]
+    during, _ = scrape.metrics(sock)
+    assert scrape.value(during, "fastflannel_etcd_connection_state", endpoint=lab.etcd_endpoint,
+                        state="unreachable") == 1
+    assert scrape.value(during, "fastflannel_etcd_watch_reconnects_total", reason="error") > \
+        scrape.value(before, "fastflannel_etcd_watch_reconnects_total", reason="error")
+    assert f"etcd      {lab.etcd_endpoint}  unreachable" in _status_cli(cluster, "h1").stdout
+    lab.etcd.start(state=lab.etcd.state)
+    assert wait_for(lambda: state() == "connected", 20), cluster.log("h1")[-2000:]
+
+
 @pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
 def test_metrics_and_status_with_kernel_backends(lab, backend):
-    cluster = Cluster(lab, seed_config(backend), hosts=("h1", "h2"))
+    cluster = Cluster(lab, seed_config(backend), hosts=("h1", "h2"), extra_flags=["-ip-masq", "-iptables-resync=1"])
     cluster.start_all()
     cluster.wait_all()
     cluster.add_containers()
@@ -222,3 +245,20 @@ def test_metrics_and_status_with_kernel_backends(lab, backend):
     text = _status_cli(cluster, "h1").stdout
     assert f"{_subnet(cluster, 'h2')}  {cluster.hosts['h2'].ip}" in text
     assert f"the {backend} backend forwards in the kernel" in text
+    # repairs: someone deletes the route to h2 (and, for vxlan, h2's FDB entry); the 10 s check
+    # re-adds them and counts each; someone flushes the masquerade chain: the resync counts it
+    ns, h2 = cluster.hosts["h1"].ns, _subnet(cluster, "h2")
+    lab.sh(ns, f"ip route del {h2}")
+    if backend == "vxlan":
+        lab.sh(ns, "bridge fdb show dev flannel.100 | grep dst | while read mac rest; do "
+                   "bridge fdb del $mac dev flannel.100 $rest; done")
+    lab.sh(ns, "iptables -t nat -F FLANNEL-POSTRTG")
+    sock = _sock(cluster, "h1")
+    repairs = lambda obj: scrape.value(scrape.metrics(sock)[0], "fastflannel_backend_repairs_total",  # noqa: E731
+                                       object=obj)
+    assert wait_for(lambda: repairs("route") == 1, 15), cluster.log("h1")[-2000:]
+    assert repairs("fdb") == (1 if backend == "vxlan" else 0) and repairs("neighbour") == 0
+    after, _ = scrape.metrics(sock)
+    assert scrape.value(after, "fastflannel_iptables_resyncs_total", rules="ip-masq") >= 1
+    assert scrape.value(after, "fastflannel_iptables_resyncs_total", rules="forward") == 0
+    assert cluster.ping("h1", "h2", timeout=5)
