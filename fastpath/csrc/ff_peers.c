@@ -45,7 +45,7 @@ static int add_chunk(struct ff_fwd *fw)
             continue;            /* given by an earlier attempt that ran out of memory */
         rows = aligned_alloc(64, sizeof(*rows) * FF_PEER_CHUNK);
         if (!rows)
-            return -ENOMEM;      /* the chunks given so far stay: the next attempt, or close, has them */
+            return -ENOMEM;      /* the chunks given so far stay for the next attempt (or close) */
         memset(rows, 0, sizeof(*rows) * FF_PEER_CHUNK);
         fw->w[i].pdir[c] = rows;
     }
@@ -221,7 +221,7 @@ static void sum_row(const struct ff_fwd *fw, uint32_t pidx, uint64_t v[FF_PS__CO
 {
     memset(v, 0, sizeof(uint64_t) * FF_PS__COUNT);
     for (uint32_t i = 0; i < fw->nw; i++) {
-        const uint64_t *c = fw->w[i].pdir[pidx >> FF_PEER_CHUNK_SHIFT][pidx & (FF_PEER_CHUNK - 1)].v;
+        const uint64_t *c = ff_peer_ctrs(&fw->w[i], pidx);
         for (int k = 0; k < FF_PS__COUNT; k++) {
             uint64_t x = __atomic_load_n(&c[k], __ATOMIC_RELAXED);
             if (k == FF_PS_LAST_RX_NS)

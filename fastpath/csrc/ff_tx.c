@@ -242,7 +242,8 @@ static void count_send_error(struct ff_worker *w, const struct ff_gso_group *g)
 
 /* EIO on a UDP_SEGMENT train: GSO off for this worker's socket (once counted), the train resent
  * one datagram at a time. */
-static void gso_refused(struct ff_worker *w, const struct msghdr *train, const struct ff_gso_group *g)
+static void gso_refused(struct ff_worker *w, const struct msghdr *train,
+                        const struct ff_gso_group *g)
 {
     if (!__atomic_load_n(&w->tx.gso_off, __ATOMIC_RELAXED)) {
         __atomic_store_n(&w->tx.gso_off, 1, __ATOMIC_RELAXED);
@@ -252,10 +253,10 @@ static void gso_refused(struct ff_worker *w, const struct msghdr *train, const s
 }
 
 /* sendmmsg m messages; groups says which segments (tx->peer, for the route) and how many inner
- * packets each carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped, except that EIO
- * on a GSO message (UDP GSO refused by the kernel or the device) turns GSO off for this
- * worker's socket and the train is sent again one datagram at a time; EMSGSIZE/EINVAL on a GSO
- * message (a segment above the path MTU) resends that train one datagram at a time. */
+ * packets each carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped,
+ * except that EIO on a GSO message (UDP GSO refused by the kernel or the device) turns GSO off
+ * for this worker's socket and the train is sent again one datagram at a time; EMSGSIZE/EINVAL
+ * on a GSO message (a segment above the path MTU) resends that train one datagram at a time. */
 static void send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
                       const struct ff_gso_group *groups)
 {

@@ -53,7 +53,8 @@ static void ip4(uint8_t *p, size_t total, uint32_t src, uint32_t dst)
 
 static int udp_sock(uint32_t ip, uint16_t port)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(ip)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(ip)};
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     CHECK(s >= 0 && bind(s, (struct sockaddr *)&sa, sizeof(sa)) == 0);
     return s;
@@ -69,7 +70,8 @@ static uint16_t sock_port(int s)
 
 static void send_to(int s, uint32_t ip, uint16_t port, const void *p, size_t len)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(ip)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(ip)};
     CHECK_EQ(sendto(s, p, len, 0, (struct sockaddr *)&sa, sizeof(sa)), (ssize_t)len);
 }
 
@@ -215,16 +217,20 @@ static void check_unknown(struct ff_fwd *fw, uint16_t port)
  * others coming and going (their indices freed and reused), traffic both ways through A. */
 static void check_churn(struct ff_fwd *fw, int peer_sock, uint16_t port, uint16_t myport)
 {
-    struct ff_route with[3] = {{NET_A, 16, LO(1), myport}, {NET_B, 16, LO(2), 8285}, {NET_C, 16, LO(3), 8285}};
+    struct ff_route with[3] = {{NET_A, 16, LO(1), myport}, {NET_B, 16, LO(2), 8285},
+                               {NET_C, 16, LO(3), 8285}};
     struct ff_route without[2] = {{NET_A, 16, LO(1), myport}, {NET_D, 16, LO(4), 8285}};
     struct ff_peer_stats a0 = peer(fw, NET_A);
     uint8_t p[60], buf[2048];
     int ks = udp_sock(TUN_ME, 0), got = 0;
-    ip4(p, 60, NET_A | 7, TUN_ME);
+    uint64_t rx0 = a0.v[FF_PS_RX_PACKETS], tx0 = a0.v[FF_PS_TX_PACKETS];
+    ip4(p, 60, NET_A | 7, TUN_ME);           /* UDP length 0: the kernel drops it, no ICMP back */
+    memset(buf, 0x5a, sizeof(buf));
     for (int round = 0; round < 200; round++) {
         send_to(peer_sock, LO(1), port, p, 60);          /* udp->tun, from A */
         send_to(ks, NET_A | 5, 9, buf, 100);             /* tun->udp, to A */
-        CHECK_EQ(round & 1 ? ff_fwd_replace_routes(fw, with, 3) : ff_fwd_replace_routes(fw, without, 2), 0);
+        CHECK_EQ(round & 1 ? ff_fwd_replace_routes(fw, with, 3)
+                           : ff_fwd_replace_routes(fw, without, 2), 0);
     }
     while (got < 200) {
         struct pollfd pfd = {peer_sock, POLLIN, 0};
@@ -234,8 +240,8 @@ static void check_churn(struct ff_fwd *fw, int peer_sock, uint16_t port, uint16_
             got++;
     }
     CHECK_EQ(got, 200);
-    CHECK_EQ(wait_peer(fw, NET_A, FF_PS_RX_PACKETS, a0.v[FF_PS_RX_PACKETS] + 200), a0.v[FF_PS_RX_PACKETS] + 200);
-    CHECK_EQ(wait_peer(fw, NET_A, FF_PS_TX_PACKETS, a0.v[FF_PS_TX_PACKETS] + 200), a0.v[FF_PS_TX_PACKETS] + 200);
+    CHECK_EQ(wait_peer(fw, NET_A, FF_PS_RX_PACKETS, rx0 + 200), rx0 + 200);
+    CHECK_EQ(wait_peer(fw, NET_A, FF_PS_TX_PACKETS, tx0 + 200), tx0 + 200);
     CHECK_EQ(peer(fw, NET_A).v[FF_PS_TX_BYTES], a0.v[FF_PS_TX_BYTES] + 200 * 128);
     CHECK_EQ(peer(fw, NET_A).pidx, a0.pidx);
     CHECK_EQ(peer(fw, NET_B).v[FF_PS_RX_PACKETS], 0);   /* B came back: a fresh row */
