@@ -70,8 +70,9 @@ setup(
               "fastflannel.lab.programs"],
     package_dir={"fastflannel.agent": "agent", "fastflannel.fastpath": "fastpath", "fastflannel.lab": "lab"},
     package_data={"fastflannel.fastpath": ["_fastpath.pyi", "*.pxd", "py.typed"]},
-    # the extension's sources (csrc/*.c, the generated _fastpath.c) are in the sdist, not the wheel
-    exclude_package_data={"fastflannel.fastpath": ["*.c", "csrc/*"]},
+    # the extension's sources (csrc/*.c, .pyx/.pxi, the generated .c) and the dev-only _testing stubs
+    # are in the sdist, not the wheel
+    exclude_package_data={"fastflannel.fastpath": ["*.c", "csrc/*", "*.pyx", "*.pxi", "_testing.*"]},
     ext_modules=cythonize(EXTENSIONS, language_level=3, include_path=["fastpath"],
                           compiler_directives={"boundscheck": False, "wraparound": False}),
     cmdclass={"build_ext": BuildExt},

@@ -23,16 +23,16 @@ from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
 from .config import NetworkConfig, parse_config
 from .errors import ConfigError, DaemonError, EtcdUnreachable, RegistryError
 from .flags import Options
-from .lease import Lease, LeaseEvent
+from .lease import Lease, LeaseEvent, vtep_mac
 from .peers import PeerTracker
 from .registry_api import Registry
 from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_subnet_file
 from .subnets import LeaseKeeper, SubnetManager
 
 if TYPE_CHECKING:
+    from .etcd_options import EtcdOptions
     from .healthz import HealthServer, StatusSocket
     from .ipmasq import ForwardRules, IPMasq
-    from .registry import EtcdOptions
 
 log = logging.getLogger("fastflannel")
 
@@ -51,7 +51,7 @@ def backend_options(opts: Options) -> BackendOptions:
 
 
 def etcd_options(opts: Options) -> EtcdOptions:
-    from .registry import EtcdOptions
+    from .etcd_options import EtcdOptions  # not .registry: a daemon on the v2 store never loads grpc
     return EtcdOptions(endpoints=list(opts.etcd_endpoints), prefix=opts.etcd_prefix,
                        keyfile=opts.etcd_keyfile or None, certfile=opts.etcd_certfile or None,
                        cafile=opts.etcd_cafile or None, username=opts.etcd_username or None,
@@ -128,7 +128,8 @@ class Daemon:
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)
-        self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), PeerTracker(lease.subnet)))
+        tracker = PeerTracker(lease.subnet, lease.attrs, cfg)     # lease admission (agent/peers.py)
+        self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), tracker))
 
     def _run_peers(self, registry: Registry, run: _Running) -> None:
         """The peers as listed now, then the watch and the lease keeper in their threads."""
@@ -136,8 +137,9 @@ class Daemon:
         leases, rev = registry.list_leases()
         run.tracker.reset(leases)
         # The full set, so state for peers that vanished while we were down is removed (flannel
-        # leaves it behind, docs/flannel-compat.md §"Watch").
-        run.backend.sync_peers(run.tracker.leases())
+        # leaves it behind, docs/flannel-compat.md §"Watch"); what fails is repaired by check().
+        self._guarded(lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync")
+        self._resolve_mac_conflicts(run)
         self._mark("peers")
         self._spawn("lease-watch", self._watch, registry, run, rev)
         self._spawn("lease-keeper", run.keeper.run, self.stop)
@@ -160,8 +162,9 @@ class Daemon:
         """The registry, connected (retrying every second while etcd is unreachable) unless
         stop was set first."""
         if self.registry is None:
-            from .registry import EtcdRegistry
-            self.registry = EtcdRegistry(etcd_options(self.opts))
+            # -etcd-api: the v3 store, the v2 store, or (auto) the one holding the config.
+            from .store_select import StoreSelector
+            self.registry = StoreSelector(etcd_options(self.opts), self.opts.etcd_api)
         registry, warned = self.registry, False
         while not self.stop.is_set():
             try:
@@ -191,16 +194,30 @@ class Daemon:
                 log.info("Network config: %s", raw.strip() if isinstance(raw, str) else raw)
                 return cfg
             if not hinted:
-                log.error("Couldn't fetch network config: flannel config not found in etcd store "
-                          "(%s). Did you create your config using etcdv3 API?", key)
-                v2 = self._config_in_v2(registry)
-                if v2 is not None:
-                    log.error("The config exists only in the etcd v2 store (written with the old "
-                              "`etcdctl set`). Write it with the v3 API: ETCDCTL_API=3 etcdctl put %s %s",
-                              key, shlex.quote(v2.strip()))
+                for line in self._config_missing(registry, key):
+                    log.error("%s", line)
                 hinted = True
             self.stop.wait(CONFIG_RETRY_S)
         return None
+
+    def _config_missing(self, registry: Registry, key: str) -> List[str]:
+        """What to say, once, while no config is found: flannel's message for the store in use,
+        and where the config could be instead (-etcd-api, docs/flannel-compat.md §"The etcd v2 store")."""
+        if self.opts.etcd_api == "v2":
+            return [f"Couldn't fetch network config: flannel config not found in the etcd v2 store ({key}). "
+                    f"Write it as flanneld < v0.18 reads it: ETCDCTL_API=2 etcdctl set {key} '<config JSON>'"]
+        lines = [f"Couldn't fetch network config: flannel config not found in etcd store ({key}). "
+                 "Did you create your config using etcdv3 API?"]
+        if self.opts.etcd_api == "auto":
+            lines.append("It is not in the etcd v2 store either, where flanneld v0.6-v0.13 keep it (etcd >= 3.4 "
+                         "serves that store only with --enable-v2); the daemon runs on whichever store holds it")
+            return lines
+        v2 = self._config_in_v2(registry)
+        if v2 is not None:
+            lines.append("The config exists only in the etcd v2 store (written with `etcdctl set`), which "
+                         "-etcd-api=v3 ignores: drop -etcd-api=v3 to run on that store, or write it with the v3 "
+                         f"API: ETCDCTL_API=3 etcdctl put {key} {shlex.quote(v2.strip())}")
+        return lines
 
     @staticmethod
     def _config_in_v2(registry: Registry) -> Optional[str]:
@@ -262,13 +279,37 @@ class Daemon:
                     run.keeper.on_event(ev)
                 else:
                     others.append(ev)
-            for ev in run.tracker.apply(others):
-                # One peer that cannot be programmed must not take the others down; the backend's
-                # periodic check() retries it.
-                fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
-                self._apply(ev.kind, functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}", t0)
+            self._dispatch(run, run.tracker.apply(others), t0)
+            self._resolve_mac_conflicts(run)
             if others:
                 self._mark("last_peer_event")
+
+    def _dispatch(self, run: _Running, events: List[LeaseEvent], t0: float) -> None:
+        """Peer events into the backend, each counted and timed from t0 (_apply)."""
+        for ev in events:
+            # One peer that cannot be programmed must not take the others down; the backend's
+            # periodic check() retries it.
+            fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
+            self._apply(ev.kind, functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}", t0)
+
+    def _resolve_mac_conflicts(self, run: _Running) -> None:
+        """Another host announces our VTEP MAC (a cloned VM, a shared state dir): the kernel
+        would never sort it out, so take a new MAC and announce it (docs/architecture.md
+        §"Lease admission")."""
+        conflicts = run.tracker.take_mac_conflicts()
+        replace = getattr(run.backend, "replace_vtep_mac", None)
+        if not conflicts or replace is None:
+            return
+        for lease in conflicts:
+            log.error("Host %s (lease %s) announces this host's VTEP MAC %s; taking a new MAC",
+                      lease.public_ip, lease.key, vtep_mac(lease.attrs))
+        try:
+            attrs = replace()
+        except Exception as e:  # a bug: say so, keep running with the old MAC
+            log.error("Cannot take a new VTEP MAC: %s", e)
+            return
+        run.keeper.announce(attrs)
+        self._dispatch(run, run.tracker.set_own_attrs(attrs), time.monotonic())
 
     def _loop(self) -> None:
         run = self.running

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import urllib.parse
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import etcd3
@@ -21,6 +19,7 @@ from etcd3 import etcdrpc
 
 from . import metrics
 from .errors import EtcdUnreachable, RegistryError
+from .etcd_options import EtcdOptions, parse_endpoint
 
 log = logging.getLogger("fastflannel.registry")
 
@@ -40,19 +39,6 @@ _UNREACHABLE_EXC = (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.Con
                     etcd3.exceptions.NoServerAvailableError)
 
 
-@dataclass
-class EtcdOptions:
-    endpoints: list[str] = field(
-        default_factory=lambda: ["http://127.0.0.1:4001", "http://127.0.0.1:2379"])
-    prefix: str = "/coreos.com/network"
-    keyfile: str | None = None
-    certfile: str | None = None
-    cafile: str | None = None
-    username: str | None = None
-    password: str | None = None
-    timeout_s: float = 5.0       # every request's deadline, and the least a connection attempt gets
-
-
 def grpc_options(connect_timeout_s: float) -> list[tuple[str, int]]:
     return [
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MIN_MS),
@@ -70,18 +56,6 @@ def grpc_options(connect_timeout_s: float) -> list[tuple[str, int]]:
         # etcd (PermitWithoutStream=false) counts a ping on a connection without a call as abuse.
         ("grpc.keepalive_permit_without_calls", 0),
     ]
-
-
-def parse_endpoint(url: str) -> tuple[str, str, int]:
-    """`https://host:port` -> (scheme, host, port); etcd's client port when none is given."""
-    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RegistryError(f"bad etcd endpoint {url!r}: want http(s)://host:port")
-    try:
-        port = parts.port or 2379
-    except ValueError:
-        raise RegistryError(f"bad etcd endpoint {url!r}: bad port") from None
-    return parts.scheme, parts.hostname, port
 
 
 def _grpc_error(e: BaseException) -> grpc.RpcError | None:

@@ -15,6 +15,7 @@ an empty `-etcd-endpoints` list).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -26,6 +27,7 @@ MAX_WORKERS = 64                    # TUN queues per fast path (fastpath MAX_WOR
 # -fastpath-disable: offload parts that can be switched off one by one (a kernel bug in one of
 # them, docs/fastpath.md); fastpath.Forwarder.open takes them as keywords with "_" for "-".
 OFFLOAD_PARTS = ("tun-tso", "udp-gso", "udp-gro", "tcp-gro")
+ETCD_APIS = ("auto", "v2", "v3")    # -etcd-api (agent/store_select.py API_CHOICES)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Options:
     etcd_cafile: str = ""
     etcd_username: str = ""
     etcd_password: str = ""
+    etcd_api: str = "auto"                          # fastflannel: auto | v2 | v3 (agent/store_select.py)
     iface: List[str] = field(default_factory=list)
     iface_regex: List[str] = field(default_factory=list)
     iface_can_reach: str = ""
@@ -98,6 +101,8 @@ _FLAGS: Tuple[_Flag, ...] = (
     _Flag("etcd-cafile", "str", "SSL Certificate Authority file used to secure etcd communication"),
     _Flag("etcd-username", "str", "username for BasicAuth to etcd"),
     _Flag("etcd-password", "str", "password for BasicAuth to etcd"),
+    _Flag("etcd-api", "str", "fastflannel: the etcd store: v3 (flanneld v0.18+), v2 (flanneld v0.6-v0.13; "
+          "etcd >= 3.4 needs --enable-v2) or auto (the store that holds the config; v3 when both do)"),
     _Flag("iface", "list", "interface to use (IP or name) for inter-host communication; repeatable",
           repeatable=True),
     _Flag("iface-regex", "list", "regex expression to match the first interface to use (IP or name) "
@@ -145,24 +150,25 @@ def _go_bool(text: str) -> bool:
     raise ValueError("parse error")
 
 
+# strconv.ParseInt(s, 0, 64) takes Go's integer literals: ASCII digits, an optional sign, a 0x/0o/0b
+# prefix or a leading 0 for octal, underscores only between digits (or right after a prefix).
+# Python's int() would also take Unicode digits and surrounding whitespace.
+_GO_INT_RE = re.compile(r"[+-]?(?:0[xX](?:_?[0-9a-fA-F])+|0[bB](?:_?[01])+|0[oO](?:_?[0-7])+"
+                        r"|0(?:_?[0-7])*|[1-9](?:_?[0-9])*)")
+
+
 def _go_int(text: str) -> int:
-    """strconv.ParseInt(s, 0, 64): optional sign, 0x/0o/0b prefixes, a leading 0 means octal,
-    underscores between digits."""
-    s = text
-    sign = 1
-    if s[:1] in "+-" and s:
-        sign, s = (-1 if s[0] == "-" else 1), s[1:]
-    if not s or not (s[0].isdigit()) or s.startswith("_") or s.endswith("_") or "__" in s:
+    """strconv.ParseInt(s, 0, 64), with Go's flag package's error words."""
+    if not _GO_INT_RE.fullmatch(text):
         raise ValueError("parse error")
-    try:
-        if s[:2].lower() in ("0x", "0o", "0b"):
-            value = int(s, 0)
-        elif len(s) > 1 and s[0] == "0":
-            value = int(s[1:].lstrip("_"), 8)
-        else:
-            value = int(s, 10)
-    except ValueError:
-        raise ValueError("parse error") from None
+    sign = -1 if text[0] == "-" else 1
+    s = text.lstrip("+-").replace("_", "")
+    if s[:2].lower() in ("0x", "0o", "0b"):
+        value = int(s, 0)
+    elif len(s) > 1 and s[0] == "0":
+        value = int(s, 8)
+    else:
+        value = int(s, 10)
     value *= sign
     if not -(1 << 63) <= value < (1 << 63):
         raise ValueError("value out of range")
@@ -254,6 +260,8 @@ def _validate(opts: Options) -> None:
                         "(use etcd: drop -kube-subnet-mgr)")
     if not opts.etcd_endpoints:
         raise FlagError("-etcd-endpoints: no etcd endpoint given")
+    if opts.etcd_api not in ETCD_APIS:
+        raise FlagError(f"-etcd-api must be one of {', '.join(ETCD_APIS)}, got {_q(opts.etcd_api)}")
     if opts.iptables_resync < 1:
         raise FlagError(f"-iptables-resync must be at least 1 second, got {opts.iptables_resync}")
     if not 0 <= opts.healthz_port <= 65535:

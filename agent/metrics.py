@@ -216,7 +216,9 @@ _FP_TRAFFIC = {"tun_rx": ("tun", "rx"), "udp_tx": ("udp", "tx"), "udp_rx": ("udp
 _FP_SINGLE = {"icmp_sent": ("fastflannel_fastpath_icmp_sent", "ICMP net-unreachable messages sent into the TUN."),
               "tun_gso_frames": ("fastflannel_fastpath_tun_gso_frames", "TSO superframes read from the TUN."),
               "tun_gro_merged": ("fastflannel_fastpath_tun_gro_merged_packets",
-                                 "Received packets merged into a larger TUN write.")}
+                                 "Received packets merged into a larger TUN write."),
+              "icmp_suppressed": ("fastflannel_fastpath_icmp_suppressed",
+                                  "ICMP net-unreachable messages not sent: over the rate limit.")}
 _DEVICE_STATS = (("packets", "fastflannel_device_packets", "Packets through the device"),
                  ("bytes", "fastflannel_device_bytes", "Bytes through the device"),
                  ("errors", "fastflannel_device_errors", "Device errors"),
@@ -358,8 +360,11 @@ PEER_FAMILIES = (
     ("fastflannel_peer_bytes_total", "counter", "Bytes (inner IPv4 total length) sent to / accepted from a peer.",
      [('direction="tx"', "tx_bytes"), ('direction="rx"', "rx_bytes")]),
     ("fastflannel_peer_dropped_packets_total", "counter",
-     "Packets to or from a peer dropped: send_error (to it), spoofed and other (from its address).",
-     [('reason="send_error"', "tx_dropped"), ('reason="spoofed"', "rx_spoofed"), ('reason="other"', "rx_dropped")]),
+     "Packets to or from a peer dropped: send_error (to it); spoofed, dst_special, dst_foreign and other "
+     "(from its address; the fast path's reasons of the same names).",
+     [('reason="send_error"', "tx_dropped"), ('reason="spoofed"', "rx_spoofed"),
+      ('reason="dst_special"', "rx_dst_special"), ('reason="dst_foreign"', "rx_dst_foreign"),
+      ('reason="other"', "rx_dropped")]),
 )
 
 

@@ -2,8 +2,10 @@
 
 `LeaseStore` is the part the lease policy (`subnets.SubnetManager`, `LeaseKeeper`) calls;
 `Registry` adds connecting, the network config and the lease watch, which the daemon calls
-(flannel's `pkg/subnet` Registry interface, v3 only). The etcd v3 registry (`registry.EtcdRegistry`)
-and the test fake (`tests/support/fakeregistry.py`) both satisfy `Registry`; mypy checks both.
+(flannel's `pkg/subnet` Registry interface). The etcd v3 registry (`registry.EtcdRegistry`), the
+etcd v2 one (`registry_v2.EtcdV2Registry`), the daemon's choice of the two
+(`store_select.StoreSelector`) and the test fake (`tests/support/fakeregistry.py`) satisfy
+`Registry`; mypy checks them all.
 See docs/architecture.md §"The registry contract" and docs/flannel-compat.md §"Keys".
 """
 from __future__ import annotations

@@ -85,7 +85,8 @@ def _peer_rows(st: State) -> List[Dict[str, Any]]:
                 "tx_packets": cols["tx_packets"][i], "tx_bytes": cols["tx_bytes"][i],
                 "rx_packets": cols["rx_packets"][i], "rx_bytes": cols["rx_bytes"][i],
                 "dropped": {"send_error": cols["tx_dropped"][i], "spoofed": cols["rx_spoofed"][i],
-                            "other": cols["rx_dropped"][i]},
+                            "dst_special": cols["rx_dst_special"][i],
+                            "dst_foreign": cols["rx_dst_foreign"][i], "other": cols["rx_dropped"][i]},
                 "last_seen": now - (now_mono - last) / 1e9 if last else None}
     rows = []
     for lease in sorted(st.peers, key=lambda x: int(x.subnet.network_address)):

@@ -28,7 +28,7 @@ cdef extern from "ff_fwd.h" nogil:
     struct ff_peer_stats:
         ff_route route
         uint32_t pidx
-        uint64_t v[8]
+        uint64_t v[10]
 
     struct ff_sender_stats:
         uint32_t ip
@@ -44,6 +44,7 @@ cdef extern from "ff_fwd.h" nogil:
         uint32_t flags
         uint32_t workers
         uint32_t refuse
+        uint8_t tun_prefix
 
     struct ff_fwd:
         pass

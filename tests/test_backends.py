@@ -88,7 +88,7 @@ def test_hostgw_refuses_nat():
 
 
 def test_vxlan_mtu_and_lease_attrs_without_kernel(tmp_path):
-    (tmp_path / "vxlan-1.mac").write_text("0e:00:00:00:00:01\n")
+    (tmp_path / "vxlan-1-10.1.1.1.mac").write_text("0e:00:00:00:00:01\n")
     opts = BackendOptions(state_dir=str(tmp_path))
     be = new_backend(_ext(mtu=9001), _cfg("vxlan"), opts)
     assert be.name == "vxlan" and be.mtu() == 8951 and be.stats() == {}

@@ -153,11 +153,12 @@ def test_missing_config_waits_with_v3_hint_then_proceeds(lab):
     assert code == "200" and {"udp_rx_packets", "no_route", "spoofed"} <= set(stats), stats
 
 
-def test_config_only_in_v2_store_prints_the_v3_command(lab):
+def test_config_only_in_v2_store_prints_the_v3_command_when_v3_is_forced(lab):
+    # By default the daemon runs on the v2 store then (tests/test_cluster_v2.py).
     lab.start_etcd(["--enable-v2"])
     lab.etcdctl("set", f"{PREFIX}/config", SEED_CONFIG_UDP, api="2")
     cluster = Cluster(lab, None, hosts=("h1",))
-    p = cluster.start("h1")
+    p = cluster.start("h1", extra=["-etcd-api=v3"])
     want = f"ETCDCTL_API=3 etcdctl put {PREFIX}/config '{SEED_CONFIG_UDP}'"
     assert wait_for(lambda: want in cluster.log("h1"), 15), cluster.log("h1")
     assert "only in the etcd v2 store" in cluster.log("h1")

@@ -18,8 +18,8 @@ from fastflannel.agent.lease import Lease, LeaseAttrs
 from fastflannel.agent.status import State
 from support import scrape
 
-PEER_FIELDS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_spoofed", "rx_dropped",
-               "last_rx_ns")
+PEER_FIELDS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_spoofed", "rx_dst_special",
+               "rx_dst_foreign", "rx_dropped", "last_rx_ns")
 PEER_DTYPE = np.dtype([("net", "<u4"), ("prefix", "u1"), ("peer_ip", "<u4"), ("peer_port", "<u2")]
                       + [(f, "<u8") for f in PEER_FIELDS], align=True)   # the fast path's PEER_DTYPE
 
@@ -32,7 +32,8 @@ def _peers(n: int) -> np.ndarray:
     a = np.zeros(n, dtype=PEER_DTYPE)
     for i in range(n):
         a[i] = (_ip("10.10.0.0") + (i << 12), 20, _ip("192.0.2.0") + 10 + i, 8285,
-                100 + i, (100 + i) * 1028, i % 3, 200 + i, (200 + i) * 84, i % 2, 0, 0 if i == 0 else 123)
+                100 + i, (100 + i) * 1028, i % 3, 200 + i, (200 + i) * 84, i % 2, i % 4, 2 * i, 0,
+                0 if i == 0 else 123)
     return a
 
 
@@ -102,6 +103,26 @@ def test_direct_peer_rendering_gives_what_prometheus_client_would():
     # one last-receive sample per peer heard from (row 0 never was)
     assert len(last) == 4 and all(v > 1e9 for v in last.values())
     assert metrics._render_peers(peers[:0]) == "" and metrics._render_peers(None) == ""
+    # the fast path's decap reasons, per peer: 10.10.48.0/20 (row 3) sent 3 to a special address, 6 outside us
+    drops = {dict(k[1])["reason"]: v for k, v in ours.items()
+             if k[0] == "fastflannel_peer_dropped_packets_total" and ("subnet", "10.10.48.0/20") in k[1]}
+    assert drops == {"send_error": 0, "spoofed": 1, "dst_special": 3, "dst_foreign": 6, "other": 0}
+
+
+def test_every_fast_path_drop_reason_and_counter_has_its_series():
+    """The real fast path's reasons (the decap checks' dst_special and dst_foreign among them) are
+    drops by reason; icmp_suppressed has a family of its own."""
+    from fastflannel.fastpath import DROP_REASONS, STAT_NAMES
+    assert {"dst_special", "dst_foreign", "spoofed", "unknown_sender"} <= set(DROP_REASONS)
+    counters = {name: 10 + i for i, name in enumerate(STAT_NAMES)}
+    st = _state(_peers(1), counters)
+    st.data.drop_reasons = DROP_REASONS
+    series, _ = scrape.parse(metrics.render(st).decode())
+    for reason in DROP_REASONS:
+        assert scrape.value(series, "fastflannel_fastpath_dropped_packets_total", reason=reason) == counters[reason]
+    assert scrape.value(series, "fastflannel_fastpath_icmp_suppressed_total") == counters["icmp_suppressed"]
+    assert not [k for k in series if k[0].startswith("fastflannel_fastpath_") and "icmp_suppressed" in k[0]
+                and k[0] != "fastflannel_fastpath_icmp_suppressed_total"]
 
 
 def _state(peers=None, counters=None) -> State:

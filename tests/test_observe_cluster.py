@@ -97,7 +97,7 @@ def test_per_peer_counters_move_by_exactly_the_packets_sent(lab, flags):
     fp = lambda s, d, k: scrape.value(s, f"fastflannel_fastpath_{k}_total", device="udp", direction=d)  # noqa: E731
     assert fp(t1, "tx", "packets") - fp(s1, "tx", "packets") == FLOW_N
     assert fp(t2, "rx", "bytes") - fp(s2, "rx", "bytes") == FLOW_N * INNER_LEN
-    for reason in ("send_error", "spoofed", "other"):
+    for reason in ("send_error", "spoofed", "dst_special", "dst_foreign", "other"):
         assert _peer(t2, "fastflannel_peer_dropped_packets_total", cluster, "h1", reason=reason) == 0
     # one series per live peer, and the rest of the page
     assert set(scrape.named(t1, "fastflannel_peer_packets_total")) == {

@@ -16,8 +16,8 @@ from fastflannel.agent import metrics
 from fastflannel.agent.lease import Lease, LeaseAttrs
 from fastflannel.agent.status import State, format_status, socket_path, status_doc
 
-FIELDS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_spoofed", "rx_dropped",
-          "last_rx_ns")
+FIELDS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_spoofed", "rx_dst_special",
+          "rx_dst_foreign", "rx_dropped", "last_rx_ns")
 DTYPE = np.dtype([("net", "<u4"), ("prefix", "u1"), ("peer_ip", "<u4"), ("peer_port", "<u2")]
                  + [(f, "<u8") for f in FIELDS], align=True)
 
@@ -32,7 +32,7 @@ def _state(with_counters: bool) -> State:
     if with_counters:
         peers = np.zeros(1, dtype=DTYPE)
         peers[0] = (int(ipaddress.ip_address("10.10.32.0")), 20, int(ipaddress.ip_address("192.0.2.11")), 8285,
-                    1234567, 1_500_000_000, 1, 42, 4200, 2, 3, time.monotonic_ns() - 2_000_000_000)
+                    1234567, 1_500_000_000, 1, 42, 4200, 2, 4, 5, 3, time.monotonic_ns() - 2_000_000_000)
     return State(ready=True, started=now - 3700, lease=_lease("10.10.16.0/20", "192.0.2.10", now + 7200),
                  network="10.0.0.0/8", backend_type="udp" if with_counters else "vxlan",
                  backend={"device": "flannel0", "port": 8285, "offload": {"tun_tso": True, "udp_gso": False}},
@@ -48,7 +48,7 @@ def test_doc_joins_leases_with_counters():
     assert [p["subnet"] for p in doc["peers"]] == ["10.10.32.0/20", "10.10.48.0/20"]   # address order
     counted, uncounted = doc["peers"]
     assert (counted["tx_packets"], counted["rx_bytes"], counted["dropped"]) == \
-        (1234567, 4200, {"send_error": 1, "spoofed": 2, "other": 3})
+        (1234567, 4200, {"send_error": 1, "spoofed": 2, "dst_special": 4, "dst_foreign": 5, "other": 3})
     assert abs(time.time() - counted["last_seen"] - 2.0) < 0.5
     assert "tx_packets" not in uncounted            # no route in the fast path (yet): no counters
     assert doc["per_peer_counters"] and doc["lease"]["public_ip"] == "192.0.2.10"
@@ -67,7 +67,7 @@ def test_table_at_a_glance():
     assert lines[head].split() == ["PEER", "SUBNET", "PUBLIC", "IP", "TX", "PACKETS", "TX", "BYTES", "RX",
                                    "PACKETS", "RX", "BYTES", "DROPPED", "LAST", "SEEN"]
     assert lines[head + 1].split() == ["10.10.32.0/20", "192.0.2.11", "1,234,567", "1.4", "GiB", "42", "4.1", "KiB",
-                                       "6", "2.0s", "ago"]
+                                       "15", "2.0s", "ago"]
     assert lines[head + 2].split()[:3] == ["10.10.48.0/20", "192.0.2.12", "-"]
 
 

@@ -6,6 +6,11 @@ A route with the same destination but another gateway or device is replaced, an 
 left alone; every check() (the daemon calls it every 10 s) re-adds routes that went missing;
 sync_peers() also removes routes inside Network through the external interface that belong to no
 live lease (flannel leaves those behind after a restart).
+
+Nothing is shared between peers: two leases with the same PublicIP (a copied lease) have one
+route each, to their own subnet, so removing one never touches the other's. A lease outside
+Network is never routed (docs/architecture.md §"Lease admission"), and an error in one peer's
+route never stops the others'.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
+from ..peers import network_problem
 from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.hostgw")
@@ -61,15 +67,15 @@ class HostGwBackend:
     def remove_peer(self, lease: Lease) -> None:
         with self._lock:
             gw = self.routes.pop(lease.subnet, None)
-            if gw is None and lease.attrs is not None:
-                gw = lease.attrs.public_ip
+            if gw is None and lease.attrs is not None and self._gateway(lease) is not None:
+                gw = lease.attrs.public_ip          # never seen (removed before we started)
             if gw is None:
                 return
             log.info("removing host-gw route %s via %s", lease.subnet, gw)
             try:
                 netlink.route_delete(lease.subnet, gw, self.ext.name)
-            except netlink.NetlinkError as e:
-                log.error("host-gw: %s", e)
+            except Exception as e:  # NetlinkError, or a bug: the next peer is done all the same
+                log.error("host-gw: removing the route %s via %s failed: %s", lease.subnet, gw, e)
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
@@ -116,6 +122,10 @@ class HostGwBackend:
         if lease.attrs.backend_type != "host-gw":
             log.info("ignoring non-host-gw v4 subnet(%s): type=%s", lease.subnet, lease.attrs.backend_type)
             return None
+        why = network_problem(lease.subnet, self.network) if self.network is not None else None
+        if why is not None:
+            log.warning("host-gw: refusing lease %s: it %s", lease.subnet, why)
+            return None
         return lease.attrs.public_ip
 
     def _routes_by_dst(self) -> Dict[IPv4Network, List[netlink.Route]]:
@@ -143,8 +153,8 @@ class HostGwBackend:
             if not identical:
                 netlink.route_replace(sn, gw, self.ext.name)
                 log.info("host-gw route %s via %s dev %s", sn, gw, self.ext.name)
-        except netlink.NetlinkError as e:
-            log.error("host-gw: %s", e)
+        except Exception as e:  # NetlinkError, or a bug: this peer only; check() tries again
+            log.error("host-gw: route %s via %s: %s", sn, gw, e)
 
     def _prune(self) -> None:
         if self.network is None:

@@ -8,10 +8,23 @@ P, VtepMAC M): a permanent neighbour `S.ip lladdr M`, an FDB entry `M dst P self
 last the route `S via S.ip dev flannel.<VNI> onlink`, so the kernel never has to ARP. With
 DirectRouting, a peer on the same link gets a plain `S via P` route instead.
 
-Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>.mac` so a restart announces the
-same MAC (peers keep their entries); sync_peers() prunes the state of peers that vanished while
-we were down; check() recreates a deleted device *and* replays the peers (flannel's watcher does
-not), and re-programs any peer whose neighbour, FDB entry or route went missing.
+Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>-<PublicIP>.mac` so a restart
+announces the same MAC (peers keep their entries); sync_peers() prunes the state of peers that
+vanished while we were down; check() recreates a deleted device *and* replays the peers (flannel's
+watcher does not), puts our MAC back if something changed it, and re-programs any peer whose
+neighbour, FDB entry or route went missing.
+
+The MAC file is keyed by the PublicIP, the identity flannel itself gives a host (its lease is
+reused by PublicIP): stable across restarts, yet different for every daemon of one machine (the
+namespaces of a lab, each with its own address) and for cloned VMs (each with its own address).
+The subnet-file path would not tell clones apart, and a network namespace has no name or number
+that survives a reboot. When another host announces our MAC anyway, `replace_vtep_mac()` takes a
+new one (the daemon then announces it, docs/architecture.md §"Lease admission").
+
+Kernel objects shared by several leases (a copied lease with the same PublicIP and VtepMAC
+shares the live peer's FDB entry) are removed only with the last peer that uses them, and every
+peer is programmed, removed and repaired on its own: an error in one never stops the others, nor
+the rest of that peer's clean-up.
 """
 from __future__ import annotations
 
@@ -19,7 +32,6 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import secrets
 import tempfile
 import threading
@@ -28,10 +40,11 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
 from .. import metrics, netlink
-from ..config import NetworkConfig, ci_get
+from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
-from ..lease import Lease, LeaseAttrs
+from ..lease import Lease, LeaseAttrs, valid_peer_mac, vtep_mac
+from ..peers import network_problem
 from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.vxlan")
@@ -42,7 +55,6 @@ ENCAP_OVERHEAD = 50          # bytes: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Et
 DEFAULT_VNI = 1
 STEP_ATTEMPTS = 3            # flannel retries each step (10x with retry-go); a few is plenty here
 STEP_RETRY_S = 0.05
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def _int_opt(cfg: NetworkConfig, key: str, default: int, lo: int, hi: int) -> int:
@@ -62,17 +74,8 @@ def random_mac() -> str:
 
 
 def _usable_mac(mac: Optional[str]) -> bool:
-    if not mac or not _MAC_RE.match(mac):
-        return False
-    first = int(mac[:2], 16)
-    return bool(first & 0x02) and not first & 0x01 and mac != "00:00:00:00:00:00"
-
-
-def _valid_peer_mac(mac: Optional[str]) -> bool:
-    # Peers' MACs only need to be unicast: older flannels let the kernel pick them.
-    if not mac or not _MAC_RE.match(mac):
-        return False
-    return not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
+    """Our own VTEP MAC: a unicast MAC that is locally administered (flannel v0.15.1+)."""
+    return valid_peer_mac(mac) and bool(int(str(mac)[:2], 16) & 0x02)
 
 
 @dataclass
@@ -130,22 +133,57 @@ class VxlanBackend:
                 if self._peer_attrs(lease) is not None:
                     wanted[lease.subnet] = lease
             for sn in [s for s in self.peers if s not in wanted]:
-                self._remove(self.peers[sn].lease)
+                self._isolated(f"removing peer {sn}", self._remove, self.peers[sn].lease)
             for lease in wanted.values():
-                self._add(lease)
+                self._isolated(f"adding peer {lease.subnet}", self._add, lease)
             self._prune(wanted)
 
     def check(self) -> None:
         with self._lock:
             if self.lease is None or self.network is None:
                 return
-            if not netlink.link_exists(self.dev):
+            try:
+                info: Optional[dict] = netlink.link_info(self.dev)
+            except netlink.NetlinkError as e:
+                if e.errno != errno.ENODEV:
+                    raise
+                info = None
+            if info is None:
                 log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
                 metrics.REPAIRS.labels("device").inc()
                 self._configure_device(self.lease, self.network)
                 for p in self.peers.values():
                     p.ok = False
+            elif info["address"] != self.mac:
+                log.warning("%s has MAC %s, not our VTEP MAC %s; setting it back", self.dev, info["address"], self.mac)
+                self._set_mac()
             self._repair_peers()
+
+    def replace_vtep_mac(self) -> LeaseAttrs:
+        """Take a new random VTEP MAC (another host announces ours: the kernel cannot tell us
+        apart), keep it and put it on the device; returns the lease attrs to announce."""
+        with self._lock:
+            old, mac = self.mac, random_mac()
+            while mac == old:
+                mac = random_mac()
+            self.mac = mac
+            self._save_mac(mac)
+            if self.lease is not None:
+                try:
+                    self._set_mac()
+                except netlink.NetlinkError as e:   # check() sets it again
+                    log.error("vxlan: cannot set the new VTEP MAC %s on %s: %s", mac, self.dev, e)
+            log.warning("vxlan: VTEP MAC changed from %s to %s", old, mac)
+            return self.lease_attrs()
+
+    def _set_mac(self) -> None:
+        """Put our MAC on the device. The kernel flushes a device's neighbours, permanent ones
+        too, when its address changes (neigh_changeaddr): re-program the peers at once, or
+        traffic to us would wait for the next check()."""
+        netlink.link_set_address(self.dev, self.mac)
+        for p in self.peers.values():
+            p.ok = False
+        self._repair_peers()
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
@@ -170,7 +208,7 @@ class VxlanBackend:
 
     # -- MAC persistence --------------------------------------------------------------------------
     def _mac_path(self) -> str:
-        return os.path.join(self.state_dir, f"vxlan-{self.vni}.mac")
+        return os.path.join(self.state_dir, f"vxlan-{self.vni}-{self.ext.ext_addr}.mac")
 
     def _load_mac(self) -> str:
         path = self._mac_path()
@@ -263,7 +301,8 @@ class VxlanBackend:
 
     # -- peers -----------------------------------------------------------------------------------
     def _peer_attrs(self, lease: Lease) -> Optional[LeaseAttrs]:
-        """The attrs of a vxlan peer we program, None for our own lease and for other backends."""
+        """The attrs of a vxlan peer we program, None for our own lease, other backends and
+        subnets outside Network (the daemon's admission refuses those first)."""
         attrs = lease.attrs
         if attrs is None:
             return None
@@ -271,6 +310,10 @@ class VxlanBackend:
             return None
         if attrs.backend_type != "vxlan":
             log.info("ignoring non-vxlan v4 subnet(%s): type=%s", lease.subnet, attrs.backend_type)
+            return None
+        why = network_problem(lease.subnet, self.network) if self.network is not None else None
+        if why is not None:
+            log.warning("vxlan: refusing lease %s: it %s", lease.subnet, why)
             return None
         return attrs
 
@@ -292,8 +335,8 @@ class VxlanBackend:
                 self._remove(self.peers[lease.subnet].lease)     # the peer switched backends
             return
         direct = self._direct(attrs.public_ip)
-        mac = None if direct else str(ci_get(attrs.backend_data or {}, "VtepMAC", "")).lower()
-        if not direct and not _valid_peer_mac(mac):
+        mac = None if direct else vtep_mac(attrs)
+        if not direct and mac is None:
             log.error("ignoring vxlan lease %s: bad VtepMAC in %s", lease.subnet, attrs.backend_data)
             return
         old = self.peers.get(lease.subnet)
@@ -310,7 +353,7 @@ class VxlanBackend:
             self._unprogram(old)
         elif old.mac and old.mac != mac:
             # The peer came back with a new MAC: its old FDB entry would otherwise stay forever.
-            self._quiet(netlink.fdb_delete, old.mac, self.dev)
+            self._drop_fdb(old)
         elif direct and old.public_ip != public_ip:
             self._quiet(netlink.route_delete, old.lease.subnet, old.public_ip)
 
@@ -322,33 +365,46 @@ class VxlanBackend:
         if not self._step(f"neighbour {vtep} lladdr {p.mac}", netlink.neigh_replace, vtep, p.mac, self.dev):
             return False
         if not self._step(f"FDB {p.mac} dst {pub}", netlink.fdb_replace, p.mac, self.dev, pub):
-            self._quiet(netlink.neigh_delete, vtep, self.dev)
+            self._drop_neigh(p)
             return False
         if not self._step(f"route {sn} via {vtep} onlink", netlink.route_replace, sn, vtep, self.dev, True):
-            self._quiet(netlink.neigh_delete, vtep, self.dev)
-            self._quiet(netlink.fdb_delete, p.mac, self.dev, pub)
+            self._drop_neigh(p)
+            self._drop_fdb(p)
             return False
         log.info("vxlan peer %s: %s at %s", sn, p.mac, pub)
         return True
 
+    def _others(self, p: _Peer):
+        return (q for q in self.peers.values() if q is not p and not q.direct)
+
+    def _drop_neigh(self, p: _Peer) -> None:
+        """Delete p's neighbour unless another peer's VTEP has the same address."""
+        vtep = p.lease.subnet.network_address
+        if not any(q.lease.subnet.network_address == vtep for q in self._others(p)):
+            self._quiet(netlink.neigh_delete, vtep, self.dev)
+
+    def _drop_fdb(self, p: _Peer) -> None:
+        """Delete p's FDB entry unless another peer uses it (a copied lease: same MAC, same host)."""
+        if p.mac and not any(q.mac == p.mac and q.public_ip == p.public_ip for q in self._others(p)):
+            self._quiet(netlink.fdb_delete, p.mac, self.dev, p.public_ip)
+
     def _unprogram(self, p: _Peer) -> None:
+        """Delete p's kernel state but what other peers still use; every step runs."""
         sn, pub = p.lease.subnet, p.public_ip
         if p.direct:
             self._quiet(netlink.route_delete, sn, pub)
             return
-        self._quiet(netlink.neigh_delete, sn.network_address, self.dev)
-        if p.mac:
-            self._quiet(netlink.fdb_delete, p.mac, self.dev, pub)
+        self._drop_neigh(p)
+        self._drop_fdb(p)
         self._quiet(netlink.route_delete, sn, None, self.dev)
 
     def _remove(self, lease: Lease) -> None:
         p = self.peers.pop(lease.subnet, None)
         if p is None:
-            if lease.attrs is None or lease.attrs.backend_type != "vxlan":
+            if lease.attrs is None or lease.attrs.backend_type != "vxlan" or self._peer_attrs(lease) is None:
                 return
             # Never seen (e.g. removed before we started): clean up what its attrs describe.
-            mac = ci_get(lease.attrs.backend_data or {}, "VtepMAC")
-            p = _Peer(lease, lease.attrs.public_ip, str(mac).lower() if mac else None, False)
+            p = _Peer(lease, lease.attrs.public_ip, vtep_mac(lease.attrs), False)
             if self.direct_routing:
                 self._quiet(netlink.route_delete, lease.subnet, lease.attrs.public_ip)
         log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
@@ -364,6 +420,9 @@ class VxlanBackend:
                     log.error("vxlan: %s failed: %s", what, e)
                 else:
                     time.sleep(STEP_RETRY_S)
+            except Exception as e:  # not the kernel's refusal: a bug; this peer only, no retry
+                log.error("vxlan: %s failed unexpectedly: %s: %s", what, type(e).__name__, e)
+                return False
         return False
 
     @staticmethod
@@ -372,6 +431,16 @@ class VxlanBackend:
             fn(*args)
         except netlink.NetlinkError as e:
             log.debug("ignored: %s", e)
+        except Exception as e:  # a clean-up step must never skip the next ones
+            log.warning("vxlan: %s%s failed unexpectedly: %s: %s", fn.__name__, args, type(e).__name__, e)
+
+    @staticmethod
+    def _isolated(what: str, fn, *args) -> None:
+        """One peer's work; whatever it raises is logged, and the next peer is done."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.error("vxlan: %s failed: %s: %s", what, type(e).__name__, e)
 
     # -- reconciliation --------------------------------------------------------------------------
     def _prune(self, wanted: Dict[IPv4Network, Lease]) -> None:

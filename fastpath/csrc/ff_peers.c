@@ -17,8 +17,8 @@
 #include "ff_fwd_int.h"
 
 const char *const ff_peer_stat_names[FF_PS__COUNT] = {
-    "tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_spoofed", "rx_dropped",
-    "last_rx_ns",
+    "tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_spoofed",
+    "rx_dst_special", "rx_dst_foreign", "rx_dropped", "last_rx_ns",
 };
 
 uint64_t ff_coarse_now_ns(void)
@@ -193,7 +193,7 @@ void ff_peers_count_rx(struct ff_worker *w, const struct ff_table *t, uint32_t s
 
     if (tl->unknown)
         count_unknown(w, sender, tl->unknown);
-    if (!(tl->packets | tl->spoofed | tl->dropped))
+    if (!(tl->packets | tl->spoofed | tl->dst_special | tl->dst_foreign | tl->dropped))
         return;
     c = ff_peer_ctrs(w, ff_table_peer_index(t, sender));
     if (tl->packets) {
@@ -203,6 +203,10 @@ void ff_peers_count_rx(struct ff_worker *w, const struct ff_table *t, uint32_t s
     }
     if (tl->spoofed)
         PEER_ADD(c, FF_PS_RX_SPOOFED, tl->spoofed);
+    if (tl->dst_special)
+        PEER_ADD(c, FF_PS_RX_DST_SPECIAL, tl->dst_special);
+    if (tl->dst_foreign)
+        PEER_ADD(c, FF_PS_RX_DST_FOREIGN, tl->dst_foreign);
     if (tl->dropped)
         PEER_ADD(c, FF_PS_RX_DROPPED, tl->dropped);
 }

@@ -1,7 +1,8 @@
 /* Per-peer counters of the forwarder against the real kernel, in a private network namespace:
  *   - tun->udp: datagrams a kernel socket sends into the TUN count for the route they take,
  *     packets and bytes exactly (plain, with UDP_GSO trains, with two workers);
- *   - udp->tun: accepted, spoofed and malformed datagrams count for the sender's route;
+ *   - udp->tun: accepted, spoofed, special- or foreign-destination and malformed datagrams
+ *     count for the sender's route;
  *     unknown senders by address, bounded (FF_UNKNOWN_SENDERS, then "other");
  *   - indices: a route keeps its index and counts across replace/add/remove; a freed index is
  *     reused only after the update that freed it, with zeroed counts; a changed peer address is
@@ -158,7 +159,8 @@ static void check_tx(struct ff_fwd *fw, int peer_sock, int n, size_t payload)
     close(ks);
 }
 
-/* udp->tun from route A's address: accepted, spoofed, short. */
+/* udp->tun from route A's address: accepted, spoofed, to a special address (a metadata
+ * service's), to outside our lease (10.99.0.1/8), short. */
 static void check_rx(struct ff_fwd *fw, int peer_sock, uint16_t port)
 {
     uint8_t p[60];
@@ -169,6 +171,12 @@ static void check_rx(struct ff_fwd *fw, int peer_sock, uint16_t port)
     ip4(p, 60, 0x0a320001u, TUN_ME);                 /* inner source in nobody's subnet */
     for (int i = 0; i < 5; i++)
         send_to(peer_sock, LO(1), port, p, 60);
+    ip4(p, 60, NET_A | 7, 0xa9fea9feu);             /* 169.254.169.254 */
+    for (int i = 0; i < 4; i++)
+        send_to(peer_sock, LO(1), port, p, 60);
+    ip4(p, 60, NET_A | 7, 0xc0a80707u);             /* 192.168.7.7 */
+    for (int i = 0; i < 2; i++)
+        send_to(peer_sock, LO(1), port, p, 60);
     for (int i = 0; i < 3; i++)
         send_to(peer_sock, LO(1), port, p, 10);      /* short */
     CHECK_EQ(wait_peer(fw, NET_A, FF_PS_RX_DROPPED, 3), 3);
@@ -176,6 +184,8 @@ static void check_rx(struct ff_fwd *fw, int peer_sock, uint16_t port)
     CHECK_EQ(a.v[FF_PS_RX_PACKETS], 30);
     CHECK_EQ(a.v[FF_PS_RX_BYTES], 30 * 60);
     CHECK_EQ(a.v[FF_PS_RX_SPOOFED], 5);
+    CHECK_EQ(a.v[FF_PS_RX_DST_SPECIAL], 4);
+    CHECK_EQ(a.v[FF_PS_RX_DST_FOREIGN], 2);
     CHECK(a.v[FF_PS_LAST_RX_NS] > 0 && a.v[FF_PS_LAST_RX_NS] <= ff_coarse_now_ns());
     CHECK_EQ(peer(fw, NET_B).v[FF_PS_RX_PACKETS], 0);
 }
@@ -328,7 +338,8 @@ static void check_quiescence(struct ff_fwd *fw)
 static int run(uint32_t flags, uint32_t workers)
 {
     struct ff_opts o = {.tun_name = "ffpeer%d", .tun_fd = -1, .bind_ip = LO(1), .port = 0,
-                        .tun_ip = TUN_ME, .batch = 64, .flags = FF_F_ANTI_SPOOF | flags,
+                        .tun_ip = TUN_ME, .tun_prefix = 8, .batch = 64,
+                        .flags = FF_F_ANTI_SPOOF | flags,
                         .workers = workers};
     struct ff_fwd *fw;
     int ps, psb, rc = ff_fwd_open(&fw, &o);

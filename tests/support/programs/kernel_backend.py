@@ -1,15 +1,20 @@
 """Hold one kernel backend (vxlan or host-gw) and run the commands a test sends as JSON lines.
 
 Run inside a host namespace by tests/test_backends_kernel.py: one command per stdin line
-({"op": "new" | "setup" | "add_peer" | "remove_peer" | "sync_peers" | "check", ...}), one JSON
-answer per stdout line ({"ok": true, ...} or {"error": "<type>: <message>"}), so backend state
-lives across steps as it does in the daemon. Logs go to stderr.
+({"op": "new" | "setup" | "add_peer" | "remove_peer" | "sync_peers" | "check" | "inject", ...}),
+one JSON answer per stdout line ({"ok": true, ...} or {"error": "<type>: <message>"}), so backend
+state lives across steps as it does in the daemon. Logs go to stderr.
+
+"inject" makes one netlink function raise an unexpected exception whenever the repr of its
+arguments contains a string (a fault in one peer's kernel call), to test that one bad peer never
+stops the others.
 """
 import ipaddress
 import json
 import logging
 import sys
 
+from fastflannel.agent import netlink
 from fastflannel.agent.backends import new_backend
 from fastflannel.agent.backends.base import BackendOptions
 from fastflannel.agent.config import parse_config
@@ -26,6 +31,17 @@ def lease(d):
 
 def config(kind: str, backend: dict, network: str = NETWORK):
     return parse_config(json.dumps({"Network": network, "Backend": dict(backend, Type=kind)}))
+
+
+def inject(fn_name: str, match: str, exc_name: str) -> None:
+    real = getattr(netlink, fn_name)
+    exc = {"RuntimeError": RuntimeError, "ValueError": ValueError, "NetlinkError": netlink.NetlinkError}[exc_name]
+
+    def failing(*args, **kw):
+        if match in repr(args):
+            raise exc(f"injected failure of {fn_name}{args!r}")
+        return real(*args, **kw)
+    setattr(netlink, fn_name, failing)
 
 
 def execute(be, cfg, cmd: dict):
@@ -45,6 +61,8 @@ def execute(be, cfg, cmd: dict):
         be.sync_peers([lease(d) for d in cmd["leases"]])
     elif op == "check":
         be.check()
+    elif op == "inject":
+        inject(cmd["fn"], cmd["match"], cmd.get("exc", "RuntimeError"))
     else:
         raise ValueError(op)
     res["ok"] = True
