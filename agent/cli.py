@@ -1,5 +1,6 @@
-"""`fastflannel`: flanneld's command line (flags, FLANNELD_* variables), plus `fastflannel demo` and
-`fastflannel docker-opts` (flannel's mk-docker-opts.sh).
+"""`fastflannel`: flanneld's command line (flags, FLANNELD_* variables), plus `fastflannel demo`,
+`fastflannel docker-opts` (flannel's mk-docker-opts.sh) and `fastflannel status` (a running daemon,
+at a glance: agent/status.py).
 
 Every operational failure (bad flag, bad config, unreachable etcd, no subnet left, lost lease, a
 refused netlink request, a missing iptables) is a FastflannelError and ends in `main` with one
@@ -58,6 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if argv and argv[0] == "docker-opts":       # flannel's mk-docker-opts.sh (agent/dockeropts.py)
             from .dockeropts import main as dockeropts_main
             return dockeropts_main(argv[1:])
+        if argv and argv[0] == "status":            # ask a running daemon (agent/status.py)
+            from .status import main as status_main
+            return status_main(argv[1:])
         return run_daemon(argv)
     except HelpRequested as h:
         print(h.text, file=sys.stderr)              # flanneld: usage on stderr, exit 0

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from . import sdnotify
+from . import metrics, sdnotify
 from .backends import new_backend
 from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
 from .config import NetworkConfig, parse_config, stack_problem
@@ -32,7 +32,7 @@ from .subnets import LeaseKeeper, SubnetManager
 
 if TYPE_CHECKING:
     from .etcd_options import EtcdOptions
-    from .healthz import HealthServer
+    from .healthz import HealthServer, StatusSocket
     from .ipmasq import ForwardRules, IPMasq
 
 log = logging.getLogger("fastflannel")
@@ -78,6 +78,8 @@ class Daemon:
         self.backend: Optional[Backend] = None      # set as soon as it exists, so shutdown closes it
         self.running: Optional[_Running] = None
         self.health: Optional[HealthServer] = None
+        self.status_socket: Optional[StatusSocket] = None    # `fastflannel status` (agent/status.py)
+        self.started = time.time()
         self.masq: Optional[IPMasq] = None
         self.fwd_rules: Optional[ForwardRules] = None
         self.masq6: Optional[IPMasq] = None         # the IPv6 sets (EnableIPv6)
@@ -109,10 +111,7 @@ class Daemon:
         opts = self.opts
         prev = read_prev_subnet(opts.subnet_file)
         prev6 = read_prev_ipv6_subnet(opts.subnet_file)
-        if opts.healthz_port:
-            from .healthz import HealthServer
-            self.health = HealthServer(opts.healthz_ip, opts.healthz_port, lambda: self.ready, self._stats)
-            self.health.start()
+        self._start_endpoints()
         registry = self._connect()
         cfg = self._get_config(registry)
         if cfg is None:
@@ -158,8 +157,16 @@ class Daemon:
         self.systemd.notify("READY=1")   # as flanneld: subnet.env written, backend running
         self.watchdog.start()
 
-    def _stats(self) -> dict:
-        return self.backend.stats() if self.backend is not None else {}
+    def _start_endpoints(self) -> None:
+        """The health port (-healthz-port) and the status socket beside subnet.env, both serving
+        /healthz, /readyz, /stats, /metrics and /status (agent/healthz.py)."""
+        from .healthz import DaemonEndpoints, HealthServer, start_status_socket
+        from .status import socket_path
+        endpoints = DaemonEndpoints(self)
+        if self.opts.healthz_port:
+            self.health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, endpoints)
+            self.health.start()
+        self.status_socket = start_status_socket(socket_path(self.opts.subnet_file), endpoints)
 
     def _connect(self) -> Registry:
         """The registry, connected (retrying every second while etcd is unreachable) unless
@@ -292,6 +299,7 @@ class Daemon:
     def _watch(self, registry: Registry, run: _Running, rev: int) -> None:
         own = run.lease.subnet
         for batch in registry.watch_leases(rev, self.stop):
+            t0 = time.monotonic()          # the events' arrival: LEASE_APPLY_SECONDS starts here
             if batch.snapshot is not None:
                 snapshot = batch.snapshot
                 # our key first: a dual-stack key and an IPv4-only one may share our subnet
@@ -300,24 +308,25 @@ class Daemon:
                 run.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
                                     LeaseEvent(LeaseEvent.REMOVED, dataclasses.replace(run.lease, attrs=None)))
                 run.tracker.reset(snapshot)
-                self._guarded(lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync")
+                self._apply("sync", lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync", t0)
             others = []
             for ev in batch.events:
                 if ev.lease.subnet == own:
                     run.keeper.on_event(ev)
                 else:
                     others.append(ev)
-            self._dispatch(run, run.tracker.apply(others))
+            self._dispatch(run, run.tracker.apply(others), t0)
             self._resolve_mac_conflicts(run)
             if others:
                 self._mark("last_peer_event")
 
-    def _dispatch(self, run: _Running, events: List[LeaseEvent]) -> None:
+    def _dispatch(self, run: _Running, events: List[LeaseEvent], t0: float) -> None:
+        """Peer events into the backend, each counted and timed from t0 (_apply)."""
         for ev in events:
             # One peer that cannot be programmed must not take the others down; the backend's
             # periodic check() retries it.
             fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
-            self._guarded(functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
+            self._apply(ev.kind, functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}", t0)
 
     def _resolve_mac_conflicts(self, run: _Running) -> None:
         """Another host announces our VTEP MAC (a cloned VM, a shared state dir): the kernel
@@ -336,7 +345,7 @@ class Daemon:
             log.error("Cannot take a new VTEP MAC: %s", e)
             return
         run.keeper.announce(attrs)
-        self._dispatch(run, run.tracker.set_own_attrs(attrs))
+        self._dispatch(run, run.tracker.set_own_attrs(attrs), time.monotonic())
 
     def _loop(self) -> None:
         run = self.running
@@ -354,13 +363,28 @@ class Daemon:
                 next_rules = now + resync
                 for rules in (self.masq, self.fwd_rules, self.masq6, self.fwd_rules6):
                     if rules is not None:
-                        self._guarded(rules.ensure_rules, "iptables resync")
+                        self._guarded(functools.partial(self._resync, rules), "iptables resync")
 
-    def _guarded(self, fn: Callable[[], object], what: str) -> None:
+    @staticmethod
+    def _resync(rules: IPMasq | ForwardRules) -> None:
+        if rules.ensure_rules():
+            metrics.IPTABLES_RESYNCS.labels(rules.what).inc()
+
+    def _apply(self, kind: str, fn: Callable[[], object], what: str, t0: float) -> None:
+        """A lease change into the backend, counted and timed from t0, the events' arrival."""
+        if self._guarded(fn, what):
+            metrics.LEASE_EVENTS.labels(kind).inc()
+            metrics.LEASE_APPLY_SECONDS.observe(time.monotonic() - t0)
+        else:
+            metrics.LEASE_EVENT_ERRORS.labels(kind).inc()
+
+    def _guarded(self, fn: Callable[[], object], what: str) -> bool:
         try:
             fn()
+            return True
         except Exception as e:  # repair loops log and try again next tick
             log.warning("%s failed: %s", what, e)
+            return False
 
     # -- shutdown -------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -380,3 +404,5 @@ class Daemon:
             self._guarded(self.registry.close, "etcd close")
         if self.health is not None:
             self.health.close()
+        if self.status_socket is not None:
+            self.status_socket.close()

@@ -96,6 +96,10 @@ class DaemonError(FastflannelError):
     """A fatal condition of the daemon's own (e.g. a config that cannot be used)."""
 
 
+class StatusError(FastflannelError):
+    """`fastflannel status` got no usable answer from a daemon."""
+
+
 __all__ = ["BackendError", "Compacted", "ConfigError", "DaemonError", "EtcdUnreachable", "FastflannelError",
            "FlagError", "HelpRequested", "InterfaceError", "IptablesError", "LeaseFormatError", "LeaseLost",
-           "NetlinkError", "OutOfSubnets", "RegistryError", "SubnetExists"]
+           "NetlinkError", "OutOfSubnets", "RegistryError", "StatusError", "SubnetExists"]

@@ -17,6 +17,7 @@ import etcd3.exceptions
 import grpc
 from etcd3 import etcdrpc
 
+from . import metrics
 from .errors import EtcdUnreachable, RegistryError
 from .etcd_options import EtcdOptions, parse_endpoint
 
@@ -159,7 +160,9 @@ class EtcdConnection:
                 continue
             self.current = (client, url)
             log.info("connected to etcd at %s", url)
+            metrics.ETCD.ok(url)
             return
+        metrics.ETCD.failed(self.current[1] or (self.opts.endpoints or [""])[0])
         raise EtcdUnreachable("cannot reach etcd at " + "; ".join(failures))
 
     def failover(self, failed: Client, reason: str) -> bool:
@@ -180,6 +183,7 @@ class EtcdConnection:
                     continue
                 log.warning("etcd at %s is not answering (%s); switched to %s", url, reason, cand)
                 self.current = (new, cand)
+                metrics.ETCD.switched(cand)
                 return True
         return False
 

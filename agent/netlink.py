@@ -192,6 +192,19 @@ def link_info(name: str) -> Dict[str, Any]:
     return _link_dict(msgs[0])
 
 
+LINK_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
+              "rx_dropped", "tx_dropped")
+
+
+def link_stats(name: str) -> Dict[str, int]:
+    """The link's kernel counters (IFLA_STATS64): LINK_STATS; NetlinkError(ENODEV) if absent."""
+    msgs = _call(f"get link {name}", lambda i: i.link("get", ifname=name))
+    if not msgs:
+        raise NetlinkError(f"get link {name}: no such device", _errno.ENODEV)
+    st = msgs[0].get_attr("IFLA_STATS64") or msgs[0].get_attr("IFLA_STATS") or {}
+    return {k: int(st.get(k, 0)) for k in LINK_STATS}
+
+
 def all_links() -> List[Dict[str, Any]]:
     """Every link as link_info() describes it, in ifindex order."""
     msgs = _call("dump links", lambda i: i.link("dump"))

@@ -37,6 +37,7 @@ import grpc
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
+from . import metrics
 from .errors import Compacted, EtcdUnreachable, RegistryError, SubnetExists
 from .etcd_conn import (
     LEADER_MD,
@@ -116,7 +117,9 @@ class EtcdRegistry:
             raise RegistryError("etcd registry is not connected")
         try:
             try:
-                return fn(client)
+                result = fn(client)
+                metrics.ETCD.ok(url)
+                return result
             except grpc.RpcError as e:
                 # An expired token: a daemon that renews once a day would be locked out for good.
                 if not (is_auth_error(e) and self._ep.reauthenticate(client)):
@@ -130,6 +133,7 @@ class EtcdRegistry:
                 raise RegistryError(f"etcd {what} failed: {reason}") from None
         if self._ep.failover(client, f"{what}: {reason}") and idempotent:
             return self._call(what, fn)
+        metrics.ETCD.failed(url)
         raise EtcdUnreachable(f"cannot reach etcd at {url} ({what}): {reason}")
 
     # ---- config ----------------------------------------------------------------------------
@@ -272,6 +276,7 @@ class EtcdRegistry:
                 with closing(self._watch_stream(next_rev, stop)) as stream:
                     for batch in stream:
                         next_rev, backoff, compactions = batch.revision + 1, BACKOFF_MIN_S, 0
+                        metrics.ETCD.ok(self._url)
                         if failing_since is not None:
                             log.info("watching leases again at %s (from revision %d, after %.1fs)",
                                      self._url, next_rev, time.monotonic() - failing_since)
@@ -282,12 +287,14 @@ class EtcdRegistry:
                     return
                 raise RegistryError("watch stream closed by etcd")
             except _WatchMoved as e:
+                metrics.WATCH_RECONNECTS.labels("moved").inc()
                 log.info("%s (resuming from revision %d)", e, next_rev)
             except Compacted as e:
                 # Re-list, then watch from the listing's revision. etcd never compacts past its
                 # current revision, so that cannot be compacted already; should it happen anyway,
                 # back off rather than spin (flannel #2470 spun here on the stale revision).
                 log.warning("%s; re-listing leases", e)
+                metrics.WATCH_RECONNECTS.labels("compacted").inc()
                 relist, compactions = True, compactions + 1
                 if compactions > 1:
                     stop.wait(backoff)
@@ -295,7 +302,9 @@ class EtcdRegistry:
             except RegistryError as e:
                 if stop.is_set():
                     return
+                metrics.WATCH_RECONNECTS.labels("error").inc()
                 if failing_since is None:
+                    metrics.ETCD.failed(self._url)
                     failing_since = time.monotonic()
                     log.warning("watching leases failed (retrying with back-off up to %.0fs): %s",
                                 BACKOFF_MAX_S, e)

@@ -16,10 +16,14 @@ from ._fastpath import (  # noqa: F401
     DROP_REASONS,
     MAX_WORKERS,
     OFFLOAD_PARTS,
+    PEER_DTYPE,
+    PEER_MAX,
+    PEER_STAT_NAMES,
     ROUTE_DTYPE,
     STAT_NAMES,
+    UNKNOWN_SENDERS_MAX,
     Forwarder,
 )
 
 __all__ = ["Forwarder", "OFFLOAD_PARTS", "MAX_WORKERS", "ROUTE_DTYPE", "STAT_NAMES", "DROP_REASONS",
-           "DEFAULT_PORT", "DEFAULT_BATCH"]
+           "DEFAULT_PORT", "DEFAULT_BATCH", "PEER_DTYPE", "PEER_STAT_NAMES", "PEER_MAX", "UNKNOWN_SENDERS_MAX"]

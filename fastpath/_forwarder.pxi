@@ -9,6 +9,9 @@ from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port,
                      ff_fwd_stop, ff_fwd_close, ff_fwd_replace_routes, ff_fwd_add_route,
                      ff_fwd_remove_route, ff_fwd_routes, ff_fwd_route_count, ff_fwd_stats,
                      ff_fwd_queue_stats, ff_fwd_workers, ff_fwd_features,
+                     ff_fwd_peer_stats, ff_fwd_unknown_senders, ff_fwd_fallbacks,
+                     ff_peer_stats, ff_sender_stats, ff_peer_stat_names,
+                     FF_PS__COUNT, FF_PEER_MAX, FF_UNKNOWN_SENDERS, FF_OFFLOAD_NPARTS,
                      ff_stat_names, FF_ST__COUNT, FF_ST_DROP_FIRST, FF_ST_DROP_LAST,
                      FF_F_ANTI_SPOOF, FF_F_TUN_TSO, FF_F_UDP_GSO, FF_F_UDP_GRO, FF_F_TCP_GRO,
                      FF_MAX_BATCH, FF_MAX_WORKERS, FF_DEFAULT_BATCH, FF_DEFAULT_PORT)
@@ -29,6 +32,40 @@ MAX_WORKERS = FF_MAX_WORKERS
 STAT_NAMES = tuple(ff_stat_names[i].decode() for i in range(FF_ST__COUNT))
 #: The counters of dropped packets, one per reason (a subset of STAT_NAMES, in its order).
 DROP_REASONS = STAT_NAMES[FF_ST_DROP_FIRST:FF_ST_DROP_LAST + 1]
+
+#: Per-peer counters (docs/fastpath.md §"Per-peer counters"), in the order of PEER_DTYPE's
+#: counter fields: packets are inner packets, bytes their IPv4 total length; last_rx_ns is
+#: time.monotonic_ns() of the last datagram accepted from the peer (coarse), 0 = never.
+PEER_STAT_NAMES = tuple(ff_peer_stat_names[i].decode() for i in range(FF_PS__COUNT))
+assert len(PEER_STAT_NAMES) == 10, "ff_fwd.pxd declares ff_peer_stats.v[10]"
+#: One row of Forwarder.peer_stats(): the route (host order, as ROUTE_DTYPE), then the counters.
+PEER_DTYPE = _np.dtype([("net", "<u4"), ("prefix", "u1"), ("peer_ip", "<u4"), ("peer_port", "<u2")]
+                       + [(name, "<u8") for name in PEER_STAT_NAMES], align=True)
+PEER_MAX = FF_PEER_MAX                   # routes with a counter row: PEER_MAX - 1
+UNKNOWN_SENDERS_MAX = FF_UNKNOWN_SENDERS # addresses kept per worker; the rest count as "other"
+
+cdef object _peers_from_c(const ff_peer_stats *ps, long n):
+    """C per-peer rows -> a PEER_DTYPE array (defined in _forwarder.pxi), in the order given."""
+    out = _np.zeros(n, dtype=PEER_DTYPE)
+    vals = _np.empty((n, len(PEER_STAT_NAMES)), dtype=_np.uint64)
+    cdef uint32_t[:] net = out["net"]
+    cdef uint8_t[:] prefix = out["prefix"]
+    cdef uint32_t[:] peer = out["peer_ip"]
+    cdef uint16_t[:] port = out["peer_port"]
+    cdef uint64_t[:, ::1] v = vals
+    cdef long i
+    cdef int k
+    for i in range(n):
+        net[i] = ps[i].route.net
+        prefix[i] = ps[i].route.prefix
+        peer[i] = ps[i].route.peer_ip
+        port[i] = ps[i].route.peer_port
+        for k in range(FF_PS__COUNT):
+            v[i, k] = ps[i].v[k]
+    for k, name in enumerate(PEER_STAT_NAMES):
+        out[name] = vals[:, k]
+    return out
+
 
 cdef enum _State:
     NEW, OPEN, CLOSED
@@ -282,6 +319,49 @@ cdef class Forwarder:
     def stats(self):
         """Counters as a dict {name: int}."""
         return dict(zip(STAT_NAMES, (int(x) for x in self.stats_array())))
+
+    def peer_stats(self):
+        """Per-peer counters, one PEER_DTYPE row per route (table order), summed over workers.
+        Read at call time: the cost grows with the routes, never with the traffic."""
+        self._alive()
+        cdef long n = ff_fwd_route_count(self._fw), got
+        cdef size_t cap
+        cdef ff_peer_stats *ps = NULL
+        while True:
+            cap = <size_t>(n + 16)
+            ps = <ff_peer_stats *>malloc(cap * sizeof(ff_peer_stats))
+            if ps == NULL:
+                raise MemoryError()
+            self._enter()
+            try:
+                with nogil:
+                    got = ff_fwd_peer_stats(self._fw, ps, cap)
+            finally:
+                self._inflight -= 1
+            if got <= <long>cap:
+                break
+            free(ps)                 # routes were added meanwhile: ask again with room for them
+            n = got
+        try:
+            return _peers_from_c(ps, got)
+        finally:
+            free(ps)
+
+    def unknown_senders(self):
+        """Datagrams dropped as unknown_sender, by sender address: ({"192.0.2.99": n, ...},
+        other), at most UNKNOWN_SENDERS_MAX addresses per worker, the rest counted in other."""
+        self._alive()
+        cdef ff_sender_stats out[FF_UNKNOWN_SENDERS]
+        cdef uint64_t other = 0
+        cdef long n = ff_fwd_unknown_senders(self._fw, out, FF_UNKNOWN_SENDERS, &other)
+        return {str(_ipaddress.IPv4Address(out[i].ip)): int(out[i].packets) for i in range(n)}, int(other)
+
+    def offload_fallbacks(self):
+        """The offload_fallbacks counter by part: {"tun_tso": n, "udp_gso": ..., ...}."""
+        self._alive()
+        cdef uint64_t out[FF_OFFLOAD_NPARTS]
+        ff_fwd_fallbacks(self._fw, out)
+        return {name: int(out[i]) for i, name in enumerate(OFFLOAD_PARTS)}
 
     def queue_stats(self):
         """Per TUN queue (worker pair) counters: a list of {name: int}, one per worker."""

@@ -17,8 +17,22 @@ cdef extern from "ff_fwd.h" nogil:
         FF_DEFAULT_BATCH
         FF_DEFAULT_PORT
         FF_MAX_WORKERS
+        FF_PEER_MAX
+        FF_PS__COUNT
+        FF_UNKNOWN_SENDERS
+        FF_OFFLOAD_NPARTS
 
     const char *const ff_stat_names[]
+    const char *const ff_peer_stat_names[]
+
+    struct ff_peer_stats:
+        ff_route route
+        uint32_t pidx
+        uint64_t v[10]
+
+    struct ff_sender_stats:
+        uint32_t ip
+        uint64_t packets
 
     struct ff_opts:
         const char *tun_name
@@ -50,3 +64,6 @@ cdef extern from "ff_fwd.h" nogil:
     int ff_fwd_queue_stats(const ff_fwd *fw, uint32_t q, uint64_t *out)
     uint32_t ff_fwd_workers(const ff_fwd *fw)
     uint32_t ff_fwd_features(const ff_fwd *fw)
+    long ff_fwd_peer_stats(ff_fwd *fw, ff_peer_stats *out, size_t cap)
+    long ff_fwd_unknown_senders(const ff_fwd *fw, ff_sender_stats *out, size_t cap, uint64_t *other)
+    void ff_fwd_fallbacks(const ff_fwd *fw, uint64_t *out)

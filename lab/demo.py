@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 
@@ -22,7 +23,27 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_demo(backend: str, n_hosts: int, mbytes: int) -> bool:
+def _observe(cluster: Cluster, host: str) -> bool:
+    """What an operator sees on `host` now: `fastflannel status` run there (it asks the daemon's
+    status socket beside subnet.env) and the samples of its /metrics page. False if either failed."""
+    from fastflannel.agent.status import UnixHTTPConnection
+    cmd = [sys.executable, "-m", "fastflannel.agent.cli", "status", "--subnet-file", cluster.subnet_file(host)]
+    out = cluster.lab.sh(cluster.hosts[host].ns, " ".join(cmd), check=False)
+    _say(f"--- {host}: $ fastflannel status ---\n{out.stdout}{out.stderr}")
+    conn = UnixHTTPConnection(os.path.join(cluster.host_dir(host), "fastflannel.sock"), 5.0)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        code, page = resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+    samples = [line for line in page.splitlines() if line.startswith("fastflannel_")]
+    _say(f"--- {host}: /metrics (HTTP {code}, {len(samples)} fastflannel_ samples) ---\n"
+         + "\n".join(samples or [page]))
+    return out.returncode == 0 and code == 200 and bool(samples)
+
+
+def run_demo(backend: str, n_hosts: int, mbytes: int, observe: bool = False) -> bool:
     cleanup_stale("ffdemo")
     with Lab(prefix="ffdemo") as lab:
         t0 = time.monotonic()
@@ -51,6 +72,8 @@ def run_demo(backend: str, n_hosts: int, mbytes: int) -> bool:
                 else "FAILED"
             _say(f"  {a} container {ca.ip} -> {b} container {cb.ip}: ping {'ok' if reach else 'FAILED'}, "
                  f"tcp {detail}")
+        if observe:
+            ok &= _observe(cluster, hosts[0])
         if not ok:
             for h in hosts:
                 _say(f"--- {h} daemon log (tail) ---\n{cluster.log(h)[-1500:]}")
@@ -64,13 +87,15 @@ def main(argv) -> int:
     ap.add_argument("--backend", choices=sorted(SEED_BACKENDS), default="udp")
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--mbytes", type=int, default=8, help="TCP transfer size per host pair (MiB)")
+    ap.add_argument("--observe", action="store_true",
+                    help="after the traffic, print h1's `fastflannel status` and its /metrics samples")
     args = ap.parse_args(argv)
     reason = have_netns_privileges()
     if reason:
         print(f"fastflannel demo: {reason}", file=sys.stderr)
         return 1
     try:
-        return 0 if run_demo(args.backend, args.hosts, args.mbytes) else 1
+        return 0 if run_demo(args.backend, args.hosts, args.mbytes, args.observe) else 1
     except LabError as e:
         print(f"fastflannel demo: {e}", file=sys.stderr)
         return 1

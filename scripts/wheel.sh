@@ -67,5 +67,7 @@ say "fastflannel -version: $version"
 cni_version="$(CNI_COMMAND=VERSION "$V/fastflannel-cni")"
 say "fastflannel-cni VERSION: $cni_version"
 case "$cni_version" in *'"supportedVersions"'*) ;; *) echo "wheel: CNI VERSION answered badly" >&2; exit 1 ;; esac
-PATH="$V:/usr/sbin:/usr/bin:/sbin:/bin" "$V/fastflannel" demo --hosts 2 --mbytes 4
+# --observe: h1's `fastflannel status` and /metrics, so prometheus-client (a runtime dependency)
+# must have come with the wheel
+PATH="$V:/usr/sbin:/usr/bin:/sbin:/bin" "$V/fastflannel" demo --hosts 2 --mbytes 4 --observe
 say "ok: $(basename "$wheel") installs without a compiler and runs the daemons and the demo"

@@ -4,7 +4,7 @@ Same setup as tests/test_fastpath_netns.py (support/overlay.py): each host names
 support/node.py; traffic only goes between addresses inside the namespaces the `lab` fixture
 creates and deletes. Every loop is bounded in time and count. The C parts of defects 8-10 are
 tests/csrc/test_gro_defects.c (GRO rules and cost), test_accept.c (the accept path) and
-test_defects_fwd.c (a full receive batch, the ICMP rate limit and RFC 1812 exclusions, virtio
+test_defects_fwd.c (a full receive batch, its per-peer count, the ICMP rate limit and RFC 1812 exclusions, virtio
 checksum offsets).
 """
 from __future__ import annotations
@@ -76,3 +76,8 @@ def test_decap_only_for_our_subnet(lab, offload):
     # the forwarder finds no route for it (no_route 1)
     assert delta == dict(dict.fromkeys(DROP_REASONS, 0), tun_tx_packets=want.count("ok"), no_route=1,
                          dst_special=want.count("dst_special"), dst_foreign=want.count("dst_foreign"))
+    # and under the sender's per-peer row (h1 is 10.10.16.0/20)
+    row = lambda st: next(r for r in st["peers"] if (r["net"], r["prefix"]) == (0x0A0A1000, 20))  # noqa: E731
+    peer = {k: row(after)[k] - row(before)[k] for k in ("rx_packets", "rx_dst_special", "rx_dst_foreign")}
+    assert peer == {"rx_packets": want.count("ok"), "rx_dst_special": want.count("dst_special"),
+                    "rx_dst_foreign": want.count("dst_foreign")}, peer

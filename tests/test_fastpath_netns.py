@@ -242,6 +242,7 @@ def test_offload_fallback_when_the_kernel_refuses(lab, part):
     hit = {"tun_tso": (s1, s2), "udp_gro": (s1, s2), "udp_gso": (s1,), "tcp_gro": (s2,)}[part]
     for s in hit:
         assert s["features"][part] is False and s["offload_fallbacks"] >= 1, s
+        assert s["fallbacks"][part] >= 1 and sum(s["fallbacks"].values()) == s["offload_fallbacks"], s
         if part == "tun_tso":
             assert s["features"]["tcp_gro"] is False
     if part == "tun_tso":

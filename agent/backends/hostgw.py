@@ -19,7 +19,7 @@ import logging
 import threading
 from typing import Dict, Iterable, List, Optional
 
-from .. import netlink
+from .. import metrics, netlink
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
@@ -94,10 +94,20 @@ class HostGwBackend:
             for sn, gw in self.routes.items():
                 if not any(self._identical(r, gw) for r in table.get(sn, ())):
                     log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
+                    metrics.REPAIRS.labels("route").inc()
                     self._ensure_route(sn, gw, table)
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
+
+    def describe(self) -> dict:
+        """The options `fastflannel status` shows."""
+        return {"device": self.ext.name}
+
+    def observe(self) -> metrics.DataPlane:
+        """Nothing: host-gw has no device of its own, its routes go through the external
+        interface, whose counters mix in all of the host's traffic (node_exporter has them)."""
+        return metrics.DataPlane()
 
     def close(self) -> None:
         pass          # flannel leaves its routes in place

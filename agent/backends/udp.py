@@ -16,8 +16,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from ...fastpath import OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder  # offload keywords of Forwarder.open
-from .. import netlink
+from ...fastpath import DROP_REASONS, OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder  # offload keywords of Forwarder.open
+from .. import metrics, netlink
 from ..config import NetworkConfig
 from ..errors import BackendError, NetlinkError
 from ..iface import ExternalInterface
@@ -207,6 +207,29 @@ class UdpBackend:
 
     def stats(self) -> dict:
         return self.fw.stats() if self.fw else {}
+
+    def describe(self) -> dict:
+        """The options `fastflannel status` shows (offload: the parts active now)."""
+        fw = self.fw
+        features = dict(fw.features) if fw is not None else {}
+        features.pop("workers", None)
+        return {"device": self.tun_name, "port": self.port, "mtu": self.mtu(), "batch": self.batch,
+                "workers": self.workers, "anti_spoof": self.anti_spoof, "offload": features}
+
+    def observe(self) -> metrics.DataPlane:
+        """The fast path's counters, per-peer rows, unknown senders and offload fallbacks, and the
+        TUN's link statistics (its drops show a full txqueue), read now."""
+        fw = self._forwarder()
+        unknown, other = fw.unknown_senders()
+        d = metrics.DataPlane(counters=fw.stats(), drop_reasons=DROP_REASONS, peers=fw.peer_stats(),
+                              unknown_senders=unknown, unknown_other=other, fallbacks=fw.offload_fallbacks(),
+                              features=fw.features)
+        if self.tun_name:
+            try:
+                d.devices[self.tun_name] = netlink.link_stats(self.tun_name)
+            except NetlinkError:
+                pass
+        return d
 
     def close(self) -> None:
         # As flannel: the TUN disappears with its fd; the lease stays in etcd.

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
-from .. import netlink
+from .. import metrics, netlink
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
@@ -150,6 +150,7 @@ class VxlanBackend:
                 info = None
             if info is None:
                 log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
+                metrics.REPAIRS.labels("device").inc()
                 self._configure_device(self.lease, self.network)
                 for p in self.peers.values():
                     p.ok = False
@@ -186,6 +187,19 @@ class VxlanBackend:
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
+
+    def describe(self) -> dict:
+        """The options `fastflannel status` shows."""
+        return {"device": self.dev, "vni": self.vni, "port": self.port or netlink.VXLAN_DEFAULT_PORT,
+                "mtu": self.mtu(), "vtep_mac": self.mac, "gbp": self.gbp, "learning": self.learning,
+                "direct_routing": self.direct_routing}
+
+    def observe(self) -> metrics.DataPlane:
+        """The device's link statistics, read now: the kernel keeps no per-peer counters."""
+        try:
+            return metrics.DataPlane(devices={self.dev: netlink.link_stats(self.dev)})
+        except netlink.NetlinkError:
+            return metrics.DataPlane()
 
     def close(self) -> None:
         # flannel leaves the device, neighbours, FDB entries and routes in place
@@ -462,11 +476,14 @@ class VxlanBackend:
         for p in self.peers.values():
             sn, pub = p.lease.subnet, p.public_ip
             if p.direct:
-                intact = (sn, pub) in routes
+                missing = {"route": (sn, pub) not in routes}
             else:
-                intact = ((sn, sn.network_address) in routes and (sn.network_address, p.mac) in neigh
-                          and (p.mac, pub) in fdb)
+                missing = {"route": (sn, sn.network_address) not in routes,
+                           "neighbour": (sn.network_address, p.mac) not in neigh, "fdb": (p.mac, pub) not in fdb}
+            intact = not any(missing.values())
             if not (p.ok and intact):
                 if p.ok:
                     log.warning("vxlan peer %s lost kernel state; re-programming it", sn)
+                    for obj in (k for k, gone in missing.items() if gone):
+                        metrics.REPAIRS.labels(obj).inc()
                 p.ok = self._program(p)

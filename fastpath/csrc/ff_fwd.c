@@ -1,5 +1,6 @@
 /* Forwarder lifecycle, route publication (epoch-based reclamation), counters. The worker
- * thread is ff_loop.c, its batches ff_tx.c (tun->udp) and ff_rx.c (udp->tun). */
+ * thread is ff_loop.c, its batches ff_tx.c (tun->udp) and ff_rx.c (udp->tun); the per-peer
+ * counters and their indices ff_peers.c. */
 #define _GNU_SOURCE
 #include "ff_fwd.h"
 
@@ -44,14 +45,20 @@ static void wait_readers(struct ff_fwd *fw)
     }
 }
 
-/* Caller holds wlock. Publishes nt and frees the previous table once no worker can see it. */
-static void publish(struct ff_fwd *fw, struct ff_table *nt)
+/* Caller holds wlock. Gives nt its counter indices, publishes it and frees the previous table
+ * once no worker can see it (and the indices nt dropped once no worker counts into them). */
+static int publish(struct ff_fwd *fw, struct ff_table *nt)
 {
     struct ff_table *old = fw->table;
+    int rc = ff_peers_assign(fw, nt, old);
 
+    if (rc < 0)
+        return rc;
     __atomic_store_n(&fw->table, nt, __ATOMIC_RELEASE);
     wait_readers(fw);
+    ff_peers_release(fw, old, nt);
     ff_table_free(old);
+    return 0;
 }
 
 /* ---- route updates ------------------------------------------------------------------------ */
@@ -63,9 +70,10 @@ int ff_fwd_replace_routes(struct ff_fwd *fw, const struct ff_route *routes, size
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&fw->wlock);
-    publish(fw, nt);
+    if ((rc = publish(fw, nt)) < 0)
+        ff_table_free(nt);
     pthread_mutex_unlock(&fw->wlock);
-    return 0;
+    return rc;
 }
 
 int ff_fwd_add_route(struct ff_fwd *fw, const struct ff_route *r)
@@ -75,9 +83,9 @@ int ff_fwd_add_route(struct ff_fwd *fw, const struct ff_route *r)
 
     pthread_mutex_lock(&fw->wlock);
     rc = ff_table_clone(fw->table, &nt);
-    if (rc == 0 && (rc = ff_table_insert(nt, r)) == 0 && (rc = ff_table_finalize(nt)) == 0)
-        publish(fw, nt);
-    else
+    if (rc == 0 && (rc = ff_table_insert(nt, r)) == 0)
+        rc = publish(fw, nt);
+    if (rc < 0)
         ff_table_free(nt);
     pthread_mutex_unlock(&fw->wlock);
     return rc;
@@ -90,10 +98,9 @@ int ff_fwd_remove_route(struct ff_fwd *fw, uint32_t net, uint8_t prefix)
 
     pthread_mutex_lock(&fw->wlock);
     rc = ff_table_clone(fw->table, &nt);
-    if (rc == 0 && (rc = ff_table_remove(nt, net, prefix)) == 0 &&
-        (rc = ff_table_finalize(nt)) == 0)
-        publish(fw, nt);
-    else
+    if (rc == 0 && (rc = ff_table_remove(nt, net, prefix)) == 0)
+        rc = publish(fw, nt);
+    if (rc < 0)
         ff_table_free(nt);
     pthread_mutex_unlock(&fw->wlock);
     return rc;
@@ -154,12 +161,12 @@ uint32_t ff_fwd_features(const struct ff_fwd *fw)
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
-/* A part the kernel refused at open: off, counted (the agent logs the difference between
- * what it asked for and ff_fwd_features). */
-static void fall_back(struct ff_fwd *fw, uint32_t parts)
+/* A part the kernel refused at open: off with the parts that need it, counted under the refused
+ * part (the agent logs the difference between what it asked for and ff_fwd_features). */
+static void fall_back(struct ff_fwd *fw, uint32_t refused, uint32_t parts)
 {
     fw->feat &= ~parts;
-    STAT_ADD(&fw->w[0], FF_ST_OFFLOAD_FALLBACKS, 1);
+    ff_count_fallback(&fw->w[0], refused);
 }
 
 /* The TUN's first queue, then nq-1 more by its name. TUN_TSO refused (IFF_VNET_HDR or
@@ -177,7 +184,7 @@ static int open_tun(struct ff_fwd *fw, const struct ff_opts *o)
         if (rc < 0 && fw->vnet &&
             (rc = ff_tun_open(name, 0, mq, fw->tun_name, sizeof(fw->tun_name))) >= 0) {
             fw->vnet = 0;
-            fall_back(fw, FF_F_TUN_TSO | FF_F_TCP_GRO);
+            fall_back(fw, FF_F_TUN_TSO, FF_F_TUN_TSO | FF_F_TCP_GRO);
         }
     }
     if (rc < 0)
@@ -242,7 +249,7 @@ static int open_udp(struct ff_fwd *fw, const struct ff_opts *o)
         if ((rc = ff_refused(fw, FF_F_UDP_GRO) ? -ENOPROTOOPT : ff_udp_set_gro(fw->rx_fds[q], 1)) < 0) {
             while (q-- > 0)
                 (void)ff_udp_set_gro(fw->rx_fds[q], 0);
-            fall_back(fw, FF_F_UDP_GRO);
+            fall_back(fw, FF_F_UDP_GRO, FF_F_UDP_GRO);
         }
     }
     return 0;
@@ -302,6 +309,8 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
         fw->w[i].q = i / 2;
     }
     rc = ff_table_build(NULL, 0, &fw->table);
+    if (rc == 0)
+        rc = ff_peers_open(fw);
     if (rc == 0)
         rc = open_fds(fw, o);
     for (uint32_t i = 0; rc == 0 && i < fw->nw; i++) {
@@ -382,6 +391,7 @@ void ff_fwd_close(struct ff_fwd *fw)
         ff_tx_free(&fw->w[i].tx);
         ff_rx_free(&fw->w[i].rx);
     }
+    ff_peers_close(fw);
     free(fw->w);
     ff_table_free(fw->table);
     pthread_mutex_destroy(&fw->wlock);

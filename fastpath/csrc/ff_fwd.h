@@ -64,6 +64,46 @@ enum ff_stat {
 };
 extern const char *const ff_stat_names[FF_ST__COUNT];
 
+/* Per-peer counters (docs/fastpath.md §"Per-peer counters"): one row per route, kept per worker
+ * with plain stores and summed on read. A route keeps its row (its counter index) across table
+ * replacements as long as its subnet and peer address stay the same; a freed row is zeroed and
+ * reused only once no worker can still count into it. Rows 1..FF_PEER_MAX-1 belong to routes;
+ * routes beyond that many are counted in the totals only. Packets are inner packets, bytes their
+ * IPv4 total length. Received datagrams are attributed by the sender's address (to the first route
+ * of that address, should a host hold several subnets). */
+#define FF_PEER_MAX 65536u
+enum ff_peer_stat {
+    FF_PS_TX_PACKETS, FF_PS_TX_BYTES,   /* sent to the peer (sendmmsg accepted them) */
+    FF_PS_TX_DROPPED,                   /* to the peer, refused by the kernel (send_error) */
+    FF_PS_RX_PACKETS, FF_PS_RX_BYTES,   /* from the peer's address, accepted */
+    FF_PS_RX_SPOOFED,                   /* from the peer's address, inner source not its subnet */
+    FF_PS_RX_DST_SPECIAL,               /* from the peer's address, to a special address */
+    FF_PS_RX_DST_FOREIGN,               /* from the peer's address, to outside our lease */
+    FF_PS_RX_DROPPED,                   /* from the peer's address, dropped for another reason */
+    FF_PS_LAST_RX_NS,                   /* CLOCK_MONOTONIC of the last accepted datagram (coarse,
+                                         * a few ms); 0 = never. The maximum over workers. */
+    FF_PS__COUNT
+};
+extern const char *const ff_peer_stat_names[FF_PS__COUNT];
+
+struct ff_peer_stats {
+    struct ff_route route;
+    uint32_t pidx;                      /* 0: the route has no row (beyond FF_PEER_MAX) */
+    uint64_t v[FF_PS__COUNT];
+};
+
+/* Datagrams dropped as unknown_sender are counted by sender address in a small table per
+ * worker (the first FF_UNKNOWN_SENDERS addresses; every later one in a shared "other"), so a
+ * flood from sprayed source addresses costs bounded memory and output. */
+#define FF_UNKNOWN_SENDERS 16u
+struct ff_sender_stats {
+    uint32_t ip;                        /* host order */
+    uint64_t packets;
+};
+
+/* The offload parts in the order of ff_fwd_fallbacks: tun_tso, udp_gso, udp_gro, tcp_gro. */
+#define FF_OFFLOAD_NPARTS 4
+
 struct ff_opts {
     const char *tun_name;   /* name or template ("flannel%d"); used when tun_fd < 0 */
     int tun_fd;             /* adopt this TUN fd (dup'ed) when >= 0 */
@@ -108,6 +148,18 @@ void ff_fwd_stats(const struct ff_fwd *fw, uint64_t out[FF_ST__COUNT]);
 /* Counters of TUN queue q (both directions); -ERANGE for a bad q. */
 int ff_fwd_queue_stats(const struct ff_fwd *fw, uint32_t q, uint64_t out[FF_ST__COUNT]);
 uint32_t ff_fwd_workers(const struct ff_fwd *fw);
+/* The per-peer counters of every route, in table order: returns the route count (copies up to
+ * cap). Takes the writer lock; the cost is one pass over the table and the workers' rows, however
+ * much traffic there was. */
+long ff_fwd_peer_stats(struct ff_fwd *fw, struct ff_peer_stats *out, size_t cap);
+/* Unknown senders merged over the workers: copies up to cap distinct addresses and returns how
+ * many; the packets of addresses that did not fit, and of the workers' "other" buckets, are added
+ * to *other. */
+long ff_fwd_unknown_senders(const struct ff_fwd *fw, struct ff_sender_stats *out, size_t cap,
+                            uint64_t *other);
+/* Offload fallbacks by part (FF_OFFLOAD_NPARTS, the order above); they sum to the counter
+ * offload_fallbacks. */
+void ff_fwd_fallbacks(const struct ff_fwd *fw, uint64_t out[FF_OFFLOAD_NPARTS]);
 /* The offload parts (FF_F_TUN_TSO...TCP_GRO) active now: requested, accepted at open and not
  * turned off since by a fallback (a part counts as off once any worker turned it off). */
 uint32_t ff_fwd_features(const struct ff_fwd *fw);

@@ -58,7 +58,7 @@ struct ff_tx {
     uint8_t *frame;              /* vnet TUN: vnet hdr + one read */
     uint8_t **segp;              /* FF_GSO_BATCH_SEGS segment pointers into mem */
     uint16_t *seg_lens;
-    uint64_t *peer;              /* ff_peer_key of each kept segment */
+    uint64_t *peer;              /* ff_tx_key of each kept segment: peer ip:port, counter index */
     uint32_t *len;
     struct iovec *iov;
     struct ff_gso_group *groups;
@@ -90,6 +90,35 @@ struct ff_rx {
     int tcp_gro_off;             /* a GSO TUN write was refused: FF_GRO_NO_TCP from then on */
 };
 
+/* ---- per-peer counters (ff_peers.c; docs/fastpath.md §"Per-peer counters") ------------------
+ * Each worker has its own rows, in chunks of FF_PEER_CHUNK rows that never move once allocated
+ * (the writer adds chunks before it publishes a table using their indices), so a worker finds
+ * row pidx with two loads and counts with plain stores. */
+#define FF_PEER_CHUNK_SHIFT 8
+#define FF_PEER_CHUNK (1u << FF_PEER_CHUNK_SHIFT)              /* rows per chunk: 32 KiB */
+#define FF_PEER_CHUNKS (FF_PEER_MAX >> FF_PEER_CHUNK_SHIFT)
+#define FF_PIDX_SHIFT 48             /* ff_tx_key: the counter index above the peer's ip:port */
+
+struct ff_peer_row {
+    uint64_t v[FF_PS__COUNT];
+} __attribute__((aligned(64)));
+/* FF_PS__COUNT = 10 counters: two cache lines (rows are per worker: never shared) */
+_Static_assert(sizeof(struct ff_peer_row) == 128, "a row is two cache lines");
+_Static_assert(FF_PEER_MAX <= 1u << (64 - FF_PIDX_SHIFT), "the index must fit in ff_tx_key");
+
+/* The first FF_UNKNOWN_SENDERS addresses dropped as unknown_sender (an entry's ip, once set,
+ * never changes), then "other". Written by the worker only. */
+struct ff_unknown {
+    uint32_t ip[FF_UNKNOWN_SENDERS];
+    uint64_t packets[FF_UNKNOWN_SENDERS];
+    uint64_t other;
+};
+
+/* What one received message contributed, by verdict (committed once per message). */
+struct ff_rx_tally {
+    uint64_t packets, bytes, spoofed, dst_special, dst_foreign, dropped, unknown;
+};
+
 /* Per-worker context: counters and the reclamation epoch are written only by this worker. */
 struct ff_worker {
     struct ff_fwd *fw;
@@ -100,7 +129,13 @@ struct ff_worker {
     int tun_fd;                  /* TUN queue q: read (tun side) or written (udp side) */
     int sock_fd;                 /* tun side: the send socket; udp side: the receive socket */
     uint64_t epoch __attribute__((aligned(64)));   /* odd while the table may be in use */
+    uint64_t busy;               /* odd while a tun->udp batch holds counter indices, from its
+                                  * table read to its last send (ff_peers_enter/leave) */
     uint64_t stats[FF_ST__COUNT];
+    uint64_t fallbacks[FF_OFFLOAD_NPARTS];   /* offload_fallbacks by part */
+    uint64_t now_ns;             /* udp->tun: coarse CLOCK_MONOTONIC of this batch */
+    struct ff_peer_row *pdir[FF_PEER_CHUNKS];  /* this worker's per-peer rows; NULL = not yet */
+    struct ff_unknown unk;       /* udp->tun only */
     struct ff_tx tx;             /* tun side only */
     struct ff_rx rx;             /* udp side only */
     uint8_t icmp[FF_ICMP_MAX_LEN];
@@ -127,6 +162,10 @@ struct ff_fwd {
 #endif
     int vnet;                    /* TUN has IFF_VNET_HDR: every read/write carries one */
     char tun_name[IFNAMSIZ];
+    /* counter indices in use (bit 0, the shared row of routes without one, always); writer only */
+    uint64_t peer_used[FF_PEER_MAX / 64];
+    uint32_t peer_hint;          /* no free index below word peer_hint */
+    uint32_t peer_chunks;        /* chunks allocated in every worker's pdir */
 };
 
 /* Fault injection for the fallback tests (ff_opts.refuse), compiled into test builds only:
@@ -165,6 +204,74 @@ static inline void read_unlock(struct ff_worker *w)
 {
     __atomic_store_n(&w->epoch, w->epoch + 1, __ATOMIC_RELEASE);
 }
+
+/* ---- per-peer counters: the worker's side ------------------------------------------------- */
+static inline uint64_t *ff_peer_ctrs(struct ff_worker *w, uint32_t pidx)
+{
+    return w->pdir[pidx >> FF_PEER_CHUNK_SHIFT][pidx & (FF_PEER_CHUNK - 1)].v;
+}
+
+#define PEER_ADD(c, i, n) __atomic_store_n(&(c)[i], (c)[i] + (uint64_t)(n), __ATOMIC_RELAXED)
+
+/* The UDP_GSO planning key of a kept segment (ff_udp_gso_plan groups equal keys): the peer's
+ * ip:port, and above it the route's counter index, so a train is one route's. */
+static inline uint64_t ff_tx_key(const struct ff_slot *s)
+{
+    return ff_peer_key(s->peer_ip, s->peer_port) | (uint64_t)s->pidx << FF_PIDX_SHIFT;
+}
+
+static inline uint32_t ff_tx_key_pidx(uint64_t key)
+{
+    return (uint32_t)(key >> FF_PIDX_SHIFT);
+}
+
+/* A tun->udp batch uses counter indices from its table read until its last send, past
+ * read_unlock: `busy` tells the writer (ff_peers_release) when an index it freed is out of use.
+ * Enter before read_lock, whose fence orders the store before the table load. */
+static inline void ff_peers_enter(struct ff_worker *w)
+{
+    __atomic_store_n(&w->busy, w->busy + 1, __ATOMIC_RELAXED);
+}
+
+static inline void ff_peers_leave(struct ff_worker *w)
+{
+    __atomic_store_n(&w->busy, w->busy + 1, __ATOMIC_RELEASE);
+}
+
+static inline void ff_rx_tally(struct ff_rx_tally *t, enum ff_verdict v, const uint8_t *p)
+{
+    if (v == FF_FORWARD) {
+        t->packets++;
+        t->bytes += ff_ip4_tot_len(p);
+    } else if (v == FF_DROP_SPOOFED) {
+        t->spoofed++;
+    } else if (v == FF_DROP_DST_SPECIAL) {
+        t->dst_special++;
+    } else if (v == FF_DROP_DST_FOREIGN) {
+        t->dst_foreign++;
+    } else if (v == FF_DROP_UNKNOWN_SENDER) {
+        t->unknown++;
+    } else {
+        t->dropped++;
+    }
+}
+
+/* ff_peers.c */
+int ff_peers_open(struct ff_fwd *fw);               /* index 0 and the first chunk; -ENOMEM */
+void ff_peers_close(struct ff_fwd *fw);
+/* Writer, under wlock, before publishing nt in place of old: give every route of nt its counter
+ * index (old's when net/prefix and peer address are unchanged, else a free one) and rebuild
+ * nt's peer set (ff_table_finalize). 0 or -ENOMEM. */
+int ff_peers_assign(struct ff_fwd *fw, struct ff_table *nt, const struct ff_table *old);
+/* Writer, under wlock, after nt replaced old and the readers left old: free the indices of old
+ * that nt does not use, once no tun->udp batch can still count into them. */
+void ff_peers_release(struct ff_fwd *fw, const struct ff_table *old, const struct ff_table *nt);
+/* udp->tun: commit one message's tally for its sender (t: the batch's table). */
+void ff_peers_count_rx(struct ff_worker *w, const struct ff_table *t, uint32_t sender,
+                       const struct ff_rx_tally *tl);
+/* An offload part (one FF_F_* bit) fell back: offload_fallbacks and its part's count. */
+void ff_count_fallback(struct ff_worker *w, uint32_t part);
+uint64_t ff_coarse_now_ns(void);
 
 /* ff_loop.c: the worker thread and what both directions share */
 void *ff_worker_main(void *arg);     /* pthread entry; arg is the struct ff_worker */

@@ -165,7 +165,7 @@ static void tcp_gro_off(struct ff_worker *w)
         return;
     ff_gro_set_flags(w->rx.gro, FF_GRO_NO_TCP);
     __atomic_store_n(&w->rx.tcp_gro_off, 1, __ATOMIC_RELAXED);
-    STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
+    ff_count_fallback(w, FF_F_TCP_GRO);
 }
 
 /* Coalesce the k accepted packets and write each item as one TUN frame (without its vnet
@@ -246,9 +246,11 @@ static const struct ff_table *flush_full(struct ff_worker *w, uint32_t *k)
 }
 
 /* Check the datagrams of message i (a UDP_GRO train or one datagram); the accepted ones join
- * rx->pkt from *k on. Returns the datagrams it held. */
+ * rx->pkt from *k on, every verdict joins *tl (the sender's per-peer counts; committed by the
+ * caller under the table *tp it then holds, which a full batch may have renewed). Returns the
+ * datagrams it held. */
 static uint64_t accept_message(struct ff_worker *w, const struct ff_table **tp, uint32_t i,
-                               uint32_t *k)
+                               uint32_t *k, struct ff_rx_tally *tl)
 {
     struct ff_rx *rx = &w->rx;
     struct msghdr *mh = &rx->msgs[i].msg_hdr;
@@ -263,17 +265,21 @@ static uint64_t accept_message(struct ff_worker *w, const struct ff_table **tp, 
 
     if (gso < 0) {
         ff_count_drop(w, FF_DROP_BAD_LENGTH);
+        ff_rx_tally(tl, FF_DROP_BAD_LENGTH, buf);
         return 1;
     }
     if (rx->msgs[i].msg_len == 0) {
         /* an empty datagram: the iterator yields nothing, but it is one (short) datagram */
-        ff_count_drop(w, accept_datagram(w, *tp, buf, 0, sender, trunc));
+        enum ff_verdict v = accept_datagram(w, *tp, buf, 0, sender, trunc);
+        ff_count_drop(w, v);
+        ff_rx_tally(tl, v, buf);
         return 1;
     }
     ff_udp_gro_iter_init(&it, buf, rx->msgs[i].msg_len, gso);
     while (ff_udp_gro_next(&it, &dg, &dlen)) {
         enum ff_verdict v = accept_datagram(w, *tp, (uint8_t *)dg, dlen, sender, trunc);
         dgrams++;
+        ff_rx_tally(tl, v, dg);
         if (v != FF_FORWARD) {
             ff_count_drop(w, v);
             continue;
@@ -295,12 +301,16 @@ uint32_t ff_rx_batch(struct ff_worker *w)
 
     if (n <= 0)
         return 0;
+    w->now_ns = ff_coarse_now_ns();
     t = read_lock(w);
     for (int i = 0; i < n; i++) {
+        struct ff_rx_tally tl = {0};
         bytes += w->rx.msgs[i].msg_len;
-        dgrams += accept_message(w, &t, (uint32_t)i, &k);
+        dgrams += accept_message(w, &t, (uint32_t)i, &k, &tl);
+        ff_peers_count_rx(w, t, ntohl(w->rx.addrs[i].sin_addr.s_addr), &tl);
     }
-    read_unlock(w);       /* leave before the writes, which may wait for room */
+    read_unlock(w);       /* leave before the writes, which may wait for room (per-peer counts
+                           * are in: ff_peers_release relies on it) */
     STAT_ADD(w, FF_ST_UDP_RX_PACKETS, dgrams);
     STAT_ADD(w, FF_ST_UDP_RX_BYTES, bytes);
     write_items(w, k);

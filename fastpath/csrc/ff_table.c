@@ -131,6 +131,7 @@ int ff_table_insert(struct ff_table *t, const struct ff_route *r)
     s.peer_ip = r->peer_ip;
     s.peer_port = r->peer_port;
     s.pad = 0;
+    s.pidx = 0;          /* the forwarder's writer assigns it (ff_peers.c) */
     i = find(t, s.key, s.plen1);
     if (i >= 0) {
         t->slots[i] = s;
@@ -180,7 +181,7 @@ int ff_table_remove(struct ff_table *t, uint32_t net, uint8_t prefix)
 int ff_table_finalize(struct ff_table *t)
 {
     uint32_t pcap = cap_for(t->count), m = pcap - 1;
-    uint32_t *peers = calloc(pcap, sizeof(*peers));
+    struct ff_peer *peers = calloc(pcap, sizeof(*peers));
 
     if (!peers)
         return -ENOMEM;
@@ -188,9 +189,10 @@ int ff_table_finalize(struct ff_table *t)
         uint32_t ip = t->slots[i].peer_ip, h;
         if (!t->slots[i].plen1 || ip == 0)
             continue;
-        for (h = ff_fmix32(ip) & m; peers[h] && peers[h] != ip; h = (h + 1) & m)
+        for (h = ff_fmix32(ip) & m; peers[h].ip && peers[h].ip != ip; h = (h + 1) & m)
             ;
-        peers[h] = ip;
+        if (!peers[h].ip)
+            peers[h] = (struct ff_peer){ip, t->slots[i].pidx};
     }
     free(t->peers);
     t->peers = peers;
@@ -259,17 +261,39 @@ const struct ff_slot *ff_table_lookup(const struct ff_table *t, uint32_t dst)
     return NULL;
 }
 
-int ff_table_has_peer(const struct ff_table *t, uint32_t ip)
+static const struct ff_peer *find_peer(const struct ff_table *t, uint32_t ip)
 {
     uint32_t m, h;
 
     if (!t->peer_cap || ip == 0)
-        return 0;
+        return NULL;
     m = t->peer_cap - 1;
-    for (h = ff_fmix32(ip) & m; t->peers[h]; h = (h + 1) & m)
-        if (t->peers[h] == ip)
-            return 1;
-    return 0;
+    for (h = ff_fmix32(ip) & m; t->peers[h].ip; h = (h + 1) & m)
+        if (t->peers[h].ip == ip)
+            return &t->peers[h];
+    return NULL;
+}
+
+int ff_table_has_peer(const struct ff_table *t, uint32_t ip)
+{
+    return find_peer(t, ip) != NULL;
+}
+
+uint32_t ff_table_peer_index(const struct ff_table *t, uint32_t ip)
+{
+    const struct ff_peer *p = find_peer(t, ip);
+
+    return p ? p->pidx : 0;
+}
+
+struct ff_slot *ff_table_get(const struct ff_table *t, uint32_t net, uint8_t prefix)
+{
+    int32_t i;
+
+    if (prefix > 32)
+        return NULL;
+    i = find(t, net & ff_prefix_mask(prefix), (uint8_t)(prefix + 1));
+    return i < 0 ? NULL : &t->slots[i];
 }
 
 uint32_t ff_table_max_probe(const struct ff_table *t)

@@ -252,10 +252,13 @@ static void send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
                       const struct ff_gso_group *groups);
 
 /* A UDP_SEGMENT train the kernel refused: its count packets, one datagram each (the wire
- * format is one inner packet per datagram either way). */
-static void send_singly(struct ff_worker *w, const struct msghdr *train, uint32_t count)
+ * format is one inner packet per datagram either way), each its own group of one. */
+static void send_singly(struct ff_worker *w, const struct msghdr *train,
+                        const struct ff_gso_group *g)
 {
     struct mmsghdr one[FF_UDP_GSO_MAX_SEGS];
+    struct ff_gso_group ones[FF_UDP_GSO_MAX_SEGS];
+    uint32_t count = g->count;
 
     if (count > FF_UDP_GSO_MAX_SEGS)     /* ff_udp_gso_plan never groups more */
         count = FF_UDP_GSO_MAX_SEGS;
@@ -265,39 +268,52 @@ static void send_singly(struct ff_worker *w, const struct msghdr *train, uint32_
         one[k].msg_hdr.msg_namelen = train->msg_namelen;
         one[k].msg_hdr.msg_iov = &train->msg_iov[k];
         one[k].msg_hdr.msg_iovlen = 1;
+        ones[k] = (struct ff_gso_group){.start = g->start + k, .count = 1};
     }
-    send_msgs(w, one, count, NULL);
+    send_msgs(w, one, count, ones);
 }
 
+/* Messages from..to were sent: the totals, and each message's route (all of a group's segments
+ * go to one route, ff_tx_key). */
 static void count_sent(struct ff_worker *w, const struct mmsghdr *msgs, uint32_t from,
                        uint32_t to, const struct ff_gso_group *groups)
 {
     uint64_t pkts = 0, bytes = 0;
 
     for (uint32_t k = from; k < to; k++) {
-        pkts += groups ? groups[k].count : 1;
+        uint64_t *c = ff_peer_ctrs(w, ff_tx_key_pidx(w->tx.peer[groups[k].start]));
+        PEER_ADD(c, FF_PS_TX_PACKETS, groups[k].count);
+        PEER_ADD(c, FF_PS_TX_BYTES, msgs[k].msg_len);
+        pkts += groups[k].count;
         bytes += msgs[k].msg_len;
     }
     STAT_ADD(w, FF_ST_UDP_TX_PACKETS, pkts);
     STAT_ADD(w, FF_ST_UDP_TX_BYTES, bytes);
 }
 
+static void count_send_error(struct ff_worker *w, const struct ff_gso_group *g)
+{
+    STAT_ADD(w, FF_ST_SEND_ERROR, g->count);
+    PEER_ADD(ff_peer_ctrs(w, ff_tx_key_pidx(w->tx.peer[g->start])), FF_PS_TX_DROPPED, g->count);
+}
+
 /* EIO on a UDP_SEGMENT train: GSO off for this worker's socket (once counted), the train resent
  * one datagram at a time. */
-static void gso_refused(struct ff_worker *w, const struct msghdr *train, uint32_t count)
+static void gso_refused(struct ff_worker *w, const struct msghdr *train,
+                        const struct ff_gso_group *g)
 {
     if (!__atomic_load_n(&w->tx.gso_off, __ATOMIC_RELAXED)) {
         __atomic_store_n(&w->tx.gso_off, 1, __ATOMIC_RELAXED);
-        STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
+        ff_count_fallback(w, FF_F_UDP_GSO);
     }
-    send_singly(w, train, count);
+    send_singly(w, train, g);
 }
 
-/* sendmmsg m messages; groups (NULL = one packet per message) says how many inner packets each
- * carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped, except that EIO
- * on a GSO message (UDP GSO refused by the kernel or the device) turns GSO off for this
- * worker's socket and the train is sent again one datagram at a time; EMSGSIZE/EINVAL on a GSO
- * message (a segment above the path MTU) resends that train one datagram at a time. */
+/* sendmmsg m messages; groups says which segments (tx->peer, for the route) and how many inner
+ * packets each carries (UDP_SEGMENT). Counts per inner packet. A failing message is skipped,
+ * except that EIO on a GSO message (UDP GSO refused by the kernel or the device) turns GSO off
+ * for this worker's socket and the train is sent again one datagram at a time; EMSGSIZE/EINVAL
+ * on a GSO message (a segment above the path MTU) resends that train one datagram at a time. */
 static void send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
                       const struct ff_gso_group *groups)
 {
@@ -305,7 +321,7 @@ static void send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
     int retries = 0;
 
     while (off < m) {
-        int gso = groups && groups[off].count > 1, r;
+        int gso = groups[off].count > 1, r;
         if (gso && ff_refused(w->fw, FF_F_UDP_GSO)) {
             r = -1;              /* test builds: as the kernel would refuse it */
             errno = EIO;
@@ -319,16 +335,16 @@ static void send_msgs(struct ff_worker *w, struct mmsghdr *msgs, uint32_t m,
         } else if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && retries++ < FF_SEND_RETRIES) {
             ff_wait_out(w->sock_fd);
         } else if (r < 0 && errno == EIO && gso) {
-            gso_refused(w, &msgs[off].msg_hdr, groups[off].count);
+            gso_refused(w, &msgs[off].msg_hdr, &groups[off]);
             off++;
         } else if (r < 0 && (errno == EMSGSIZE || errno == EINVAL) && gso) {
             /* the path MTU to this peer is below a segment (a learned PMTU, a smaller route
              * MTU): the kernel refuses trains it would have to fragment, but fragments single
              * datagrams, as for flannel. Resend this train singly; GSO stays on (other peers). */
-            send_singly(w, &msgs[off].msg_hdr, groups[off].count);
+            send_singly(w, &msgs[off].msg_hdr, &groups[off]);
             off++;
         } else {
-            STAT_ADD(w, FF_ST_SEND_ERROR, groups ? groups[off].count : 1);
+            count_send_error(w, &groups[off]);
             off++;
         }
     }
@@ -362,7 +378,7 @@ static int plan_groups(struct ff_worker *w, uint32_t m)
                 /* never send a train without its UDP_SEGMENT cmsg: it would leave as one
                  * datagram holding several packets. Plan again, one packet per datagram. */
                 __atomic_store_n(&tx->gso_off, 1, __ATOMIC_RELAXED);
-                STAT_ADD(w, FF_ST_OFFLOAD_FALLBACKS, 1);
+                ff_count_fallback(w, FF_F_UDP_GSO);
                 return plan_groups(w, m);
             }
             mh->msg_control = cm;
@@ -380,6 +396,7 @@ static void forward(struct ff_worker *w, uint32_t nseg)
     uint32_t m = 0;
     int groups;
 
+    ff_peers_enter(w);           /* counter indices are used until the last send */
     memo.t = read_lock(w);
     for (uint32_t i = 0; i < nseg; i++) {
         const struct ff_slot *peer = NULL;
@@ -390,7 +407,7 @@ static void forward(struct ff_worker *w, uint32_t nseg)
                 send_no_route(w, tx->segp[i], tx->seg_lens[i]);
             continue;
         }
-        tx->peer[m] = ff_peer_key(peer->peer_ip, peer->peer_port);
+        tx->peer[m] = ff_tx_key(peer);
         tx->len[m] = ff_ip4_tot_len(tx->segp[i]);
         tx->iov[m].iov_base = tx->segp[i];
         tx->iov[m].iov_len = tx->len[m];
@@ -400,6 +417,7 @@ static void forward(struct ff_worker *w, uint32_t nseg)
     groups = plan_groups(w, m);
     if (groups > 0)
         send_msgs(w, tx->msgs, (uint32_t)groups, tx->groups);
+    ff_peers_leave(w);
 }
 
 uint32_t ff_tx_batch(struct ff_worker *w)

@@ -126,6 +126,10 @@ static void test_full_batch(void)
         CHECK_EQ(r, (ssize_t)sizeof train);
         sent += TRAIN_SEGS;
     }
+    /* the sender is a peer: its per-peer count must hold the datagrams past a full batch */
+    struct ff_route r = {0x0a620000u, 16, LOCALHOST, 8285};
+    struct ff_peer_stats ps[1];
+    CHECK_EQ(ff_fwd_add_route(fw, &r), 0);
     CHECK_EQ(ff_fwd_start(fw), 0);
     uint64_t rx = wait_stat(fw, "udp_rx_packets", (uint64_t)sent);
     uint64_t tx = wait_stat(fw, "tun_tx_packets", (uint64_t)sent);
@@ -133,6 +137,8 @@ static void test_full_batch(void)
            (unsigned long long)rx, (unsigned long long)tx);
     CHECK_EQ(rx, sent);
     CHECK_EQ(tx, sent);
+    CHECK_EQ(ff_fwd_peer_stats(fw, ps, 1), 1);
+    CHECK_EQ(ps[0].v[FF_PS_RX_PACKETS], (uint64_t)sent);
     close(s);
     ff_fwd_close(fw);
 }

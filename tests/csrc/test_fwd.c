@@ -84,9 +84,16 @@ static int run(uint32_t flags, uint32_t workers, uint32_t refuse)
                                       ~((refuse & FF_F_TUN_TSO) ? FF_F_TCP_GRO : 0u));
     {
         uint64_t st[FF_ST__COUNT];
+        uint64_t fb[FF_OFFLOAD_NPARTS];
         ff_fwd_stats(fw, st);
         CHECK_EQ(st[FF_ST_OFFLOAD_FALLBACKS], (uint64_t)(!!(refuse & FF_F_TUN_TSO) +
                                                          !!(refuse & FF_F_UDP_GRO)));
+        /* by part, in the order tun_tso, udp_gso, udp_gro, tcp_gro: the refused part only */
+        ff_fwd_fallbacks(fw, fb);
+        CHECK_EQ(fb[0], !!(refuse & FF_F_TUN_TSO));
+        CHECK_EQ(fb[1], 0);
+        CHECK_EQ(fb[2], !!(refuse & FF_F_UDP_GRO));
+        CHECK_EQ(fb[3], 0);
         CHECK_EQ(ff_fwd_queue_stats(fw, workers ? workers : 1, st), -ERANGE);
     }
     port = ff_fwd_port(fw);

@@ -1,4 +1,5 @@
-/* Route table: operations, longest-prefix semantics, probe lengths, a naive-model comparison. */
+/* Route table: operations, longest-prefix semantics, probe lengths, a naive-model comparison,
+ * counter indices. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,10 +152,56 @@ static void test_probe_bound(void)
     free(dsts);
 }
 
+/* Counter indices: stored per slot, kept by clone, found by address in the peer set (the first
+ * route of an address in slot order), and exact lookups by net/prefix. */
+static void test_counter_index(void)
+{
+    struct ff_table *t, *c;
+    struct ff_route r1 = R(IP(10, 10, 16, 0), 20, IP(192, 0, 2, 11), 8285);
+    struct ff_route r2 = R(IP(10, 10, 32, 0), 20, IP(192, 0, 2, 12), 8285);
+    struct ff_route r3 = R(IP(10, 10, 48, 0), 20, IP(192, 0, 2, 12), 8285);
+    struct ff_slot *s;
+    uint32_t first = 0;
+
+    CHECK_EQ(ff_table_new(&t, 0), 0);
+    CHECK_EQ(ff_table_insert(t, &r1), 0);
+    CHECK_EQ(ff_table_insert(t, &r2), 0);
+    CHECK_EQ(ff_table_insert(t, &r3), 0);
+    CHECK(ff_table_get(t, IP(10, 10, 16, 0), 24) == NULL);          /* exact, not longest */
+    CHECK(ff_table_get(t, IP(10, 10, 17, 0), 20) != NULL);          /* host bits masked */
+    CHECK(ff_table_get(t, 0, 33) == NULL);
+    CHECK_EQ(ff_table_get(t, IP(10, 10, 16, 0), 20)->pidx, 0);      /* the writer assigns it */
+    ff_table_get(t, IP(10, 10, 16, 0), 20)->pidx = 7;
+    ff_table_get(t, IP(10, 10, 32, 0), 20)->pidx = 8;
+    ff_table_get(t, IP(10, 10, 48, 0), 20)->pidx = 9;
+    CHECK_EQ(ff_table_peer_index(t, IP(192, 0, 2, 11)), 0);         /* no peer set yet */
+    CHECK_EQ(ff_table_finalize(t), 0);
+    CHECK_EQ(ff_table_peer_index(t, IP(192, 0, 2, 11)), 7);
+    CHECK_EQ(ff_table_peer_index(t, IP(192, 0, 2, 13)), 0);
+    CHECK_EQ(ff_table_peer_index(t, 0), 0);
+    for (uint32_t i = 0; i < t->cap && !first; i++)                 /* the first 192.0.2.12 slot */
+        if (t->slots[i].plen1 && t->slots[i].peer_ip == IP(192, 0, 2, 12))
+            first = t->slots[i].pidx;
+    CHECK_EQ(ff_table_peer_index(t, IP(192, 0, 2, 12)), first);
+    CHECK_EQ(ff_table_clone(t, &c), 0);
+    CHECK_EQ(ff_table_get(c, IP(10, 10, 48, 0), 20)->pidx, 9);
+    CHECK_EQ(ff_table_finalize(c), 0);
+    CHECK_EQ(ff_table_peer_index(c, IP(192, 0, 2, 11)), 7);
+    /* an update in place starts without an index: the writer decides whether it carries over */
+    CHECK_EQ(ff_table_insert(c, &r1), 0);
+    s = ff_table_get(c, IP(10, 10, 16, 0), 20);
+    CHECK(s && s->pidx == 0);
+    CHECK_EQ(ff_table_remove(c, IP(10, 10, 32, 0), 20), 0);
+    CHECK_EQ(ff_table_get(c, IP(10, 10, 48, 0), 20)->pidx, 9);      /* a shifted slot keeps it */
+    ff_table_free(c);
+    ff_table_free(t);
+}
+
 int main(void)
 {
     test_basic();
     test_random_vs_model();
     test_probe_bound();
+    test_counter_index();
     CHECK_DONE();
 }

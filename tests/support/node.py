@@ -6,7 +6,8 @@
 Opens flannel%d (IPv6 off on it), gives it <tun_ip>/32, MTU, txqueuelen, link up and a route for
 `network` (iproute2, as the
 agent does with netlink), adds the routes, starts, and writes the counters as JSON to `stats`
-every 100 ms and once more after SIGTERM (with "features" and per-queue "queues" counters).
+every 100 ms and once more after SIGTERM (with "features", per-queue "queues" counters, offload
+"fallbacks" by part, the per-peer counters, "peers": one dict per route, and "unknown_senders").
 "tun_prefix" (the lease's prefix length: decapsulated packets must be for tun_ip/tun_prefix),
 "workers", "offload", "tun_tso", "udp_gso", "udp_gro", "tcp_gro" are Forwarder.open's switches;
 "refuse" lists offload parts whose kernel call is made to fail once (a development build of the
@@ -66,8 +67,11 @@ class Node:
 
     def write_stats(self) -> None:
         path = self.cfg["stats"]
+        peers = self.fw.peer_stats()
         s = dict(self.fw.stats(), replacements=self.replacements, tun=self.fw.tun_name, port=self.fw.port,
-                 features=self.fw.features, queues=self.fw.queue_stats())
+                 features=self.fw.features, queues=self.fw.queue_stats(), fallbacks=self.fw.offload_fallbacks(),
+                 peers=[dict(zip(peers.dtype.names, row)) for row in peers.tolist()],
+                 unknown_senders=self.fw.unknown_senders())
         with open(path + ".tmp", "w") as f:
             json.dump(s, f)
         os.replace(path + ".tmp", path)
