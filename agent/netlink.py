@@ -57,6 +57,7 @@ def set_netns(name: Optional[str]) -> None:
     global _netns
     with _lock:
         close()
+        close_raw()
         _netns = name
 
 
@@ -504,3 +505,78 @@ def fdb_list(dev: str) -> List[FdbEntry]:
         out.append(FdbEntry(m.get_attr("NDA_LLADDR").lower(), IPv4Address(dst) if dst else None,
                             m["state"], m["flags"]))
     return out
+
+
+# -- many per-peer objects at once (agent/rtnl.py) -----------------------------------------------
+# The per-peer hot path of the kernel backends: requests packed by rtnl's builders
+# (rtnl.route_replace, rtnl.neigh_replace, rtnl.fdb_replace, ... by ifindex) and sent many per
+# sendmsg, and dumps the kernel filters to one device. docs/architecture.md §"Scale".
+_raw: Optional[Any] = None          # rtnl.Requests of this process and namespace
+_raw_pid = 0
+
+
+def _requests():
+    global _raw, _raw_pid
+    from . import rtnl
+    if _raw is None or _raw_pid != os.getpid():       # set_netns() closes it
+        try:
+            _raw, _raw_pid = rtnl.Requests(_netns), os.getpid()
+        except OSError as e:
+            raise NetlinkError(f"open rtnetlink socket: {e.strerror or e}", e.errno) from None
+    return _raw
+
+
+def send_batch(msgs: List[bytes]) -> List[Tuple[int, int]]:
+    """Send rtnl-built requests in as few sendmsg calls as fit; return (index, errno) of each one
+    the kernel refused (the others were applied, in order)."""
+    if not msgs:
+        return []
+    with _lock:
+        try:
+            return _requests().send(msgs)
+        except OSError as e:
+            close_raw()
+            raise NetlinkError(f"send {len(msgs)} rtnetlink requests: {e.strerror or e}", e.errno) from None
+
+
+def dump_routes(oif: int = 0):
+    """Main-table IPv4 routes (rtnl.RouteMsg), filtered by the kernel to output device `oif`."""
+    from . import rtnl
+    with _lock:
+        try:
+            return rtnl.dump_routes(_requests(), oif=oif)
+        except OSError as e:
+            close_raw()
+            raise NetlinkError(f"dump routes of #{oif}: {e.strerror or e}", e.errno) from None
+
+
+def dump_neighbours(ifindex: int, fdb: bool = False):
+    """Neighbours (AF_INET) or FDB entries (AF_BRIDGE) of one device as rtnl.NeighMsg."""
+    from . import rtnl
+    family = rtnl.AF_BRIDGE if fdb else rtnl.AF_INET
+    with _lock:
+        try:
+            return rtnl.dump_neighbours(_requests(), family, ifindex)
+        except OSError as e:
+            close_raw()
+            raise NetlinkError(f"dump {'FDB' if fdb else 'neighbours'} of #{ifindex}: {e.strerror or e}",
+                               e.errno) from None
+
+
+def close_raw() -> None:
+    global _raw
+    with _lock:
+        if _raw is not None and _raw_pid == os.getpid():
+            _raw.close()
+        _raw = None
+
+
+def kernel_watch(on_changes: Optional[Callable[[Any], None]] = None):
+    """A kernelwatch.KernelWatch in this module's namespace (see set_netns): read with poll(), or
+    start() its thread when `on_changes` is given."""
+    from .kernelwatch import KernelWatch
+    try:
+        w = KernelWatch(on_changes or (lambda _c: None), netns=_netns)
+        return w.start() if on_changes else w
+    except OSError as e:
+        raise NetlinkError(f"subscribe to rtnetlink notifications: {e.strerror or e}", e.errno) from None

@@ -3,26 +3,36 @@
 share a link.
 
 A route with the same destination but another gateway or device is replaced, an identical one is
-left alone; every check() (the daemon calls it every 10 s) re-adds routes that went missing;
-sync_peers() also removes routes inside Network through the external interface that belong to no
-live lease (flannel leaves those behind after a restart).
+left alone; sync_peers() also removes routes inside Network through the external interface that
+belong to no live lease (flannel leaves those behind after a restart). At scale
+(docs/architecture.md §"Scale"): an event costs one netlink request, never a table dump; sync_peers()
+is one filtered dump and one batch; a route someone deletes is re-added as soon as the kernel
+reported the deletion (agent/kernelwatch.py; check(), every 10 s, reads the reports), and a lost
+notification or a link change costs one full resync. Without a notification socket, check() does
+that full pass every time.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import threading
-from typing import Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
 
-from .. import netlink
+from .. import netlink, rtnl
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
 from .base import BackendOptions
 
+if TYPE_CHECKING:
+    from ..kernelwatch import Changes, KernelWatch
+
 log = logging.getLogger("fastflannel.hostgw")
 
+IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
 
 
@@ -38,6 +48,7 @@ class HostGwBackend:
         self.network: Optional[IPv4Network] = None
         self.routes: Dict[IPv4Network, ipaddress.IPv4Address] = {}    # peer subnet -> gateway
         self._lock = threading.RLock()
+        self._watch: Optional[KernelWatch] = None
 
     def mtu(self) -> int:
         return self.ext.mtu
@@ -53,8 +64,11 @@ class HostGwBackend:
         with self._lock:
             gw = self._gateway(lease)
             if gw is not None:
+                # O(1): one `route replace` (it also replaces a route to sn via another gateway);
+                # a conflicting route with another metric is left to the next full resync.
                 self.routes[lease.subnet] = gw
-                self._ensure_route(lease.subnet, gw)
+                if self._send([self._replace_msg(lease.subnet, gw)], "add") == 0:
+                    log.info("host-gw route %s via %s dev %s", lease.subnet, gw, self.ext.name)
             elif lease.subnet in self.routes and lease.attrs is not None:
                 self.remove_peer(Lease(lease.subnet, None))         # the peer switched backends
 
@@ -66,10 +80,11 @@ class HostGwBackend:
             if gw is None:
                 return
             log.info("removing host-gw route %s via %s", lease.subnet, gw)
-            try:
-                netlink.route_delete(lease.subnet, gw, self.ext.name)
-            except netlink.NetlinkError as e:
-                log.error("host-gw: %s", e)
+            sn = lease.subnet
+            failed = netlink.send_batch([rtnl.route_delete(sn.network_address, sn.prefixlen, gw, self.ext.index)])
+            for _i, code in failed:
+                if code not in (errno.ESRCH, errno.ENOENT):
+                    log.error("host-gw: delete route %s via %s: %s", sn, gw, os.strerror(code))
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
@@ -77,24 +92,36 @@ class HostGwBackend:
             for sn in [s for s in self.routes if s not in wanted]:
                 self.remove_peer(Lease(sn, None))
             self.routes.update(wanted)
-            table = self._routes_by_dst()
-            for sn, gw in wanted.items():
-                self._ensure_route(sn, gw, table)
-            self._prune()
+            self._start_watch()          # before programming: a deletion in between is reported
+            self._resync(prune=True)
+            log.info("host-gw: %d peer routes", len(self.routes))
 
     def check(self) -> None:
+        """The 10 s tick: re-add the routes the kernel reported deleted since the last tick (a
+        full resync after lost notifications); without a notification socket, a full pass."""
         with self._lock:
-            table = self._routes_by_dst()
-            for sn, gw in self.routes.items():
-                if not any(self._identical(r, gw) for r in table.get(sn, ())):
-                    log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
-                    self._ensure_route(sn, gw, table)
+            if self._watch is None:
+                self._start_watch()
+                self._resync(prune=False)
+                return
+            try:
+                changes = self._watch.poll(0)
+            except OSError as e:
+                log.warning("host-gw: kernel notifications failed (%s); resyncing", e)
+                self._watch.close()
+                self._watch = None
+                return self.check()
+            if changes:
+                self._repair(changes)
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
 
     def close(self) -> None:
-        pass          # flannel leaves its routes in place
+        # flannel leaves its routes in place
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _gateway(self, lease: Lease) -> Optional[ipaddress.IPv4Address]:
@@ -108,42 +135,85 @@ class HostGwBackend:
             return None
         return lease.attrs.public_ip
 
-    def _routes_by_dst(self) -> Dict[IPv4Network, List[netlink.Route]]:
-        table: Dict[IPv4Network, List[netlink.Route]] = {}
-        for r in netlink.route_list():
-            table.setdefault(r.dst, []).append(r)
-        return table
+    def _replace_msg(self, sn: IPv4Network, gw) -> bytes:
+        return rtnl.route_replace(sn.network_address, sn.prefixlen, gw, self.ext.index)
 
-    def _identical(self, r: netlink.Route, gw) -> bool:
-        return r.gateway == gw and r.oif == self.ext.index
-
-    def _ensure_route(self, sn: IPv4Network, gw, table=None) -> None:
-        """Add `sn via gw dev ext`; delete conflicting routes to sn first, skip an identical one.
-        `table` is one route dump shared by a whole sync/check pass."""
+    def _send(self, msgs: List[bytes], what: str) -> int:
+        """Send a batch; log each refusal; the number refused."""
         try:
-            existing = (table if table is not None else self._routes_by_dst()).get(sn, [])
-            identical = False
-            for r in existing:
-                if self._identical(r, gw) and not identical:
-                    identical = True
-                else:
-                    log.warning("replacing route %s via %s dev %s with via %s dev %s",
-                                sn, r.gateway, r.dev, gw, self.ext.name)
-                    netlink.route_delete(sn, r.gateway, r.oif)
-            if not identical:
-                netlink.route_replace(sn, gw, self.ext.name)
-                log.info("host-gw route %s via %s dev %s", sn, gw, self.ext.name)
+            failed = netlink.send_batch(msgs)
+        except netlink.NetlinkError as e:
+            log.error("host-gw: %s routes: %s", what, e)
+            return len(msgs)
+        for _i, code in failed:
+            log.error("host-gw: %s route: %s", what, os.strerror(code))
+        return len(failed)
+
+    def _identical(self, r: rtnl.RouteMsg, gw) -> bool:
+        return r.gateway == int(gw) and r.oif == self.ext.index
+
+    def _resync(self, prune: bool) -> None:
+        """One kernel dump of the main table, then one batch: every wanted route that is missing
+        or differs is replaced (conflicting routes to the same subnet deleted first), and with
+        `prune` our stale routes (inside Network, through the external interface) deleted."""
+        try:
+            table: Dict[IPv4Network, List[rtnl.RouteMsg]] = {}
+            for r in netlink.dump_routes():
+                if r.plen and r.type == rtnl.RTN_UNICAST:
+                    table.setdefault(IPv4Network((r.dst, r.plen)), []).append(r)
         except netlink.NetlinkError as e:
             log.error("host-gw: %s", e)
-
-    def _prune(self) -> None:
-        if self.network is None:
             return
-        for r in netlink.route_list(self.ext.name):
-            if (r.gateway is not None and r.dst.subnet_of(self.network) and r.dst != self.network
-                    and r.dst not in self.routes and (self.lease is None or r.dst != self.lease.subnet)):
-                log.info("pruning stale host-gw route %s via %s", r.dst, r.gateway)
-                try:
-                    netlink.route_delete(r.dst, r.gateway, self.ext.name)
-                except netlink.NetlinkError as e:
-                    log.error("host-gw: %s", e)
+        msgs: List[bytes] = []
+        for sn, gw in self.routes.items():
+            existing = table.get(sn, [])
+            if any(self._identical(r, gw) for r in existing):
+                continue
+            for r in existing:
+                log.warning("replacing route %s via %s dev #%d with via %s dev %s",
+                            sn, r.gateway and IPv4Address(r.gateway), r.oif, gw, self.ext.name)
+                msgs.append(rtnl.route_delete(sn.network_address, sn.prefixlen, r.gateway, r.oif))
+            msgs.append(self._replace_msg(sn, gw))
+        if prune:
+            msgs += self._prune_msgs(table)
+        self._send(msgs, "sync")
+
+    def _prune_msgs(self, table: Dict[IPv4Network, List[rtnl.RouteMsg]]) -> List[bytes]:
+        if self.network is None:
+            return []
+        out = []
+        for dst, routes in table.items():
+            if not (dst.subnet_of(self.network) and dst != self.network and dst not in self.routes
+                    and (self.lease is None or dst != self.lease.subnet)):
+                continue
+            for r in routes:
+                if r.gateway is not None and r.oif == self.ext.index:
+                    log.info("pruning stale host-gw route %s via %s", dst, IPv4Address(r.gateway))
+                    out.append(rtnl.route_delete(dst.network_address, dst.prefixlen, r.gateway, r.oif))
+        return out
+
+    # -- repair from kernel notifications (agent/kernelwatch.py) ---------------------------------
+    def _start_watch(self) -> None:
+        if self._watch is not None:
+            return
+        try:
+            self._watch = netlink.kernel_watch()
+        except netlink.NetlinkError as e:
+            log.warning("host-gw: no kernel notifications (%s); check() re-reads the routes every tick", e)
+
+    def _repair(self, changes: Changes) -> None:
+        if changes.overflow or any(link.ifindex == self.ext.index for link in changes.links):
+            self._resync(prune=False)         # lost notifications, or the link flapped
+            return
+        msgs = []
+        for r in changes.routes:
+            if r.table != rtnl.RT_TABLE_MAIN or not r.plen:
+                continue
+            sn = IPv4Network((r.dst, r.plen))
+            gw = self.routes.get(sn)
+            # Ours and still wanted; our own deletions (a removed peer) are no longer in routes.
+            if gw is not None and self._identical(r, gw):
+                log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
+                msgs.append(self._replace_msg(sn, gw))
+        if msgs:
+            self._send(msgs, "repair")

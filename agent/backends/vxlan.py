@@ -25,14 +25,17 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
 
-from .. import netlink
+from .. import netlink, rtnl
 from ..config import NetworkConfig, ci_get
 from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
 from .base import BackendOptions
+
+if TYPE_CHECKING:
+    from ..kernelwatch import Changes, KernelWatch
 
 log = logging.getLogger("fastflannel.vxlan")
 
@@ -102,6 +105,8 @@ class VxlanBackend:
         self.network: Optional[IPv4Network] = None
         self.peers: Dict[IPv4Network, _Peer] = {}
         self._lock = threading.RLock()
+        self._ifindex = 0                # of self.dev, for the raw requests (agent/rtnl.py)
+        self._watch: Optional[KernelWatch] = None
 
     # -- contract --------------------------------------------------------------------------------
     def mtu(self) -> int:
@@ -131,11 +136,18 @@ class VxlanBackend:
                     wanted[lease.subnet] = lease
             for sn in [s for s in self.peers if s not in wanted]:
                 self._remove(self.peers[sn].lease)
+            self._start_watch()            # before programming: a deletion in between is reported
+            pending: List[_Peer] = []
             for lease in wanted.values():
-                self._add(lease)
+                self._add(lease, pending)
+            self._program_many(pending)
             self._prune(wanted)
+            log.info("vxlan: %d peers (%d programmed now)", len(self.peers), len(pending))
 
     def check(self) -> None:
+        """The 10 s tick: recreate a deleted device, re-program the peers whose objects the kernel
+        reported deleted since the last tick (all of them after lost notifications or a link
+        change), or, without a notification socket, compare every peer with a dump."""
         with self._lock:
             if self.lease is None or self.network is None:
                 return
@@ -144,7 +156,12 @@ class VxlanBackend:
                 self._configure_device(self.lease, self.network)
                 for p in self.peers.values():
                     p.ok = False
-            self._repair_peers()
+            changes = self._poll_watch()
+            if changes is None or changes.overflow or any(
+                    link.ifindex in (self._ifindex, self.ext.index) for link in changes.links):
+                self._repair_peers()
+            else:
+                self._repair_reported(changes)
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
@@ -152,7 +169,9 @@ class VxlanBackend:
     def close(self) -> None:
         # flannel leaves the device, neighbours, FDB entries and routes in place
         # (docs/flannel-compat.md §"Start-up order").
-        pass
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     # -- MAC persistence --------------------------------------------------------------------------
     def _mac_path(self) -> str:
@@ -237,6 +256,7 @@ class VxlanBackend:
                 netlink.link_set_address(self.dev, self.mac)
             netlink.ensure_single_address(self.dev, lease.subnet.network_address, 32, network)
             netlink.link_set_up(self.dev)
+            self._ifindex = netlink.link_index(self.dev) or 0
             # flannel #1795: something (udev's MACAddressPolicy) may rewrite the MAC; verify it.
             got = netlink.link_info(self.dev)["address"]
             if got != self.mac:
@@ -271,7 +291,8 @@ class VxlanBackend:
             return False
         return gw is None
 
-    def _add(self, lease: Lease) -> None:
+    def _add(self, lease: Lease, pending: Optional[List[_Peer]] = None) -> None:
+        """Program one peer now, or with `pending` leave it there for one batch (_program_many)."""
         attrs = self._peer_attrs(lease)
         if attrs is None:
             if lease.subnet in self.peers and lease.attrs is not None:
@@ -289,7 +310,10 @@ class VxlanBackend:
             self._drop_stale(old, mac, direct, attrs.public_ip)
         peer = _Peer(lease, attrs.public_ip, mac, direct)
         self.peers[lease.subnet] = peer
-        peer.ok = self._program(peer)
+        if pending is not None:
+            pending.append(peer)
+        else:
+            peer.ok = self._program(peer)
 
     def _drop_stale(self, old: _Peer, mac: Optional[str], direct: bool, public_ip: IPv4Address) -> None:
         if old.direct != direct:
@@ -300,32 +324,68 @@ class VxlanBackend:
         elif direct and old.public_ip != public_ip:
             self._quiet(netlink.route_delete, old.lease.subnet, old.public_ip)
 
-    def _program(self, p: _Peer) -> bool:
-        sn, pub = p.lease.subnet, p.public_ip
+    def _msgs(self, p: _Peer) -> List[bytes]:
+        """The peer's objects in flannel's order, route last: neighbour, FDB entry, route."""
+        sn, pub, idx = p.lease.subnet, p.public_ip, self._ifindex
         if p.direct:
-            return self._step(f"route {sn} via {pub}", netlink.route_replace, sn, pub)
+            return [rtnl.route_replace(sn.network_address, sn.prefixlen, pub, self.ext.index)]
+        assert p.mac is not None
         vtep = sn.network_address
-        if not self._step(f"neighbour {vtep} lladdr {p.mac}", netlink.neigh_replace, vtep, p.mac, self.dev):
-            return False
-        if not self._step(f"FDB {p.mac} dst {pub}", netlink.fdb_replace, p.mac, self.dev, pub):
-            self._quiet(netlink.neigh_delete, vtep, self.dev)
-            return False
-        if not self._step(f"route {sn} via {vtep} onlink", netlink.route_replace, sn, vtep, self.dev, True):
-            self._quiet(netlink.neigh_delete, vtep, self.dev)
-            self._quiet(netlink.fdb_delete, p.mac, self.dev, pub)
-            return False
-        log.info("vxlan peer %s: %s at %s", sn, p.mac, pub)
-        return True
+        return [rtnl.neigh_replace(vtep, p.mac, idx), rtnl.fdb_replace(p.mac, idx, pub),
+                rtnl.route_replace(vtep, sn.prefixlen, vtep, idx, onlink=True)]
+
+    def _program(self, p: _Peer) -> bool:
+        """All objects of one peer in one request batch, retried a few times; on failure what
+        was added is removed again (no route without its neighbour and FDB entry)."""
+        msgs, err = self._msgs(p), "no device"
+        for attempt in range(STEP_ATTEMPTS):
+            try:
+                failed = netlink.send_batch(msgs)
+            except netlink.NetlinkError as e:
+                failed, err = [(0, e.errno or 0)], str(e)
+            if not failed:
+                log.info("vxlan peer %s: %s at %s", p.lease.subnet, p.mac or "direct", p.public_ip)
+                return True
+            err = "; ".join(os.strerror(code) for _i, code in failed)
+            if attempt < STEP_ATTEMPTS - 1:
+                time.sleep(STEP_RETRY_S)
+        log.error("vxlan: programming peer %s (%s at %s) failed: %s", p.lease.subnet, p.mac, p.public_ip, err)
+        self._unprogram(p)
+        return False
+
+    def _program_many(self, peers: List[_Peer]) -> None:
+        """Every peer's objects in one batch; a peer with a refused request goes the slow way."""
+        msgs: List[bytes] = []
+        owner: List[_Peer] = []
+        for p in peers:
+            m = self._msgs(p)
+            msgs += m
+            owner += [p] * len(m)
+        try:
+            failed = {owner[i].lease.subnet for i, _code in netlink.send_batch(msgs)}
+        except netlink.NetlinkError as e:
+            log.error("vxlan: %s", e)
+            failed = {p.lease.subnet for p in peers}
+        for p in peers:
+            p.ok = p.lease.subnet not in failed or self._program(p)
+
+    def _unprogram_msgs(self, p: _Peer) -> List[bytes]:
+        sn, pub, idx = p.lease.subnet, p.public_ip, self._ifindex
+        if p.direct:
+            return [rtnl.route_delete(sn.network_address, sn.prefixlen, pub)]
+        out = [rtnl.neigh_delete(sn.network_address, idx)]
+        if p.mac:
+            out.append(rtnl.fdb_delete(p.mac, idx, pub))
+        return out + [rtnl.route_delete(sn.network_address, sn.prefixlen, None, idx)]
 
     def _unprogram(self, p: _Peer) -> None:
-        sn, pub = p.lease.subnet, p.public_ip
-        if p.direct:
-            self._quiet(netlink.route_delete, sn, pub)
+        if not self._ifindex and not p.direct:
             return
-        self._quiet(netlink.neigh_delete, sn.network_address, self.dev)
-        if p.mac:
-            self._quiet(netlink.fdb_delete, p.mac, self.dev, pub)
-        self._quiet(netlink.route_delete, sn, None, self.dev)
+        try:
+            for _i, code in netlink.send_batch(self._unprogram_msgs(p)):
+                log.debug("ignored: deleting an object of %s: %s", p.lease.subnet, os.strerror(code))
+        except netlink.NetlinkError as e:
+            log.debug("ignored: %s", e)
 
     def _remove(self, lease: Lease) -> None:
         p = self.peers.pop(lease.subnet, None)
@@ -340,18 +400,6 @@ class VxlanBackend:
         log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
         self._unprogram(p)
 
-    def _step(self, what: str, fn, *args) -> bool:
-        for attempt in range(STEP_ATTEMPTS):
-            try:
-                fn(*args)
-                return True
-            except netlink.NetlinkError as e:
-                if attempt == STEP_ATTEMPTS - 1:
-                    log.error("vxlan: %s failed: %s", what, e)
-                else:
-                    time.sleep(STEP_RETRY_S)
-        return False
-
     @staticmethod
     def _quiet(fn, *args) -> None:
         try:
@@ -361,43 +409,110 @@ class VxlanBackend:
 
     # -- reconciliation --------------------------------------------------------------------------
     def _prune(self, wanted: Dict[IPv4Network, Lease]) -> None:
-        """Remove kernel state on flannel.<VNI> (and direct routes) that belongs to no live lease."""
-        if self.network is None or not netlink.link_exists(self.dev):
+        """Remove kernel state on flannel.<VNI> (and direct routes) that belongs to no live lease:
+        kernel-filtered dumps of the device, one batch of deletions."""
+        if self.network is None or not self._ifindex or not netlink.link_exists(self.dev):
             return
-        vteps = {sn.network_address for sn in wanted}
+        net, idx = self.network, self._ifindex
+        vteps = {int(sn.network_address) for sn in wanted}
         macs = {p.mac for p in self.peers.values() if p.mac}
-        for r in netlink.route_list(self.dev):
-            if r.dst.subnet_of(self.network) and r.dst != self.network and r.dst not in wanted and r.gateway:
-                log.info("pruning stale route %s via %s dev %s", r.dst, r.gateway, self.dev)
-                self._quiet(netlink.route_delete, r.dst, r.gateway, self.dev)
-        for n in netlink.neigh_list(self.dev):
-            if n.permanent and n.ip in self.network and n.ip not in vteps:
-                log.info("pruning stale neighbour %s lladdr %s dev %s", n.ip, n.mac, self.dev)
-                self._quiet(netlink.neigh_delete, n.ip, self.dev)
-        for e in netlink.fdb_list(self.dev):
-            if e.dst is not None and e.mac != "00:00:00:00:00:00" and e.mac not in macs:
-                log.info("pruning stale FDB entry %s dst %s dev %s", e.mac, e.dst, self.dev)
-                self._quiet(netlink.fdb_delete, e.mac, self.dev, e.dst)
-        if self.direct_routing:
-            for r in netlink.route_list(self.ext.name):
-                if (r.gateway and r.dst.subnet_of(self.network) and r.dst != self.network
-                        and r.dst not in wanted and (self.lease is None or r.dst != self.lease.subnet)):
-                    log.info("pruning stale direct route %s via %s", r.dst, r.gateway)
-                    self._quiet(netlink.route_delete, r.dst, r.gateway, self.ext.name)
+        msgs: List[bytes] = []
+        try:
+            devs = [idx] + ([self.ext.index] if self.direct_routing else [])
+            for oif in devs:
+                for r in netlink.dump_routes(oif):
+                    dst = IPv4Network((r.dst, r.plen))
+                    if (r.gateway and dst.subnet_of(net) and dst != net and dst not in wanted
+                            and (self.lease is None or dst != self.lease.subnet)):
+                        log.info("pruning stale route %s via %s dev #%d", dst, IPv4Address(r.gateway), oif)
+                        msgs.append(rtnl.route_delete(r.dst, r.plen, r.gateway, oif))
+            for n in netlink.dump_neighbours(idx):
+                if (n.state & netlink.NUD_PERMANENT and n.dst is not None and IPv4Address(n.dst) in net
+                        and n.dst not in vteps):
+                    log.info("pruning stale neighbour %s lladdr %s dev %s", IPv4Address(n.dst), n.mac, self.dev)
+                    msgs.append(rtnl.neigh_delete(n.dst, idx))
+            for e in netlink.dump_neighbours(idx, fdb=True):
+                if e.dst is not None and e.mac and e.mac != "00:00:00:00:00:00" and e.mac not in macs:
+                    log.info("pruning stale FDB entry %s dst %s dev %s", e.mac, IPv4Address(e.dst), self.dev)
+                    msgs.append(rtnl.fdb_delete(e.mac, idx, e.dst))
+            netlink.send_batch(msgs)
+        except netlink.NetlinkError as e:
+            log.warning("vxlan: pruning stale state: %s", e)
+
+    def _intact(self, p: _Peer, routes: set, neigh: set, fdb: set) -> bool:
+        sn, pub = p.lease.subnet, int(p.public_ip)
+        vtep = int(sn.network_address)
+        if p.direct:
+            return (vtep, sn.prefixlen, pub) in routes
+        return (vtep, sn.prefixlen, vtep) in routes and (vtep, p.mac) in neigh and (p.mac, pub) in fdb
 
     def _repair_peers(self) -> None:
-        """Re-program peers that failed or lost their neighbour, FDB entry or route."""
-        routes = {(r.dst, r.gateway) for r in netlink.route_list()}
-        neigh = {(n.ip, n.mac) for n in netlink.neigh_list(self.dev)}
-        fdb = {(e.mac, e.dst) for e in netlink.fdb_list(self.dev)}
-        for p in self.peers.values():
-            sn, pub = p.lease.subnet, p.public_ip
-            if p.direct:
-                intact = (sn, pub) in routes
-            else:
-                intact = ((sn, sn.network_address) in routes and (sn.network_address, p.mac) in neigh
-                          and (p.mac, pub) in fdb)
-            if not (p.ok and intact):
-                if p.ok:
-                    log.warning("vxlan peer %s lost kernel state; re-programming it", sn)
-                p.ok = self._program(p)
+        """Re-program peers that failed or lost their neighbour, FDB entry or route: one filtered
+        dump per object type, one batch."""
+        try:
+            routes = {(r.dst, r.plen, r.gateway) for oif in {self._ifindex, self.ext.index}
+                      for r in netlink.dump_routes(oif)}
+            neigh = {(n.dst, n.mac) for n in netlink.dump_neighbours(self._ifindex)}
+            fdb = {(e.mac, e.dst) for e in netlink.dump_neighbours(self._ifindex, fdb=True)}
+        except netlink.NetlinkError as e:
+            log.warning("vxlan: cannot read kernel state: %s", e)
+            return
+        broken = [p for p in self.peers.values() if not (p.ok and self._intact(p, routes, neigh, fdb))]
+        for p in broken:
+            if p.ok:
+                log.warning("vxlan peer %s lost kernel state; re-programming it", p.lease.subnet)
+        self._program_many(broken)
+
+    # -- repair from kernel notifications (agent/kernelwatch.py) ---------------------------------
+    def _start_watch(self) -> None:
+        if self._watch is not None:
+            return
+        try:
+            self._watch = netlink.kernel_watch()
+        except netlink.NetlinkError as e:
+            log.warning("vxlan: no kernel notifications (%s); check() compares every peer each tick", e)
+
+    def _poll_watch(self) -> Optional[Changes]:
+        """What the kernel reported since the last tick; None: no notifications, compare all."""
+        if self._watch is None:
+            self._start_watch()
+            return None
+        try:
+            return self._watch.poll(0)
+        except OSError as e:
+            log.warning("vxlan: kernel notifications failed (%s); resyncing", e)
+            self._watch.close()
+            self._watch = None
+            return None
+
+    def _repair_reported(self, changes: Changes) -> None:
+        """Re-program the peers one of whose objects was deleted; our own deletions (peers we
+        removed, an old MAC's FDB entry) name no current peer's object and are ignored."""
+        idx = self._ifindex
+        hit: Dict[IPv4Network, _Peer] = {}
+        by_vtep: Optional[Dict[int, _Peer]] = None
+        by_mac: Optional[Dict[tuple, List[_Peer]]] = None
+        for r in changes.routes:
+            p = self.peers.get(IPv4Network((r.dst, r.plen))) if r.table == rtnl.RT_TABLE_MAIN and r.plen else None
+            if p is not None and r.gateway == (int(p.public_ip) if p.direct else r.dst):
+                hit[p.lease.subnet] = p
+        for n in changes.neighbours:
+            if n.ifindex != idx or n.dst is None:
+                continue
+            if n.family == rtnl.AF_INET:
+                by_vtep = by_vtep or {int(sn.network_address): p for sn, p in self.peers.items() if not p.direct}
+                p = by_vtep.get(n.dst)
+                if p is not None:
+                    hit[p.lease.subnet] = p
+            elif n.mac:
+                if by_mac is None:
+                    by_mac = {}
+                    for p in self.peers.values():
+                        if p.mac:
+                            by_mac.setdefault((p.mac, int(p.public_ip)), []).append(p)
+                for p in by_mac.get((n.mac, n.dst), []):
+                    hit[p.lease.subnet] = p
+        failed = [p for p in self.peers.values() if not p.ok]
+        for p in hit.values():
+            log.warning("vxlan peer %s lost kernel state; re-programming it", p.lease.subnet)
+        self._program_many(list(hit.values()) + [p for p in failed if p.lease.subnet not in hit])
