@@ -49,10 +49,10 @@ NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
 
 _HDR = struct.Struct("=IHHII")           # nlmsghdr: len, type, flags, seq, pid
-_RTMSG = struct.Struct("=BBBBBBBBI")     # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-_NDMSG = struct.Struct("=BxxxiHBB")      # family, ifindex, state, flags, type
+RTMSG = struct.Struct("=BBBBBBBBI")     # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+NDMSG = struct.Struct("=BxxxiHBB")      # family, ifindex, state, flags, type
 _ATTR = struct.Struct("=HH")
-_U32_ATTR = struct.Struct("=HHI")
+U32_ATTR = struct.Struct("=HHI")
 _ERR = struct.Struct("=i")
 
 SEND_CHUNK_BYTES = 32 * 1024     # one sendmsg; failures of a chunk (≤ ~400 messages) fit the rcvbuf
@@ -69,18 +69,23 @@ def ip4(addr: object) -> bytes:
 
 
 def mac_bytes(mac: str) -> bytes:
-    b = bytes.fromhex(mac.replace(":", ""))
-    if len(b) != 6:
-        raise ValueError(f"bad MAC {mac!r}")
-    return b
+    """6 bytes of `aa:bb:cc:dd:ee:ff`; ValueError for anything else."""
+    parts = str(mac).split(":")
+    try:
+        if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+            raise ValueError
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"bad MAC {mac!r}") from None
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
     n = 4 + len(payload)
     return _ATTR.pack(n, kind) + payload + b"\0" * (-n & 3)
 
 
-def _msg(kind: int, flags: int, body: bytes) -> bytes:
+def msg(kind: int, flags: int, body: bytes) -> bytes:
+    """A request: nlmsghdr (NLM_F_REQUEST | flags; seq and pid filled in when sent) + body."""
     return _HDR.pack(16 + len(body), kind, flags | NLM_F_REQUEST, 0, 0) + body
 
 
@@ -90,45 +95,45 @@ _REPLACE = NLM_F_CREATE | NLM_F_REPLACE
 # -- the three per-peer objects ----------------------------------------------------------------
 def route_replace(dst: object, plen: int, gateway: object, oif: int, onlink: bool = False) -> bytes:
     """`ip route replace DST/PLEN via GW dev OIF [onlink] proto boot` in the main table."""
-    body = (_RTMSG.pack(AF_INET, plen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST,
+    body = (RTMSG.pack(AF_INET, plen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST,
                         RTNH_F_ONLINK if onlink else 0)
-            + _attr(RTA_DST, ip4(dst)) + _attr(RTA_GATEWAY, ip4(gateway)) + _U32_ATTR.pack(8, RTA_OIF, oif))
-    return _msg(RTM_NEWROUTE, _REPLACE, body)
+            + attr(RTA_DST, ip4(dst)) + attr(RTA_GATEWAY, ip4(gateway)) + U32_ATTR.pack(8, RTA_OIF, oif))
+    return msg(RTM_NEWROUTE, _REPLACE, body)
 
 
 def route_delete(dst: object, plen: int, gateway: object | None = None, oif: int = 0) -> bytes:
     """`ip route del DST/PLEN [via GW] [dev OIF]` in the main table (any scope, type, protocol)."""
-    body = _RTMSG.pack(AF_INET, plen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0) + _attr(RTA_DST, ip4(dst))
+    body = RTMSG.pack(AF_INET, plen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0) + attr(RTA_DST, ip4(dst))
     if gateway is not None:
-        body += _attr(RTA_GATEWAY, ip4(gateway))
+        body += attr(RTA_GATEWAY, ip4(gateway))
     if oif:
-        body += _U32_ATTR.pack(8, RTA_OIF, oif)
-    return _msg(RTM_DELROUTE, 0, body)
+        body += U32_ATTR.pack(8, RTA_OIF, oif)
+    return msg(RTM_DELROUTE, 0, body)
 
 
 def neigh_replace(ip: object, mac: str, ifindex: int) -> bytes:
     """`ip neigh replace IP lladdr MAC dev IFINDEX nud permanent`."""
-    body = (_NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0)
-            + _attr(NDA_DST, ip4(ip)) + _attr(NDA_LLADDR, mac_bytes(mac)))
-    return _msg(RTM_NEWNEIGH, _REPLACE, body)
+    body = (NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+            + attr(NDA_DST, ip4(ip)) + attr(NDA_LLADDR, mac_bytes(mac)))
+    return msg(RTM_NEWNEIGH, _REPLACE, body)
 
 
 def neigh_delete(ip: object, ifindex: int) -> bytes:
-    return _msg(RTM_DELNEIGH, 0, _NDMSG.pack(AF_INET, ifindex, 0, 0, 0) + _attr(NDA_DST, ip4(ip)))
+    return msg(RTM_DELNEIGH, 0, NDMSG.pack(AF_INET, ifindex, 0, 0, 0) + attr(NDA_DST, ip4(ip)))
 
 
 def fdb_replace(mac: str, ifindex: int, dst: object) -> bytes:
     """`bridge fdb replace MAC dev IFINDEX dst DST self permanent`."""
-    body = (_NDMSG.pack(AF_BRIDGE, ifindex, NUD_NOARP | NUD_PERMANENT, NTF_SELF, 0)
-            + _attr(NDA_LLADDR, mac_bytes(mac)) + _attr(NDA_DST, ip4(dst)))
-    return _msg(RTM_NEWNEIGH, _REPLACE, body)
+    body = (NDMSG.pack(AF_BRIDGE, ifindex, NUD_NOARP | NUD_PERMANENT, NTF_SELF, 0)
+            + attr(NDA_LLADDR, mac_bytes(mac)) + attr(NDA_DST, ip4(dst)))
+    return msg(RTM_NEWNEIGH, _REPLACE, body)
 
 
 def fdb_delete(mac: str, ifindex: int, dst: object | None = None) -> bytes:
-    body = _NDMSG.pack(AF_BRIDGE, ifindex, NUD_NOARP | NUD_PERMANENT, NTF_SELF, 0) + _attr(NDA_LLADDR, mac_bytes(mac))
+    body = NDMSG.pack(AF_BRIDGE, ifindex, NUD_NOARP | NUD_PERMANENT, NTF_SELF, 0) + attr(NDA_LLADDR, mac_bytes(mac))
     if dst is not None:
-        body += _attr(NDA_DST, ip4(dst))
-    return _msg(RTM_DELNEIGH, 0, body)
+        body += attr(NDA_DST, ip4(dst))
+    return msg(RTM_DELNEIGH, 0, body)
 
 
 # -- what the kernel reports -------------------------------------------------------------------
@@ -152,6 +157,7 @@ class NeighMsg:
     dst: int | None             # host-order IPv4 (the neighbour's IP, or the FDB entry's remote)
     mac: str | None
     state: int
+    flags: int = 0              # NTF_*: NTF_SELF for a device's own FDB entries
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,8 @@ class LinkMsg:
     ifindex: int
 
 
-def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
+def attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
+    """The attributes (type without the NESTED/BYTEORDER bits -> payload) between off and end."""
     out = {}
     while off + 4 <= end:
         n, kind = _ATTR.unpack_from(buf, off)
@@ -171,11 +178,11 @@ def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def _u32(raw: bytes | None) -> int:
+def u32(raw: bytes | None) -> int:
     return struct.unpack("=I", raw)[0] if raw is not None and len(raw) == 4 else 0
 
 
-def _be32(raw: bytes | None) -> int | None:
+def be32(raw: bytes | None) -> int | None:
     return int.from_bytes(raw, "big") if raw is not None and len(raw) == 4 else None
 
 
@@ -183,21 +190,21 @@ def parse(buf: bytes, off: int, kind: int, end: int) -> RouteMsg | NeighMsg | Li
     """One rtnetlink message body (after its nlmsghdr) as a RouteMsg/NeighMsg/LinkMsg; None for
     other kinds, other families and truncated messages."""
     body = off + 16
-    if kind in (RTM_NEWROUTE, RTM_DELROUTE) and end - body >= _RTMSG.size:
-        fam, plen, _s, _t, table, proto, _sc, rtype, _f = _RTMSG.unpack_from(buf, body)
+    if kind in (RTM_NEWROUTE, RTM_DELROUTE) and end - body >= RTMSG.size:
+        fam, plen, _s, _t, table, proto, _sc, rtype, _f = RTMSG.unpack_from(buf, body)
         if fam != AF_INET:
             return None
-        a = _attrs(buf, body + _RTMSG.size, end)
-        return RouteMsg(kind, _be32(a.get(RTA_DST)) or 0, plen, _u32(a.get(RTA_TABLE)) or table,
-                        _u32(a.get(RTA_OIF)), _be32(a.get(RTA_GATEWAY)), proto, rtype)
-    if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and end - body >= _NDMSG.size:
-        fam, ifindex, state, _f, _t = _NDMSG.unpack_from(buf, body)
+        a = attrs(buf, body + RTMSG.size, end)
+        return RouteMsg(kind, be32(a.get(RTA_DST)) or 0, plen, u32(a.get(RTA_TABLE)) or table,
+                        u32(a.get(RTA_OIF)), be32(a.get(RTA_GATEWAY)), proto, rtype)
+    if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and end - body >= NDMSG.size:
+        fam, ifindex, state, nflags, _t = NDMSG.unpack_from(buf, body)
         if fam not in (AF_INET, AF_BRIDGE):
             return None
-        a = _attrs(buf, body + _NDMSG.size, end)
+        a = attrs(buf, body + NDMSG.size, end)
         ll = a.get(NDA_LLADDR)
         mac = ":".join(f"{x:02x}" for x in ll) if ll is not None and len(ll) == 6 else None
-        return NeighMsg(kind, fam, ifindex, _be32(a.get(NDA_DST)), mac, state)
+        return NeighMsg(kind, fam, ifindex, be32(a.get(NDA_DST)), mac, state, nflags)
     if kind in (RTM_NEWLINK, RTM_DELLINK, RTM_DELADDR) and end - body >= 8:
         idx = struct.unpack_from("=i", buf, body + 4)[0]     # ifinfomsg.ifi_index / ifaddrmsg.ifa_index
         if kind == RTM_DELADDR:
@@ -312,6 +319,35 @@ class Requests:
                     if code:
                         failed.append((index[seq], code))
 
+    def ack(self, msg: bytes) -> None:
+        """Send one request and wait for the kernel's answer; OSError(errno) if it refused."""
+        for _ in self._exchange(msg, NLM_F_ACK):
+            pass
+
+    def get(self, msg: bytes) -> tuple[bytes, int, int, int] | None:
+        """One request that the kernel answers with one message (a get): (datagram, offset, type,
+        end); OSError(errno) if it refused."""
+        for reply in self._exchange(msg, 0):
+            return reply
+        return None
+
+    def _exchange(self, msg: bytes, flags: int) -> Iterator[tuple[bytes, int, int, int]]:
+        stamped, seq = self._stamp(msg, flags)
+        self.sock.sendall(stamped)
+        while True:
+            buf = self.sock.recv(RECV_BYTES)
+            for off, kind, mseq, end in messages(buf):
+                if mseq != seq:
+                    continue
+                if kind == NLMSG_ERROR:
+                    code = -_ERR.unpack_from(buf, off + 16)[0]
+                    if code:
+                        raise OSError(code, os.strerror(code))
+                    return
+                yield buf, off, kind, end
+                if not flags & NLM_F_ACK:
+                    return
+
     def dump(self, msg: bytes) -> Iterator[tuple[bytes, int, int, int]]:
         """The replies of one dump request: (datagram, offset, type, end) per message."""
         stamped, seq = self._stamp(msg, NLM_F_DUMP)
@@ -333,16 +369,16 @@ class Requests:
 
 def route_dump_request(oif: int = 0, table: int = RT_TABLE_MAIN, proto: int = 0) -> bytes:
     """RTM_GETROUTE dump filtered by the kernel: table, protocol (0 = any), output device (0 = any)."""
-    body = _RTMSG.pack(AF_INET, 0, 0, 0, table if table < 256 else 0, proto, 0, 0, 0)
-    body += _U32_ATTR.pack(8, RTA_TABLE, table)
+    body = RTMSG.pack(AF_INET, 0, 0, 0, table if table < 256 else 0, proto, 0, 0, 0)
+    body += U32_ATTR.pack(8, RTA_TABLE, table)
     if oif:
-        body += _U32_ATTR.pack(8, RTA_OIF, oif)
-    return _msg(RTM_GETROUTE, 0, body)
+        body += U32_ATTR.pack(8, RTA_OIF, oif)
+    return msg(RTM_GETROUTE, 0, body)
 
 
 def neigh_dump_request(family: int, ifindex: int) -> bytes:
     """RTM_GETNEIGH dump of one device: neighbours (AF_INET) or FDB entries (AF_BRIDGE)."""
-    return _msg(RTM_GETNEIGH, 0, _NDMSG.pack(family, 0, 0, 0, 0) + _U32_ATTR.pack(8, NDA_IFINDEX, ifindex))
+    return msg(RTM_GETNEIGH, 0, NDMSG.pack(family, 0, 0, 0, 0) + U32_ATTR.pack(8, NDA_IFINDEX, ifindex))
 
 
 def dump_routes(req: Requests, oif: int = 0, proto: int = 0) -> list[RouteMsg]:
