@@ -1,6 +1,6 @@
 """fastflannel data plane: the C fast path (csrc/) behind a Cython Forwarder.
 
-    from fastflannel.fastpath import Forwarder, ROUTE_DTYPE
+    from fastflannel.fastpath import Forwarder, pack_route
     with Forwarder() as fw:
         fw.open(tun="flannel%d", bind_ip="192.0.2.10", port=8285, tun_ip="10.10.0.0")
         fw.start()
@@ -16,10 +16,20 @@ from ._fastpath import (  # noqa: F401
     DROP_REASONS,
     MAX_WORKERS,
     OFFLOAD_PARTS,
-    ROUTE_DTYPE,
+    ROUTE_ITEMSIZE,
     STAT_NAMES,
     Forwarder,
+    pack_route,
 )
 
-__all__ = ["Forwarder", "OFFLOAD_PARTS", "MAX_WORKERS", "ROUTE_DTYPE", "STAT_NAMES", "DROP_REASONS",
-           "DEFAULT_PORT", "DEFAULT_BATCH"]
+__all__ = ["Forwarder", "OFFLOAD_PARTS", "MAX_WORKERS", "ROUTE_DTYPE", "ROUTE_ITEMSIZE", "STAT_NAMES",
+           "DROP_REASONS", "DEFAULT_PORT", "DEFAULT_BATCH", "pack_route"]
+
+
+def __getattr__(name: str):
+    # ROUTE_DTYPE is a numpy dtype: made (and numpy imported) only when someone asks for it, so
+    # the agent, which passes packed bytes (pack_route), never loads numpy.
+    if name == "ROUTE_DTYPE":
+        from ._fastpath import route_dtype
+        return route_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

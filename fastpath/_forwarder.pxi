@@ -234,7 +234,8 @@ cdef class Forwarder:
         _check(rc, "remove route")
 
     def replace_routes(self, routes):
-        """Publish a whole new table built from an array (or buffer) of ROUTE_DTYPE."""
+        """Publish a whole new table: packed bytes of ROUTE_ITEMSIZE per route (pack_route), or a
+        numpy array of ROUTE_DTYPE."""
         self._alive()
         cdef size_t n = 0
         cdef ff_route *r = _routes_to_c(routes, &n)
@@ -263,25 +264,31 @@ cdef class Forwarder:
         finally:
             free(r)
 
+    cdef list _counters(self, int queue):
+        """Counters in STAT_NAMES order: summed over workers (queue -1) or of one TUN queue."""
+        cdef uint64_t *v = <uint64_t *>malloc(FF_ST__COUNT * sizeof(uint64_t))
+        if v == NULL:
+            raise MemoryError()
+        try:
+            if queue < 0:
+                ff_fwd_stats(self._fw, v)
+            else:
+                _check(ff_fwd_queue_stats(self._fw, queue, v), "queue stats")
+            return [v[i] for i in range(FF_ST__COUNT)]
+        finally:
+            free(v)
+
     def stats_array(self):
-        """Counters as a uint64 array in STAT_NAMES order (summed over workers)."""
+        """Counters as a uint64 numpy array in STAT_NAMES order (summed over workers)."""
         self._alive()
-        out = _np.zeros(FF_ST__COUNT, dtype=_np.uint64)
-        cdef uint64_t[::1] v = out
-        ff_fwd_stats(self._fw, &v[0])
-        return out
+        return _np().array(self._counters(-1), dtype=_np().uint64)
 
     def stats(self):
         """Counters as a dict {name: int}."""
-        return dict(zip(STAT_NAMES, (int(x) for x in self.stats_array())))
+        self._alive()
+        return dict(zip(STAT_NAMES, self._counters(-1)))
 
     def queue_stats(self):
         """Per TUN queue (worker pair) counters: a list of {name: int}, one per worker."""
         self._alive()
-        out = _np.zeros(FF_ST__COUNT, dtype=_np.uint64)
-        cdef uint64_t[::1] v = out
-        res = []
-        for q in range(ff_fwd_workers(self._fw)):
-            _check(ff_fwd_queue_stats(self._fw, q, &v[0]), "queue stats")
-            res.append(dict(zip(STAT_NAMES, (int(x) for x in out))))
-        return res
+        return [dict(zip(STAT_NAMES, self._counters(q))) for q in range(ff_fwd_workers(self._fw))]
