@@ -42,6 +42,10 @@ GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
 RCVBUF_BYTES = 4 << 20
 WANTED_TYPES = (rtnl.RTM_DELROUTE, rtnl.RTM_DELNEIGH, rtnl.RTM_DELLINK, rtnl.RTM_NEWLINK, rtnl.RTM_DELADDR)
 POLL_S = 0.5                     # how soon the thread notices stop()
+# The thread waits this long after the first notification before it reads and repairs: a flush of
+# many objects then arrives as one batch (one repair pass), and repair still lands well within the
+# 10 s that flannel's route check allows.
+REPAIR_DELAY_S = 2.0
 SO_ATTACH_FILTER = 26
 
 
@@ -101,15 +105,19 @@ def _read(sock: socket.socket, out: Changes) -> None:
 
 
 class KernelWatch:
-    """Calls `on_changes(Changes)` from its own thread for every batch of deletions.
+    """Deletions the kernel reported, read with poll() or, once start()ed, handed to
+    `on_changes(Changes)` from its own thread REPAIR_DELAY_S after the first one of a batch.
 
     Open it *before* the state it guards is programmed: what is deleted in between is then
-    reported, not missed. The callback runs on the watch thread; an exception in it is logged
-    and the next batch is delivered as an overflow (the backend resyncs everything)."""
+    reported, not missed. Both ways may be used at once (each report goes to one of them). The
+    callback runs on the watch thread; after an exception in it the next batch is delivered as an
+    overflow (the backend resyncs everything)."""
 
     def __init__(self, on_changes: Callable[[Changes], None], netns: str | None = None,
-                 rcvbuf: int = RCVBUF_BYTES):
+                 rcvbuf: int = RCVBUF_BYTES, delay_s: float = REPAIR_DELAY_S):
         self.on_changes = on_changes
+        self.delay_s = delay_s
+        self._read_lock = threading.Lock()
         self.sock = rtnl.open_socket(GROUPS, netns, rcvbuf)
         try:
             attach_filter(self.sock, WANTED_TYPES)
@@ -130,14 +138,17 @@ class KernelWatch:
         """Wait up to `timeout` for notifications; return what is queued (the thread's step)."""
         out = Changes()
         if select.select([self.sock], [], [], timeout)[0]:
-            _read(self.sock, out)
+            with self._read_lock:
+                _read(self.sock, out)
         return out
 
     def _run(self) -> None:
         failed = False
         while not self._stop.is_set():
             try:
-                changes = self.poll(POLL_S)
+                if not select.select([self.sock], [], [], POLL_S)[0] or self._stop.wait(self.delay_s):
+                    continue
+                changes = self.poll(0)
             except OSError as e:
                 if self._stop.is_set():
                     return

@@ -4,7 +4,7 @@
     sudo .venv/bin/python3 bench/scale.py --all                              # 1,000 and 10,000 x 3 backends
 
 One namespace host (h1) on the lab underlay, a real etcd in the hub namespace, N synthetic leases
-written by one etcd client in transactions of 1,000 puts (bench/scale_lab.py: subnets, PublicIPs
+written by one etcd client in transactions of 1,000 puts (lab/scale.py: subnets, PublicIPs
 on a scale underlay nothing answers or sends to). Then, in this order and in the same run:
 
 * `ip -batch` (+ `bridge -batch` for FDB entries) adding the same N peers' kernel objects in a
@@ -34,11 +34,9 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import scale_lab as sl  # noqa: E402
 
 from fastflannel.lab import Lab, cleanup_stale, wait_for  # noqa: E402
+from fastflannel.lab import scale as sl  # noqa: E402
 
 PREFIX = "ffsc"
 BACKEND_CFG = {"vxlan": {"Type": "vxlan", "VNI": sl.VNI}, "host-gw": {"Type": "host-gw"}, "udp": {"Type": "udp"}}
@@ -197,7 +195,7 @@ class Run:
         self.r["burst_write_s"] = t0 - t_send
         self.r.update(burst_p50_ms=pct(lat, 50) * 1e3, burst_p99_ms=pct(lat, 99) * 1e3)
         if self.backend != "udp":
-            want = sl.expected_state(self.backend, list(range(self.n)) + idx)
+            want = sl.expected_state(self.backend, {i: 0 for i in list(range(self.n)) + idx})
             time.sleep(0.5)
             have = sl.kernel_state(self.backend)
             self.r["state_missing"] = sum(len(want[k] - have[k]) for k in want)

@@ -7,9 +7,9 @@ left alone; sync_peers() also removes routes inside Network through the external
 belong to no live lease (flannel leaves those behind after a restart). At scale
 (docs/architecture.md §"Scale"): an event costs one netlink request, never a table dump; sync_peers()
 is one filtered dump and one batch; a route someone deletes is re-added as soon as the kernel
-reported the deletion (agent/kernelwatch.py; check(), every 10 s, reads the reports), and a lost
-notification or a link change costs one full resync. Without a notification socket, check() does
-that full pass every time.
+reported the deletion (agent/kernelwatch.py: its thread repairs ~2 s after a report, check() reads
+pending reports too), and a lost notification or a link change costs one full resync. Without a
+notification socket, check() (every 10 s) does that full pass every time.
 """
 from __future__ import annotations
 
@@ -197,9 +197,13 @@ class HostGwBackend:
         if self._watch is not None:
             return
         try:
-            self._watch = netlink.kernel_watch()
+            self._watch = netlink.kernel_watch(self._on_kernel)
         except netlink.NetlinkError as e:
             log.warning("host-gw: no kernel notifications (%s); check() re-reads the routes every tick", e)
+
+    def _on_kernel(self, changes: Changes) -> None:
+        with self._lock:
+            self._repair(changes)
 
     def _repair(self, changes: Changes) -> None:
         if changes.overflow or any(link.ifindex == self.ext.index for link in changes.links):

@@ -156,12 +156,23 @@ class VxlanBackend:
                 self._configure_device(self.lease, self.network)
                 for p in self.peers.values():
                     p.ok = False
-            changes = self._poll_watch()
-            if changes is None or changes.overflow or any(
-                    link.ifindex in (self._ifindex, self.ext.index) for link in changes.links):
-                self._repair_peers()
-            else:
-                self._repair_reported(changes)
+            self._repair(self._poll_watch())
+
+    def _on_kernel(self, changes: Changes) -> None:
+        """The watch thread's report (agent/kernelwatch.py): repaired now, not at the next tick."""
+        with self._lock:
+            if self.lease is None or self.network is None:
+                return
+            if changes.links and not netlink.link_exists(self.dev):
+                return self.check()
+            self._repair(changes)
+
+    def _repair(self, changes: Optional[Changes]) -> None:
+        if changes is None or changes.overflow or any(
+                link.ifindex in (self._ifindex, self.ext.index) for link in changes.links):
+            self._repair_peers()
+        else:
+            self._repair_reported(changes)
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
@@ -468,7 +479,7 @@ class VxlanBackend:
         if self._watch is not None:
             return
         try:
-            self._watch = netlink.kernel_watch()
+            self._watch = netlink.kernel_watch(self._on_kernel)
         except netlink.NetlinkError as e:
             log.warning("vxlan: no kernel notifications (%s); check() compares every peer each tick", e)
 

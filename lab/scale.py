@@ -1,5 +1,5 @@
-"""The parts of bench/scale.py that touch the kernel and etcd: synthetic leases, the observer, the
-`ip -batch` floor.
+"""Scale harness (bench/scale.py, tests/test_scale.py): synthetic leases written in bulk, the
+kernel's own report of route changes, our objects as the kernel dumps them, the `ip -batch` floor.
 
 Synthetic peers: subnet i is 10.(1 + i // 256).(i % 256).0/24, PublicIP 198.18.0.0 + 2 + i on a
 scale underlay (198.18.0.0/16, RFC 2544's benchmark range) that exists only as an on-link prefix of
@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fastflannel.agent import rtnl
-from fastflannel.agent.lease import LeaseAttrs, encode_attrs
+from ..agent import rtnl
+from ..agent.lease import LeaseAttrs, encode_attrs
 
 SCALE_UNDERLAY = ipaddress.IPv4Network("198.18.0.0/16")
 SCALE_HOST_IP = "198.18.0.1"
@@ -33,22 +33,25 @@ def subnet(i: int) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(((10 << 24) | ((1 + i // 256) << 16) | ((i % 256) << 8), 24))
 
 
-def public_ip(i: int) -> ipaddress.IPv4Address:
-    return SCALE_UNDERLAY.network_address + 2 + i
+GEN_STRIDE = 20000                # generation g of peer i (a changed lease): PublicIP moved by g * this
 
 
-def mac(i: int) -> str:
-    return "0e:ff:" + ":".join(f"{(i >> s) & 255:02x}" for s in (24, 16, 8, 0))
+def public_ip(i: int, gen: int = 0) -> ipaddress.IPv4Address:
+    return SCALE_UNDERLAY.network_address + 2 + i + gen * GEN_STRIDE
 
 
-def lease_kv(backend: str, i: int) -> Tuple[str, bytes]:
+def mac(i: int, gen: int = 0) -> str:
+    return f"0e:{gen:02x}:" + ":".join(f"{(i >> s) & 255:02x}" for s in (24, 16, 8, 0))
+
+
+def lease_kv(backend: str, i: int, gen: int = 0) -> Tuple[str, bytes]:
     sn = subnet(i)
     if backend == "vxlan":
-        attrs = LeaseAttrs(public_ip(i), "vxlan", {"VNI": VNI, "VtepMAC": mac(i)})
+        attrs = LeaseAttrs(public_ip(i, gen), "vxlan", {"VNI": VNI, "VtepMAC": mac(i, gen)})
     elif backend == "host-gw":
-        attrs = LeaseAttrs(public_ip(i), "host-gw", None)
+        attrs = LeaseAttrs(public_ip(i, gen), "host-gw", None)
     else:
-        attrs = LeaseAttrs(public_ip(i))
+        attrs = LeaseAttrs(public_ip(i, gen))
     return f"{PREFIX}/subnets/{sn.network_address}-{sn.prefixlen}", encode_attrs(attrs)
 
 
@@ -79,12 +82,18 @@ class LeaseWriter:
     def put_config(self, cfg: str) -> None:
         self.client.put(f"{PREFIX}/config", cfg)
 
-    def bulk(self, indexes: Sequence[int]) -> float:
-        """Write the leases in as few transactions as etcd allows; monotonic time of the last reply."""
+    def bulk(self, indexes: Sequence[int], gen: int = 0, delete: Sequence[int] = ()) -> float:
+        """Put these leases (generation `gen`) and delete those, in as few transactions as etcd
+        allows (TXN_OPS each); monotonic time of the last reply."""
+        return self.bulk_mixed([(indexes, gen)], delete)
+
+    def bulk_mixed(self, puts: Sequence[Tuple[Sequence[int], int]], delete: Sequence[int]) -> float:
+        """Several generations put and some leases deleted, all in the fewest transactions."""
         t = self.client.transactions
-        for start in range(0, len(indexes), TXN_OPS):
-            ops = [t.put(*lease_kv(self.backend, i), lease=self.lease_id) for i in indexes[start:start + TXN_OPS]]
-            self.client.transaction(compare=[], success=ops, failure=[])
+        ops = [t.put(*lease_kv(self.backend, i, gen), lease=self.lease_id) for idx, gen in puts for i in idx]
+        ops += [t.delete(lease_kv(self.backend, i)[0]) for i in delete]
+        for start in range(0, len(ops), TXN_OPS):
+            self.client.transaction(compare=[], success=ops[start:start + TXN_OPS], failure=[])
         return time.monotonic()
 
     def put(self, i: int) -> Tuple[float, float]:
@@ -150,13 +159,14 @@ def wait_all(seen: Dict[int, float], dsts: Sequence[int], timeout_s: float) -> b
     return False
 
 
-def kernel_state(backend: str, ext_dev: str = "eth0", vx_dev: str = f"flannel.{VNI}") -> Dict[str, set]:
-    """Our objects as the kernel dumps them in this namespace: routes (dst, gateway), and for vxlan
-    neighbours (ip, mac) and FDB entries (mac, dst)."""
-    req = rtnl.Requests()
+def kernel_state(backend: str, netns: Optional[str] = None, ext_dev: str = "eth0",
+                 vx_dev: str = f"flannel.{VNI}") -> Dict[str, set]:
+    """Our objects as the kernel dumps them in this namespace (or `netns`): routes (dst, gateway),
+    and for vxlan neighbours (ip, mac) and FDB entries (mac, dst)."""
+    req = rtnl.Requests(netns)
     try:
         dev = vx_dev if backend == "vxlan" else ext_dev
-        idx = socket.if_nametoindex(dev)
+        idx = _ifindex(netns, dev)
         out: Dict[str, set] = {"routes": {(r.dst, r.gateway) for r in rtnl.dump_routes(req, oif=idx)
                                           if r.plen == 24 and r.gateway is not None}}
         if backend == "vxlan":
@@ -169,12 +179,25 @@ def kernel_state(backend: str, ext_dev: str = "eth0", vx_dev: str = f"flannel.{V
         req.close()
 
 
-def expected_state(backend: str, indexes: Sequence[int]) -> Dict[str, set]:
-    nets = [(i, int(subnet(i).network_address)) for i in indexes]
+def _ifindex(netns: Optional[str], dev: str) -> int:
+    if netns is None:
+        return socket.if_nametoindex(dev)
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show", dev], capture_output=True, text=True, check=True)
+    return int(out.stdout.split(":", 1)[0])
+
+
+def expected_state(backend: str, peers: Dict[int, int]) -> Dict[str, set]:
+    """What the kernel must hold for these peers ({index: generation})."""
+    nets = [(i, g, int(subnet(i).network_address)) for i, g in peers.items()]
     if backend == "vxlan":
-        return {"routes": {(n, n) for _i, n in nets}, "neigh": {(n, mac(i)) for i, n in nets},
-                "fdb": {(mac(i), int(public_ip(i))) for i, _n in nets}}
-    return {"routes": {(n, int(public_ip(i))) for i, n in nets}}
+        return {"routes": {(n, n) for _i, _g, n in nets}, "neigh": {(n, mac(i, g)) for i, g, n in nets},
+                "fdb": {(mac(i, g), int(public_ip(i, g))) for i, g, _n in nets}}
+    return {"routes": {(n, int(public_ip(i, g))) for i, g, n in nets}}
+
+
+def state_diff(want: Dict[str, set], have: Dict[str, set]) -> Dict[str, Tuple[int, int]]:
+    """{kind: (missing, stale)} for each kind that differs."""
+    return {k: (len(want[k] - have[k]), len(have[k] - want[k])) for k in want if want[k] != have[k]}
 
 
 # -- the kernel's floor: ip -batch doing the same work -------------------------------------------
@@ -218,3 +241,36 @@ def floor_seconds(ns: str, backend: str, indexes: Sequence[int], tmp: str) -> fl
         total += time.monotonic() - t0
     return total
 
+
+
+def _range(text: str) -> Tuple[List[int], int]:
+    """"A:B" or "A:B@G" -> ([A, B), G)."""
+    span, _, gen = text.partition("@")
+    a, b = span.split(":")
+    return list(range(int(a), int(b))), int(gen or 0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m fastflannel.lab.scale --endpoint URL --backend B [--config JSON] [--put A:B[@G]]...
+    [--delete A:B]`: one etcd client writing in transactions, run inside a lab namespace that
+    reaches etcd (peers A..B-1 of generation G put, deleted)."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--endpoint", required=True)
+    ap.add_argument("--backend", required=True, choices=["vxlan", "host-gw", "udp"])
+    ap.add_argument("--config")
+    ap.add_argument("--put", action="append", default=[])
+    ap.add_argument("--delete", default="")
+    args = ap.parse_args(argv)
+    w = LeaseWriter(args.endpoint, args.backend)
+    try:
+        if args.config:
+            w.put_config(args.config)
+        w.bulk_mixed([_range(p) for p in args.put], _range(args.delete)[0] if args.delete else [])
+    finally:
+        w.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
