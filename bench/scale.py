@@ -292,6 +292,7 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-env", action="append", default=[],
                     help="NAME=VALUE for the daemon's environment, e.g. PYTHONPATH of another tree (repeatable)")
     ap.add_argument("--json", help="append each row as a JSON line to this file")
+    ap.add_argument("--out", help="write the table (markdown) to this file, e.g. bench/results/scale.md")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -307,6 +308,10 @@ def main(argv=None) -> int:
             with open(args.json, "a") as f:
                 f.write(json.dumps(r) + "\n")
     print(table(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(f"# bench/scale.py, {time.strftime('%Y-%m-%d')}, Linux {os.uname().release}, "
+                    f"{os.cpu_count()} CPUs (shared with other jobs)\n\n{table(rows)}\n")
     return 0
 
 
