@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from .backends import BACKENDS
 from .errors import ConfigError
-from .lease import json_key
+from .lease import go_json_loads, json_key
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
@@ -37,7 +37,7 @@ _SENTINEL = object()
 
 
 def ci_get(obj: dict, name: str, default: Any = None) -> Any:
-    """A key of a JSON object matched like Go (exact first, then case-insensitive); `default`
+    """A key of a JSON object matched like Go (lease.json_key: case-insensitive, last wins); `default`
     when absent or null. For backends that get the raw Backend dict."""
     value = json_key(obj, name, None) if isinstance(obj, dict) else None
     return default if value is None else value
@@ -65,7 +65,7 @@ class NetworkConfig:
         return span // self.subnet_size + 1 if span >= 0 else 0
 
     def backend_option(self, name: str, default: Any = None) -> Any:
-        """A key of the Backend object, matched like Go (exact first, then case-insensitive);
+        """A key of the Backend object, matched like Go (case-insensitive, the last one wins);
         `default` when absent or JSON null."""
         return ci_get(self.backend, name, default)
 
@@ -126,10 +126,7 @@ def _parse_bool(value: Any, fld: str, default: bool) -> bool:
 def _load(raw: Union[str, bytes]) -> tuple[str, dict]:
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw)
-
-        def no_constants(name: str):
-            raise ValueError(f"invalid literal {name}")
-        obj = json.loads(text, parse_constant=no_constants)
+        obj = go_json_loads(text)       # keys matched as Go does (lease.json_key)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"invalid JSON in network config: {e}") from None
     if not isinstance(obj, dict):
@@ -139,7 +136,7 @@ def _load(raw: Union[str, bytes]) -> tuple[str, dict]:
 
 def _backend(obj: dict) -> tuple[str, dict]:
     """flannel's parseBackendType: absent -> "udp"; present -> its Type, lowercased at lookup."""
-    be = json_key(obj, "Backend", _SENTINEL)
+    be = json_key(obj, "Backend", _SENTINEL, raw=True)        # a json.RawMessage in flannel
     if be is _SENTINEL:
         return DEFAULT_BACKEND, {}
     if not isinstance(be, dict):

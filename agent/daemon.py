@@ -23,7 +23,7 @@ from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
 from .config import NetworkConfig, parse_config
 from .errors import ConfigError, DaemonError, EtcdUnreachable, RegistryError
 from .flags import Options
-from .lease import Lease, LeaseEvent
+from .lease import Lease, LeaseEvent, vtep_mac
 from .peers import PeerTracker
 from .registry_api import Registry
 from .subnetfile import parse_cidr, read_prev_subnet, read_subnet_env, write_subnet_file
@@ -129,7 +129,8 @@ class Daemon:
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)
-        self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), PeerTracker(lease.subnet)))
+        tracker = PeerTracker(lease.subnet, lease.attrs, cfg)     # lease admission (agent/peers.py)
+        self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), tracker))
 
     def _run_peers(self, registry: Registry, run: _Running) -> None:
         """The peers as listed now, then the watch and the lease keeper in their threads."""
@@ -137,8 +138,9 @@ class Daemon:
         leases, rev = registry.list_leases()
         run.tracker.reset(leases)
         # The full set, so state for peers that vanished while we were down is removed (flannel
-        # leaves it behind, docs/flannel-compat.md §"Watch").
-        run.backend.sync_peers(run.tracker.leases())
+        # leaves it behind, docs/flannel-compat.md §"Watch"); what fails is repaired by check().
+        self._guarded(lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync")
+        self._resolve_mac_conflicts(run)
         self._mark("peers")
         self._spawn("lease-watch", self._watch, registry, run, rev)
         self._spawn("lease-keeper", run.keeper.run, self.stop)
@@ -269,13 +271,36 @@ class Daemon:
                     run.keeper.on_event(ev)
                 else:
                     others.append(ev)
-            for ev in run.tracker.apply(others):
-                # One peer that cannot be programmed must not take the others down; the backend's
-                # periodic check() retries it.
-                fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
-                self._guarded(functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
+            self._dispatch(run, run.tracker.apply(others))
+            self._resolve_mac_conflicts(run)
             if others:
                 self._mark("last_peer_event")
+
+    def _dispatch(self, run: _Running, events: List[LeaseEvent]) -> None:
+        for ev in events:
+            # One peer that cannot be programmed must not take the others down; the backend's
+            # periodic check() retries it.
+            fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
+            self._guarded(functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}")
+
+    def _resolve_mac_conflicts(self, run: _Running) -> None:
+        """Another host announces our VTEP MAC (a cloned VM, a shared state dir): the kernel
+        would never sort it out, so take a new MAC and announce it (docs/architecture.md
+        §"Lease admission")."""
+        conflicts = run.tracker.take_mac_conflicts()
+        replace = getattr(run.backend, "replace_vtep_mac", None)
+        if not conflicts or replace is None:
+            return
+        for lease in conflicts:
+            log.error("Host %s (lease %s) announces this host's VTEP MAC %s; taking a new MAC",
+                      lease.public_ip, lease.key, vtep_mac(lease.attrs))
+        try:
+            attrs = replace()
+        except Exception as e:  # a bug: say so, keep running with the old MAC
+            log.error("Cannot take a new VTEP MAC: %s", e)
+            return
+        run.keeper.announce(attrs)
+        self._dispatch(run, run.tracker.set_own_attrs(attrs))
 
     def _loop(self) -> None:
         run = self.running

@@ -15,6 +15,7 @@ an empty `-etcd-endpoints` list).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -149,24 +150,25 @@ def _go_bool(text: str) -> bool:
     raise ValueError("parse error")
 
 
+# strconv.ParseInt(s, 0, 64) takes Go's integer literals: ASCII digits, an optional sign, a 0x/0o/0b
+# prefix or a leading 0 for octal, underscores only between digits (or right after a prefix).
+# Python's int() would also take Unicode digits and surrounding whitespace.
+_GO_INT_RE = re.compile(r"[+-]?(?:0[xX](?:_?[0-9a-fA-F])+|0[bB](?:_?[01])+|0[oO](?:_?[0-7])+"
+                        r"|0(?:_?[0-7])*|[1-9](?:_?[0-9])*)")
+
+
 def _go_int(text: str) -> int:
-    """strconv.ParseInt(s, 0, 64): optional sign, 0x/0o/0b prefixes, a leading 0 means octal,
-    underscores between digits."""
-    s = text
-    sign = 1
-    if s[:1] in "+-" and s:
-        sign, s = (-1 if s[0] == "-" else 1), s[1:]
-    if not s or not (s[0].isdigit()) or s.startswith("_") or s.endswith("_") or "__" in s:
+    """strconv.ParseInt(s, 0, 64), with Go's flag package's error words."""
+    if not _GO_INT_RE.fullmatch(text):
         raise ValueError("parse error")
-    try:
-        if s[:2].lower() in ("0x", "0o", "0b"):
-            value = int(s, 0)
-        elif len(s) > 1 and s[0] == "0":
-            value = int(s[1:].lstrip("_"), 8)
-        else:
-            value = int(s, 10)
-    except ValueError:
-        raise ValueError("parse error") from None
+    sign = -1 if text[0] == "-" else 1
+    s = text.lstrip("+-").replace("_", "")
+    if s[:2].lower() in ("0x", "0o", "0b"):
+        value = int(s, 0)
+    elif len(s) > 1 and s[0] == "0":
+        value = int(s, 8)
+    else:
+        value = int(s, 10)
     value *= sign
     if not -(1 << 63) <= value < (1 << 63):
         raise ValueError("value out of range")

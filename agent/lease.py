@@ -3,6 +3,11 @@
 
 A lease lives at `<prefix>/subnets/<ip>-<len>`; its value is Go's JSON of `LeaseAttrs`, field order
 PublicIP, PublicIPv6, BackendType (omitempty), BackendData (omitempty). udp sets no BackendType.
+
+Only the spelling flannel writes is a lease key (docs/architecture.md §"Lease admission"): a key
+that names a subnet in another way (`10.5.34.0-024`, non-ASCII digits, a trailing newline, a
+deeper path) would be a second key for a live host's subnet, and its deletion would look like
+that host's.
 """
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from typing import Any, Optional
 from .errors import LeaseFormatError
 
 # flannel's regex (pkg/subnet/subnet.go) is unanchored at the start and leaves two dots
-# unescaped; we accept the same keys but anchor both ends so junk prefixes are rejected.
-_KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
+# unescaped; we match the whole name (fullmatch: `$` would allow a trailing newline) with ASCII
+# digits only (Python's \d takes any Unicode digit, Go's RE2 does not).
+_KEY_RE = re.compile(r"([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)-([0-9]+)(?:&([a-fA-F0-9:]+)-([0-9]+))?")
+MAX_LEASE_VALUE_BYTES = 8192    # a lease flannel writes is under 300 bytes; more is not a lease
+_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
@@ -57,24 +65,61 @@ def subnet_key(net: IPv4Network) -> str:
 
 
 def parse_subnet_key(key: str) -> IPv4Network:
-    """Parse the last path element of a lease key; the IPv6 half of a dual-stack key is ignored."""
-    name = key.rsplit("/", 1)[-1]
-    m = _KEY_RE.match(name)
+    """Parse a lease key (`<prefix>/subnets/<ip>-<len>`, or the bare name); the IPv6 half of a
+    dual-stack key is checked and ignored. Only flannel's own spelling of the IPv4 half is a key."""
+    parts = key.rsplit("/", 2)
+    if len(parts) > 1 and parts[-2] != "subnets":
+        raise LeaseFormatError(f"bad subnet key {key!r}: not directly under subnets/")
+    m = _KEY_RE.fullmatch(parts[-1])
     if not m:
         raise LeaseFormatError(f"bad subnet key {key!r}")
     plen = int(m.group(2))
     if plen > 31:   # flannel parses the length with a 5-bit limit
         raise LeaseFormatError(f"bad prefix length in subnet key {key!r}")
     try:
-        return ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)
+        net = ipaddress.IPv4Network(f"{m.group(1)}/{plen}", strict=True)
+        if m.group(3) is not None and int(m.group(4)) > 127:     # flannel: ParseUint(.., 10, 7)
+            raise ValueError("IPv6 prefix length over 127")
+        if m.group(3) is not None:
+            ipaddress.IPv6Address(m.group(3))
     except ValueError as e:
         raise LeaseFormatError(f"bad subnet key {key!r}: {e}") from None
+    if f"{m.group(1)}-{m.group(2)}" != subnet_key(net):
+        raise LeaseFormatError(f"bad subnet key {key!r}: not spelled as flannel writes it "
+                               f"({subnet_key(net)})")
+    return net
+
+
+# Go's encoding/json string escapes: the short forms only for \n \r \t, \u00XX for the other
+# control characters (Python writes \b and \f), HTML-safe <, >, &, and U+2028/U+2029.
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "<": "\\u003c",
+               ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_string(text: str) -> str:
+    out = []
+    for ch in text:
+        esc = _GO_ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ch < " ":
+            out.append(f"\\u{ord(ch):04x}")
+        elif "\ud800" <= ch <= "\udfff":
+            out.append("\ufffd")                     # Go writes invalid UTF-8 as U+FFFD
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _go_json(value: Any) -> str:
-    # Go's encoding/json: compact separators, HTML-safe escaping of <, >, &.
-    s = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    """Go's encoding/json, compact; objects keep their key order (ours are Go structs)."""
+    if isinstance(value, str):
+        return _go_string(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_go_string(str(k))}:{_go_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_go_json(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def encode_attrs(attrs: LeaseAttrs) -> bytes:
@@ -102,20 +147,53 @@ def encode_attrs_v2(attrs: LeaseAttrs) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
-def json_key(obj: dict, name: str, default: Any = None) -> Any:
-    """Go's JSON decoder: an exact key wins, otherwise the first case-insensitive match."""
-    if name in obj:
-        return obj[name]
+class GoObject(dict):
+    """A JSON object with every key kept in document order, duplicates too (`pairs`): Go's
+    decoder sees them all (json.loads(..., object_pairs_hook=GoObject))."""
+
+    def __init__(self, pairs: Any = ()):
+        pairs = list(pairs.items() if isinstance(pairs, dict) else pairs)
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _go_fold(key: str) -> str:
+    # Go matches keys to field names with Unicode simple case folding; against the ASCII names
+    # used here that also lets KELVIN SIGN (U+212A) stand for k and LONG S (U+017F) for s.
+    return key.replace("\u017f", "s").lower()
+
+
+def json_key(obj: dict, name: str, default: Any = None, raw: bool = False) -> Any:
+    """A field of a JSON object as Go's decoder fills it: every key equal to `name` under Go's
+    case folding sets it, in document order, so the last one wins; a JSON null changes nothing
+    (`raw`: the field is a json.RawMessage, which a null sets too). `default` when none did."""
     low = name.lower()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.lower() == low:
-            return v
-    return default
+    pairs = obj.pairs if isinstance(obj, GoObject) else obj.items()
+    found = default
+    for k, v in pairs:
+        if (v is not None or raw) and isinstance(k, str) and (k == name or _go_fold(k) == low):
+            found = v
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")           # Python reads NaN/Infinity, Go does not
+
+
+def go_json_loads(raw: bytes | str) -> Any:
+    """json.loads as strict as Go's decoder: UTF-8 only (json.loads would guess UTF-16/32 from
+    bytes), no NaN/Infinity, objects as GoObject."""
+    text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=GoObject)
 
 
 def decode_attrs(raw: bytes | str) -> LeaseAttrs:
+    """A lease value; LeaseFormatError for anything flannel would not have written."""
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if size > MAX_LEASE_VALUE_BYTES:
+        raise LeaseFormatError(f"lease value of {size} bytes (over {MAX_LEASE_VALUE_BYTES})")
     try:
-        obj = json.loads(raw)
+        obj = go_json_loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise LeaseFormatError(f"lease value is not JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -135,6 +213,26 @@ def decode_attrs(raw: bytes | str) -> LeaseAttrs:
     if bdata is not None and not isinstance(bdata, dict):
         raise LeaseFormatError("BackendData is not a JSON object")
     return LeaseAttrs(public_ip=public_ip, backend_type=btype or None, backend_data=bdata)
+
+
+def valid_peer_mac(mac: Optional[str]) -> bool:
+    """A VTEP MAC another host may announce: lower-case `aa:bb:cc:dd:ee:ff`, unicast, not zero.
+    It need not be locally administered: flannel before v0.15.1 let the kernel pick it."""
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+        return False
+    return not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
+
+
+def vtep_mac(attrs: Optional[LeaseAttrs]) -> Optional[str]:
+    """The VtepMAC of a vxlan lease (BackendData, keys matched like Go), lower-cased; None when
+    absent or not a usable unicast MAC (docs/flannel-compat.md §"Lease JSON")."""
+    if attrs is None or not isinstance(attrs.backend_data, dict):
+        return None
+    mac = json_key(attrs.backend_data, "VtepMAC")
+    if not isinstance(mac, str):
+        return None
+    mac = mac.lower()
+    return mac if valid_peer_mac(mac) else None
 
 
 @dataclass(frozen=True)

@@ -1,44 +1,134 @@
-"""The cache of other hosts' leases: flannel's LeaseWatcher (docs/flannel-compat.md §"Watch").
+"""The cache of other hosts' leases (flannel's LeaseWatcher, docs/flannel-compat.md §"Watch") and
+lease admission: which of them the backends may program (docs/architecture.md §"Lease admission").
 
 Backends need the *last known* attrs of a peer when it goes away (its PublicIP, its VTEP MAC),
-but an etcd DELETE event carries only the key. The tracker keeps every live peer lease and
-turns raw registry events into backend events:
+but an etcd DELETE event carries only the key. The tracker keeps every peer lease it sees and
+hands the backends only the admitted ones, as events:
 
-* ADDED replaces the cached lease of that subnet or appends a new one;
-* REMOVED hands back the cached lease; an unknown subnet is logged and dropped;
+* ADDED when a lease is admitted or its admitted value changes; REMOVED, with the value the
+  backends were given, when it goes or stops being admitted;
 * events for our own subnet are dropped (the LeaseKeeper handles those);
 * `reset()` diffs a full listing against the cache. Unlike flannel, whose first snapshot only
   produces adds, the daemon gets REMOVED events for peers that vanished between two listings
   (after a compaction re-list) and uses `leases()` with the backends' `sync_peers()` to prune
   state left by peers that vanished while it was down.
+
+Admission: a lease is refused when it does not fit the network (outside Network, another prefix
+length than SubnetLen), names an address no host can have as its PublicIP, carries this host's
+PublicIP, or is a vxlan lease without a usable VtepMAC; and, between leases, when its VtepMAC is
+also announced by another host (one FDB entry per MAC: the host admitted first keeps it) or by
+this host (the daemon then takes a new MAC, `take_mac_conflicts()`). A refused lease is logged
+once, never replaces the admitted value of its key (the last good value stays programmed until a
+DELETE), and is admitted as soon as what made it refused goes away. `rejected()` and
+`rejection_counts()` are what monitoring reads.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from typing import Dict, Iterable, List
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
-from .lease import IPv4Network, Lease, LeaseEvent
+from .lease import IPv4Address, IPv4Network, Lease, LeaseAttrs, LeaseEvent, json_key, subnet_key, vtep_mac
+
+if TYPE_CHECKING:
+    from .config import NetworkConfig
 
 log = logging.getLogger("fastflannel.peers")
 
+# Rejection codes (the keys of rejection_counts()).
+OUTSIDE_NETWORK = "outside-network"     # not inside Network, or covering it
+PREFIX_LENGTH = "prefix-length"         # inside Network, but not a /SubnetLen
+PUBLIC_IP = "public-ip"                 # a PublicIP no host can have
+OWN_PUBLIC_IP = "own-public-ip"         # our PublicIP on another subnet: a copy of our lease
+VTEP_MAC = "vtep-mac"                   # a vxlan lease without a usable VtepMAC
+MAC_CONFLICT = "mac-conflict"           # its VtepMAC is another host's, admitted first
+OWN_MAC = "own-mac"                     # its VtepMAC is ours
+CODES = (OUTSIDE_NETWORK, PREFIX_LENGTH, PUBLIC_IP, OWN_PUBLIC_IP, VTEP_MAC, MAC_CONFLICT, OWN_MAC)
+
+# Addresses that are never a host's unicast address (RFC 1122 §3.2.1.3, RFC 5771, RFC 1112 §4).
+_NOT_A_HOST = ((IPv4Network("0.0.0.0/8"), "is not a host address (0.0.0.0/8)"),
+               (IPv4Network("127.0.0.0/8"), "is a loopback address"),
+               (IPv4Network("224.0.0.0/4"), "is a multicast address"),
+               (IPv4Network("240.0.0.0/4"), "is reserved (240.0.0.0/4, with the broadcast address)"))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: str           # one of CODES
+    text: str           # for the operator, e.g. "outside the network 10.0.0.0/8"
+
+
+def network_problem(subnet: IPv4Network, network: IPv4Network) -> Optional[str]:
+    """Why `subnet` cannot be a host's subnet in `network` (None: it can, size aside). The
+    backends use it too, so no lease outside Network is programmed whoever calls them."""
+    if subnet.prefixlen > network.prefixlen and subnet.subnet_of(network):
+        return None
+    if subnet == network:
+        return f"is the whole network {network}"
+    if network.subnet_of(subnet):
+        return f"covers the whole network {network}"
+    return f"is outside the network {network}"
+
+
+def public_ip_problem(ip: IPv4Address, network: Optional[IPv4Network]) -> Optional[str]:
+    for net, why in _NOT_A_HOST:
+        if ip in net:
+            return why
+    if network is not None and ip in network:
+        return f"is inside the overlay network {network} (the tunnel would carry itself)"
+    return None
+
 
 class PeerTracker:
-    def __init__(self, own_subnet: IPv4Network):
+    def __init__(self, own_subnet: IPv4Network, own_attrs: Optional[LeaseAttrs] = None,
+                 config: Optional[NetworkConfig] = None):
+        """`own_attrs` and `config` enable the rules that need them (our PublicIP and MAC, the
+        network); without them only the rules of a lease alone apply."""
         self.own_subnet = own_subnet
-        self._cache: Dict[IPv4Network, Lease] = {}      # insertion order = arrival order
+        self._own = own_attrs
+        self._config = config
+        self._seen: Dict[IPv4Network, Lease] = {}        # the latest value of every peer key
+        self._cand: Dict[IPv4Network, Lease] = {}        # the value that may be admitted per key
+        self._by_mac: Dict[str, Set[IPv4Network]] = {}   # VtepMAC -> keys whose candidate has it
+        self._admitted: Dict[IPv4Network, Lease] = {}    # what the backends were given
+        self._order: Dict[IPv4Network, int] = {}         # when each key was admitted
+        self._seq = itertools.count()
+        self._rejected: Dict[IPv4Network, Rejection] = {}
+        self._counts: Dict[str, int] = dict.fromkeys(CODES, 0)
+        self._conflicts: Dict[IPv4Network, Lease] = {}
         self._lock = threading.Lock()
 
+    # -- reading --------------------------------------------------------------------------------
     def leases(self) -> List[Lease]:
-        """The current peer leases (never our own)."""
+        """The admitted peer leases (never our own), in the order they were admitted."""
         with self._lock:
-            return list(self._cache.values())
+            return sorted(self._admitted.values(), key=lambda lease: self._order[lease.subnet])
 
+    def rejected(self) -> Dict[str, str]:
+        """Lease key -> why its current value is refused, for every key refused now."""
+        with self._lock:
+            return {subnet_key(s): r.text for s, r in self._rejected.items()}
+
+    def rejection_counts(self) -> Dict[str, int]:
+        """Rejection code -> how many times a lease value was refused (each logged once)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def take_mac_conflicts(self) -> List[Lease]:
+        """Peer leases that announce our own VTEP MAC, each returned once."""
+        with self._lock:
+            out, self._conflicts = list(self._conflicts.values()), {}
+            return out
+
+    # -- changes --------------------------------------------------------------------------------
     def reset(self, leases: Iterable[Lease]) -> List[LeaseEvent]:
         """Replace the cache with a full listing; return the differences as events.
 
         REMOVED events come first, so a backend never deletes a route it has just installed
-        when a subnet was replaced by one of another size."""
+        when a subnet was replaced by one of another size. A renewal alone (a new expiration)
+        is no event."""
         fresh: Dict[IPv4Network, Lease] = {}
         for lease in leases:
             if lease.subnet == self.own_subnet:
@@ -48,11 +138,10 @@ class PeerTracker:
                 continue
             fresh[lease.subnet] = lease
         with self._lock:
-            old, self._cache = self._cache, fresh
-        removed = [LeaseEvent(LeaseEvent.REMOVED, lease) for net, lease in old.items() if net not in fresh]
-        added = [LeaseEvent(LeaseEvent.ADDED, lease) for net, lease in fresh.items()
-                 if net not in old or old[net].attrs != lease.attrs]
-        return removed + added
+            affected = set(self._seen) | set(fresh) | set(self._admitted)
+            self._seen = fresh
+            self._rebuild_candidates()
+            return self._commit(affected, attrs_only=True)
 
     def apply(self, events: Iterable[LeaseEvent]) -> List[LeaseEvent]:
         """Update the cache from watch events; return the events backends should see."""
@@ -66,14 +155,170 @@ class PeerTracker:
                     if ev.lease.attrs is None:
                         log.warning("Ignoring added subnet %s without attributes", subnet)
                         continue
-                    self._cache[subnet] = ev.lease
-                    out.append(ev)
+                    self._seen[subnet] = ev.lease
                 elif ev.kind == LeaseEvent.REMOVED:
-                    cached = self._cache.pop(subnet, None)
-                    if cached is None:
+                    if self._seen.pop(subnet, None) is None:
                         log.info("Removed subnet (%s) was not found", subnet)
                         continue
-                    out.append(LeaseEvent(LeaseEvent.REMOVED, cached))
                 else:
                     log.warning("Ignoring lease event of unknown kind %r for %s", ev.kind, subnet)
+                    continue
+                out.extend(self._commit(self._update_candidate(subnet), attrs_only=False))
         return out
+
+    def set_own_attrs(self, attrs: LeaseAttrs) -> List[LeaseEvent]:
+        """Our lease now carries `attrs` (a new VTEP MAC); re-admit every peer against it."""
+        with self._lock:
+            self._own = attrs
+            self._rebuild_candidates()
+            return self._commit(set(self._seen) | set(self._admitted), attrs_only=True)
+
+    # -- admission ------------------------------------------------------------------------------
+    def _static(self, lease: Lease) -> Optional[Rejection]:
+        """The rules a lease must pass on its own."""
+        a = lease.attrs
+        assert a is not None
+        cfg = self._config
+        if cfg is not None:
+            why = network_problem(lease.subnet, cfg.network)
+            if why is not None:
+                return Rejection(OUTSIDE_NETWORK, why)
+            if lease.subnet.prefixlen != cfg.subnet_len:
+                return Rejection(PREFIX_LENGTH, f"prefix length /{lease.subnet.prefixlen} is not the network's "
+                                                f"SubnetLen /{cfg.subnet_len}")
+        why = public_ip_problem(a.public_ip, cfg.network if cfg is not None else None)
+        if why is not None:
+            return Rejection(PUBLIC_IP, f"PublicIP {a.public_ip} {why}")
+        if self._own is not None and a.public_ip == self._own.public_ip:
+            return Rejection(OWN_PUBLIC_IP, f"PublicIP {a.public_ip} is this host's, on another subnet "
+                                            f"than its lease {self.own_subnet}")
+        if a.backend_type == "vxlan" and vtep_mac(a) is None:
+            raw = json_key(a.backend_data, "VtepMAC") if isinstance(a.backend_data, dict) else None
+            return Rejection(VTEP_MAC, f"vxlan lease without a usable VtepMAC ({raw!r})")
+        return None
+
+    def _candidate(self, subnet: IPv4Network) -> Optional[Lease]:
+        """The value of `subnet` that may be admitted: the latest one if it passes, else the
+        value admitted before (a refused value never replaces a good one), else none."""
+        seen = self._seen.get(subnet)
+        if seen is None:
+            return None
+        if self._static(seen) is None:
+            return seen
+        old = self._admitted.get(subnet)
+        return old if old is not None and self._static(old) is None else None
+
+    @staticmethod
+    def _mac(lease: Lease) -> Optional[str]:
+        return vtep_mac(lease.attrs) if lease.attrs is not None and lease.attrs.backend_type == "vxlan" else None
+
+    def _index(self, subnet: IPv4Network, lease: Optional[Lease]) -> Set[IPv4Network]:
+        """Set the candidate of `subnet`; return the keys that share its old or new MAC."""
+        touched = {subnet}
+        old = self._cand.pop(subnet, None)
+        for adding, cand in ((False, old), (True, lease)):
+            mac = self._mac(cand) if cand is not None else None
+            if mac is None:
+                continue
+            group = self._by_mac.setdefault(mac, set())
+            if adding:
+                group.add(subnet)
+            else:
+                group.discard(subnet)
+            touched |= group
+            if not group:
+                del self._by_mac[mac]
+        if lease is not None:
+            self._cand[subnet] = lease
+        return touched
+
+    def _update_candidate(self, subnet: IPv4Network) -> Set[IPv4Network]:
+        return self._index(subnet, self._candidate(subnet))
+
+    def _rebuild_candidates(self) -> None:
+        self._cand, self._by_mac = {}, {}
+        for subnet in self._seen:
+            self._index(subnet, self._candidate(subnet))
+
+    def _relational(self, subnet: IPv4Network, cand: Lease) -> Optional[Rejection]:
+        """The rules between leases: one VTEP MAC, one host."""
+        mac = self._mac(cand)
+        if mac is None:
+            return None
+        own = self._own
+        if own is not None and vtep_mac(own) == mac:
+            return Rejection(OWN_MAC, f"VtepMAC {mac} is this host's own VTEP MAC")
+        group = self._by_mac.get(mac, set())
+        ips = {self._cand[s].public_ip for s in group}
+        if len(ips) <= 1:
+            return None
+        owner = self._mac_owner(group)
+        if cand.public_ip == self._cand[owner].public_ip:
+            return None
+        return Rejection(MAC_CONFLICT, f"VtepMAC {mac} is also announced by {subnet_key(owner)} "
+                                       f"({self._cand[owner].public_ip}), admitted first")
+
+    def _mac_owner(self, group: Set[IPv4Network]) -> IPv4Network:
+        """The key whose host keeps a shared MAC: the one admitted first with it, else the oldest
+        write."""
+        mac = self._mac(self._cand[next(iter(group))])
+        admitted = [s for s in group if s in self._admitted and self._mac(self._admitted[s]) == mac]
+        if admitted:
+            return min(admitted, key=lambda s: self._order[s])
+        return min(group, key=lambda s: (self._cand[s].revision, subnet_key(s)))
+
+    def _decide(self, subnet: IPv4Network) -> Tuple[Optional[Lease], Optional[Rejection]]:
+        """(the value to admit or None, why the latest value of the key is refused or None)."""
+        seen = self._seen.get(subnet)
+        if seen is None:
+            return None, None
+        static = self._static(seen)
+        cand = self._cand.get(subnet)
+        if cand is None:
+            return None, static
+        rel = self._relational(subnet, cand)
+        if rel is not None:
+            return None, static or rel
+        return cand, static
+
+    def _commit(self, affected: Set[IPv4Network], attrs_only: bool) -> List[LeaseEvent]:
+        """Decide every affected key; return REMOVED events first, then ADDED."""
+        removed: List[LeaseEvent] = []
+        added: List[LeaseEvent] = []
+        for subnet in sorted(affected):
+            admit, why = self._decide(subnet)
+            self._note(subnet, admit, why)
+            old = self._admitted.get(subnet)
+            if admit is None:
+                if old is not None:
+                    del self._admitted[subnet]
+                    del self._order[subnet]
+                    removed.append(LeaseEvent(LeaseEvent.REMOVED, old))
+                continue
+            self._admitted[subnet] = admit
+            if old is None:
+                self._order[subnet] = next(self._seq)
+            changed = old is None or (old.attrs != admit.attrs if attrs_only else old != admit)
+            if changed:
+                added.append(LeaseEvent(LeaseEvent.ADDED, admit))
+        return removed + added
+
+    def _note(self, subnet: IPv4Network, admit: Optional[Lease], why: Optional[Rejection]) -> None:
+        """Log a refusal once (again only when the reason changes) and count it."""
+        if why is None:
+            if self._rejected.pop(subnet, None) is not None and admit is not None:
+                log.info("Lease %s is admitted now", subnet_key(subnet))
+            return
+        if self._rejected.get(subnet) == why:
+            return
+        self._rejected[subnet] = why
+        self._counts[why.code] += 1
+        seen = self._seen[subnet]
+        kept = "; keeping its last good value" if admit is not None and admit is not seen else ""
+        log.warning("Ignoring lease %s (PublicIP %s): %s%s", subnet_key(subnet),
+                    seen.public_ip, why.text, kept)
+        if why.code == OWN_MAC:
+            self._conflicts[subnet] = seen
+
+
+__all__ = ["CODES", "PeerTracker", "Rejection", "network_problem", "public_ip_problem"]

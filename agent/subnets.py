@@ -16,6 +16,19 @@ Deliberate differences from flannel v0.18+ (each fixes a fault of flannel's):
   during a partition and was re-allocated, #1343/#1289), we stop with LeaseLost instead of
   treating the other host's lease as our renewal and overwriting it later. A deleted own key is
   re-created with a create-if-absent transaction instead of shutting the daemon down (#904).
+
+Lease admission (docs/architecture.md §"Lease admission"):
+* A lease that covers several subnets of the window (another prefix length, shorter than
+  SubnetLen: `10.0.0.0/8`, a `/12` in a network of `/20`s) never blocks allocation, nor the
+  previous subnet; a lease at a SubnetLen key or a smaller one does (its key exists).
+* Of several leases with our PublicIP (a copied lease, a reservation beside our lease), the one
+  of our previous subnet is reused, else the first that fits the config.
+* A subnet lost in a race is not tried again by the same acquisition.
+* The keeper answers any event for our subnet that is not our own value (another host's
+  PublicIP, other attrs, a DELETE) by reading our key: another host's lease there is a lost lease;
+  our own (the event came from another spelling of our key, or someone changed our value) is put
+  back with our attrs, so peers that followed the event learn our lease again. `announce(attrs)`
+  puts new attrs (a new VTEP MAC) at once.
 """
 from __future__ import annotations
 
@@ -25,7 +38,7 @@ import math
 import random
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Set
 
 from .config import NetworkConfig
 from .errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
@@ -37,6 +50,7 @@ RACE_RETRIES = 10           # attempts at acquiring before giving up
 RENEW_RETRY_S = 60          # wait after a failed renewal ("trying again in 1 min")
 MAX_CANDIDATES = 100        # free subnets flannel collects before picking one at random
 RECREATE_RETRIES = 3        # re-create attempts when our key flickers between deleted and present
+REANNOUNCE_MIN_S = 5.0      # at most one look at our key (and re-put) per 5 s, whatever the events
 
 _log = logging.getLogger("fastflannel.subnets")
 
@@ -68,6 +82,12 @@ def _free_candidates(cfg: NetworkConfig, taken: Sequence[IPv4Network], limit: in
     return out
 
 
+def _blocking(cfg: NetworkConfig, leases: Sequence[Lease]) -> List[Lease]:
+    """The leases allocation must keep clear of: those of SubnetLen or smaller. A lease covering
+    several subnets is not a host's (admission refuses it) and must not take them all away."""
+    return [lease for lease in leases if lease.subnet.prefixlen >= cfg.subnet_len]
+
+
 class SubnetManager:
     def __init__(self, registry: LeaseStore, config: NetworkConfig, public_ip: IPv4Address,
                  prev_subnet: Optional[IPv4Network] = None, renew_margin_s: int = 3600,
@@ -85,18 +105,19 @@ class SubnetManager:
     # -- acquiring ------------------------------------------------------------------------------
     def acquire(self, attrs: LeaseAttrs) -> Lease:
         """Take a lease for this host; raise OutOfSubnets, RegistryError or other registry errors."""
+        lost: Set[IPv4Network] = set()         # subnets another host created first
         for attempt in range(1, RACE_RETRIES + 1):
             try:
-                return self._try_acquire(attrs)
+                return self._try_acquire(attrs, lost)
             except SubnetExists as e:
                 self.log.info("Lost a race for a subnet (%s); retrying (attempt %d of %d)",
                               e, attempt, RACE_RETRIES)
         raise RegistryError(f"max retries reached trying to acquire a subnet "
                             f"({RACE_RETRIES} races lost against other hosts)")
 
-    def _try_acquire(self, attrs: LeaseAttrs) -> Lease:
+    def _try_acquire(self, attrs: LeaseAttrs, lost: Set[IPv4Network]) -> Lease:
         leases, _rev = self.registry.list_leases()
-        mine = next((lease for lease in leases if lease.public_ip == self.public_ip), None)
+        mine = self._own_lease(leases)
         if mine is not None:
             if self.config.subnet_compatible(mine.subnet):
                 return self._reuse(mine, attrs)
@@ -104,10 +125,28 @@ class SubnetManager:
                           "config, deleting", mine.subnet, self.public_ip)
             self.registry.delete_lease(mine.subnet)
             leases = [lease for lease in leases if lease.subnet != mine.subnet]
-        subnet = self._previous_subnet(leases) or self._allocate(leases)
-        lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S)
+        taken = _blocking(self.config, leases)
+        subnet = self._previous_subnet(taken, lost) or self._allocate(taken, lost)
+        try:
+            lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S)
+        except SubnetExists:
+            lost.add(subnet)
+            raise
         self.log.info("Allocated lease %s for %s", subnet, self.public_ip)
         return lease
+
+    def _own_lease(self, leases: Sequence[Lease]) -> Optional[Lease]:
+        """flannel reuses the first lease with our PublicIP in key order; of several, ours is the
+        one of the previous subnet, else the first that fits the config (a copy of our lease or a
+        reservation under another key must not move us)."""
+        mine = [lease for lease in leases if lease.public_ip == self.public_ip]
+        if len(mine) > 1:
+            self.log.warning("%d leases carry this host's PublicIP %s: %s", len(mine), self.public_ip,
+                             ", ".join(str(lease.subnet) for lease in mine))
+        fitting = [lease for lease in mine if self.config.subnet_compatible(lease.subnet)]
+        prev = [lease for lease in fitting if lease.subnet == self.prev_subnet]
+        best = prev or fitting or mine
+        return best[0] if best else None
 
     def _reuse(self, mine: Lease, attrs: LeaseAttrs) -> Lease:
         reservation = mine.expiration is None
@@ -115,11 +154,11 @@ class SubnetManager:
                       "reservation" if reservation else "lease", mine.subnet, self.public_ip)
         return self.registry.update_lease(mine.subnet, attrs, 0 if reservation else SUBNET_TTL_S)
 
-    def _previous_subnet(self, leases: Sequence[Lease]) -> Optional[IPv4Network]:
+    def _previous_subnet(self, taken: Sequence[Lease], lost: Set[IPv4Network]) -> Optional[IPv4Network]:
         prev = self.prev_subnet
-        if prev is None:
+        if prev is None or prev in lost:
             return None
-        holder = next((lease for lease in leases if lease.subnet.overlaps(prev)), None)
+        holder = next((lease for lease in taken if lease.subnet.overlaps(prev)), None)
         if holder is not None:
             self.log.error("Found lease (%s, held by %s) matching previously leased subnet (%s), ignoring",
                            holder.subnet, holder.public_ip, prev)
@@ -131,13 +170,13 @@ class SubnetManager:
         self.log.info("Found previously leased subnet (%s), reusing", prev)
         return prev
 
-    def _allocate(self, leases: Sequence[Lease]) -> IPv4Network:
+    def _allocate(self, taken: Sequence[Lease], lost: Set[IPv4Network]) -> IPv4Network:
         cfg = self.config
         self.log.info("Picking subnet in range %s ... %s", cfg.subnet_min, cfg.subnet_max)
-        free = _free_candidates(cfg, [lease.subnet for lease in leases], MAX_CANDIDATES)
+        free = _free_candidates(cfg, [lease.subnet for lease in taken] + sorted(lost), MAX_CANDIDATES)
         if not free:
             raise OutOfSubnets(f"out of subnets: no free /{cfg.subnet_len} left in range "
-                               f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(leases)} leases)")
+                               f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(taken)} leases)")
         return self.rng.choice(free)
 
     # -- keeping --------------------------------------------------------------------------------
@@ -162,9 +201,10 @@ class LeaseKeeper:
     """Keeps our lease alive and notices when it is taken away (flannel's CompleteLease).
 
     `run(stop)` renews at expiry - margin; `on_event(ev)` is fed the watch events for our own
-    subnet by the daemon's watch thread. Registry calls happen only in run()'s thread, so a slow
-    etcd never blocks the watch. `clock` and `wait(timeout)` are injectable for tests; the
-    default wait sleeps until the timeout, a stop, or an event that changes the schedule.
+    subnet by the daemon's watch thread; `announce(attrs)` puts new attrs now. Registry calls
+    happen only in run()'s thread, so a slow etcd never blocks the watch. `clock` and
+    `wait(timeout)` are injectable for tests; the default wait sleeps until the timeout, a stop,
+    or an event that changes the schedule.
     """
 
     POLL_S = 0.5                    # how often the default wait looks at the stop event
@@ -187,11 +227,21 @@ class LeaseKeeper:
         self._lost: Optional[LeaseLost] = None
         self._removed = False
         self._retry_at: Optional[float] = None    # set after a failed registry call
+        self._verify = False                      # look at our key and put our attrs back
+        self._next_verify = 0.0                   # not before (REANNOUNCE_MIN_S after the last)
 
     @property
     def lease(self) -> Lease:
         with self._lock:
             return self._lease
+
+    def announce(self, attrs: LeaseAttrs) -> None:
+        """Our lease carries `attrs` from now on (e.g. a new VTEP MAC): put them at once."""
+        with self._lock:
+            self._attrs = attrs
+            self._lease = Lease(self._lease.subnet, attrs, self._lease.expiration, self._lease.revision)
+            self._verify, self._next_verify = True, 0.0
+        self._wake.set()
 
     # -- events from the watch thread -----------------------------------------------------------
     def on_event(self, ev: LeaseEvent) -> None:
@@ -203,14 +253,17 @@ class LeaseKeeper:
                 if ev.lease.attrs is None:
                     self.log.warning("Ignoring added event without attributes for our subnet %s", subnet)
                     return
-                holder = ev.lease.public_ip
-                if holder == self.manager.public_ip:
+                if ev.lease.public_ip == self.manager.public_ip and ev.lease.attrs == self._attrs:
                     # Our own renewal (or the admin touched it): take the new expiration.
                     self._lease = Lease(subnet, self._attrs, ev.lease.expiration, ev.lease.revision)
                     self._removed = False
                     self._retry_at = None       # a PUT that timed out client-side may have landed
                 else:
-                    self._lost = self._lost_error(subnet, holder)
+                    # Another host's lease, or other attrs: from our own key (then another host
+                    # took it) or from another spelling of it; reading our key tells which.
+                    self.log.warning("Subnet %s was written with PublicIP %s (%s), not our lease; "
+                                     "checking our key", subnet, ev.lease.public_ip, ev.lease.attrs)
+                    self._verify = True
             elif ev.kind == LeaseEvent.REMOVED:
                 self.log.warning("Lease for subnet %s has been revoked or expired; re-creating it", subnet)
                 self._removed = True
@@ -229,30 +282,32 @@ class LeaseKeeper:
             with self._lock:
                 if self._lost is not None:
                     raise self._lost
-                lease, removed, retry_at = self._lease, self._removed, self._retry_at
+                lease, removed, verify = self._lease, self._removed, self._verify
+                delay = self._delay(lease)
+                if delay <= 0:
+                    self._verify = False
                 self._wake.clear()
-            if retry_at is not None:
-                delay = max(0.0, retry_at - self.clock())
-            elif removed:
-                delay = 0.0
-            else:
-                delay = self.manager.renew_delay(lease)
             if delay > 0:
                 self._wait(delay)
-                if stop.is_set() or self._wake.is_set():
-                    continue
-                if retry_at is None and not removed and self.manager.renew_delay(self.lease) > 0:
-                    continue                    # woke early (or the schedule moved): re-plan
-                if retry_at is not None and self.clock() < retry_at:
-                    continue
-            self._step(lease, removed)
+                continue                    # re-plan: the clock moved, or an event came
+            self._step(lease, removed, verify)
         with self._lock:
             if self._lost is not None:
                 raise self._lost
 
-    def _step(self, lease: Lease, removed: bool) -> None:
+    def _delay(self, lease: Lease) -> float:
+        """Seconds until the next registry call is due (under the lock)."""
+        if self._retry_at is not None:
+            return max(0.0, self._retry_at - self.clock())
+        if self._removed:
+            return 0.0
+        if self._verify:
+            return max(0.0, self._next_verify - self.clock())
+        return self.manager.renew_delay(lease)
+
+    def _step(self, lease: Lease, removed: bool, verify: bool) -> None:
         try:
-            new = self._recreate(lease) if removed else self._renew(lease)
+            new = self._recreate(lease) if removed else self._renew(lease, verify)
         except LeaseLost as e:
             with self._lock:
                 self._lost = e
@@ -261,17 +316,20 @@ class LeaseKeeper:
             self.log.warning("Error renewing lease (trying again in 1 min): %s", e)
             with self._lock:
                 self._retry_at = self.clock() + RENEW_RETRY_S
+                self._verify = self._verify or verify
             return
         with self._lock:
-            self._lease = new
+            self._lease = Lease(new.subnet, self._attrs, new.expiration, new.revision)
             if removed:
                 self._removed = False
+            if verify or removed:
+                self._next_verify = self.clock() + REANNOUNCE_MIN_S
             self._retry_at = None
         self.log.info("Renewed lease %s (expires %s)", new.subnet,
                       "never" if new.expiration is None else time.strftime(
                           "%Y-%m-%d %H:%M:%S", time.gmtime(new.expiration)))
 
-    def _renew(self, lease: Lease) -> Lease:
+    def _renew(self, lease: Lease, verify: bool = False) -> Lease:
         # flannel renews with an unconditional PUT; look first, so a subnet that another host
         # took over while we could not reach etcd is not overwritten (the window left is one
         # GET-to-PUT round trip instead of a whole day).
@@ -281,7 +339,16 @@ class LeaseKeeper:
             return self._recreate(lease)
         if current.public_ip != self.manager.public_ip:
             raise self._lost_error(lease.subnet, current.public_ip)
+        if verify or current.attrs != self._attrs:
+            return self._put_back(current)
         return self.manager.renew(Lease(lease.subnet, self._attrs, lease.expiration, lease.revision))
+
+    def _put_back(self, current: Lease) -> Lease:
+        """Our key holds our PublicIP: put our attrs there again (a reservation stays one), so
+        peers that followed an event for another spelling of our key see our lease again."""
+        self.log.info("Announcing our lease %s again", current.subnet)
+        ttl = 0 if current.expiration is None else SUBNET_TTL_S
+        return self.manager.registry.update_lease(current.subnet, self._attrs, ttl)
 
     def _recreate(self, lease: Lease) -> Lease:
         """Our key is gone: take it back with create-if-absent, never overwriting another host.
@@ -298,7 +365,9 @@ class LeaseKeeper:
                 continue                            # deleted again in between: try once more
             if current.public_ip != self.manager.public_ip:
                 raise self._lost_error(lease.subnet, current.public_ip)
-            return current                          # someone (us, earlier) already put it back
+            # Our key is there: the DELETE was of another spelling of it, or we put it back
+            # earlier. Peers dropped us on that DELETE; one PUT brings them back.
+            return self._put_back(current)
         raise RegistryError(f"subnet {lease.subnet} keeps appearing and disappearing in etcd")
 
     def _default_wait(self, timeout: float) -> None:

@@ -20,7 +20,8 @@ def pack_route(net: int, prefix: int, peer_ip: int, peer_port: int) -> bytes: ..
 class Forwarder:
     def __init__(self) -> None: ...
     def open(self, tun: str | bytes = "flannel%d", *, tun_fd: int | None = None,
-             bind_ip: str = "0.0.0.0", port: int = 8285, tun_ip: str = "0.0.0.0", mtu: int = 1472,
+             bind_ip: str = "0.0.0.0", port: int = 8285, tun_ip: str = "0.0.0.0", tun_prefix: int = 0,
+             mtu: int = 1472,
              batch: int = 64, anti_spoof: bool = True, workers: int = 1,
              offload: bool = False, tun_tso: bool | None = None,
              udp_gso: bool | None = None, udp_gro: bool | None = None,

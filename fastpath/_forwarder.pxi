@@ -67,7 +67,7 @@ cdef class Forwarder:
         return 0
 
     def open(self, tun="flannel%d", *, tun_fd=None, bind_ip="0.0.0.0", port=DEFAULT_PORT,
-             tun_ip="0.0.0.0", mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True, workers=1,
+             tun_ip="0.0.0.0", tun_prefix=0, mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True, workers=1,
              offload=False, tun_tso=None, udp_gso=None, udp_gro=None, tcp_gro=None,
              _refuse=()):
         """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket(s); no threads yet.
@@ -81,6 +81,11 @@ cdef class Forwarder:
         workers=N > 1: the TUN gets IFF_MULTI_QUEUE with N queues, N SO_REUSEPORT receive
         sockets on port and N send sockets (one outer source port per worker); worker i serves
         queue i both ways, so one inner flow stays on one thread.
+
+        tun_ip/tun_prefix is this host's lease (tun_ip its network address, the ICMP source).
+        With anti_spoof a decapsulated packet is written into the TUN only when its destination
+        lies in that subnet (else counted dst_foreign) and is no special address (loopback,
+        link-local, multicast, ...: dst_special, refused even with tun_prefix 0 = not given).
 
         mtu is the TUN's MTU as the caller sets it on the device (the agent, over netlink); it
         is only range-checked here, the buffers take any IPv4 packet.
@@ -97,6 +102,8 @@ cdef class Forwarder:
             raise ValueError(f"batch must be in 1..{FF_MAX_BATCH}")
         if not 0 <= port <= 65535 or not 68 <= mtu <= 65535:
             raise ValueError("port or mtu out of range")
+        if not 0 <= tun_prefix <= 32:
+            raise ValueError("tun_prefix must be in 0..32")
         asked = {"tun_tso": tun_tso, "udp_gso": udp_gso, "udp_gro": udp_gro, "tcp_gro": tcp_gro}
         cdef uint32_t parts = 0, refuse = 0
         for name, on in asked.items():
@@ -113,6 +120,7 @@ cdef class Forwarder:
         o.bind_ip = _ip(bind_ip)
         o.port = port
         o.tun_ip = _ip(tun_ip)
+        o.tun_prefix = tun_prefix
         o.batch = batch
         o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | parts
         o.workers = workers

@@ -30,6 +30,7 @@ cdef extern from "ff_fwd.h" nogil:
         uint32_t flags
         uint32_t workers
         uint32_t refuse
+        uint8_t tun_prefix
 
     struct ff_fwd:
         pass

@@ -13,6 +13,7 @@ if [ -f CMakeLists.txt ]; then
   cmake -S . -B _build-asan -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
   cmake --build _build-asan -j2 >/dev/null
   ctest --test-dir _build-asan --output-on-failure
+  bash tests/fuzz/run.sh 20       # libFuzzer targets, bounded (20 s each); a crash fails the run
 fi
 python3 setup.py -q build_ext --inplace >/dev/null
 python3 -m pytest -q -p no:cacheprovider --timeout=600 tests "$@"

@@ -270,7 +270,7 @@ def test_vxlan_mac_persisted_across_restart(nodes, tmp_path):
     (h1,) = nodes("h1")
     h1.start()
     mac = h1.attrs["BackendData"]["VtepMAC"]
-    assert open(f"{h1.state_dir}/vxlan-100.mac").read().strip() == mac
+    assert open(f"{h1.state_dir}/vxlan-100-{h1.ip}.mac").read().strip() == mac   # keyed by PublicIP
     h1.setup()
     h1.start()                                       # a restart: same state dir, same MAC
     assert h1.attrs["BackendData"]["VtepMAC"] == mac

@@ -155,7 +155,7 @@ def test_drop_reasons_are_the_drop_counters():
     """DROP_REASONS: the counters of dropped packets, in STAT_NAMES order, and only those."""
     assert fp.DROP_REASONS == tuple(n for n in fp.STAT_NAMES if n in fp.DROP_REASONS)
     assert {"no_route", "ttl", "short", "bad_header", "bad_length", "unknown_sender", "spoofed",
-            "send_error", "tun_error", "tun_invalid"} == set(fp.DROP_REASONS)
+            "send_error", "tun_error", "tun_invalid", "dst_special", "dst_foreign"} == set(fp.DROP_REASONS)
     assert not {n for n in fp.DROP_REASONS if n.endswith(("_packets", "_bytes"))}
 
 

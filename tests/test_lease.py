@@ -61,13 +61,23 @@ def test_decode_v06_udp_and_pre_v014_vxlan():
     assert a.backend_data == {"VtepMAC": "aa:bb:cc:dd:ee:ff"}
 
 
-def test_decode_case_insensitive_exact_first_unknown_ignored():
+def test_decode_case_insensitive_last_key_wins_unknown_ignored():
+    # As Go's encoding/json (checked with go1.19): every key that folds to a field's name sets
+    # it in document order, so the last wins; KELVIN SIGN and LONG S fold to k and s.
     a = decode_attrs('{"publicip":"10.0.0.9","PUBLICIP":"10.0.0.8","backendtype":"vxlan",'
                      '"backenddata":{"VNI":2},"Extra":1,"BackendV6Data":{"x":1}}')
-    assert a.public_ip == A("10.0.0.9")        # first case-insensitive match when no exact key
+    assert a.public_ip == A("10.0.0.8")
     assert a.backend_type == "vxlan" and a.backend_data == {"VNI": 2}
-    b = decode_attrs('{"publicip":"10.0.0.9","PublicIP":"10.0.0.7"}')
-    assert b.public_ip == A("10.0.0.7")        # the exact key wins
+    assert decode_attrs('{"PublicIP":"10.0.0.7","publicip":"10.0.0.9"}').public_ip == A("10.0.0.9")
+    assert decode_attrs('{"publicip":"10.0.0.9","PublicIP":"10.0.0.7"}').public_ip == A("10.0.0.7")
+    assert decode_attrs('{"PublicIP":"10.0.0.7","BackendType":"x","backendtype":null}').backend_type == "x"
+    assert decode_attrs('{"PublicIP":"10.0.0.7","Bac\u212aendType":"vxlan"}').backend_type == "vxlan"
+
+
+def test_decode_refuses_what_go_refuses():
+    for raw in ('{"PublicIP":"10.0.0.7","Extra":NaN}', '{"PublicIP":"10.0.0.7","Extra":-Infinity}'):
+        with pytest.raises(LeaseFormatError):
+            decode_attrs(raw)
 
 
 def test_decode_ipv6_only_lease_has_zero_public_ip():

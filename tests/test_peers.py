@@ -12,7 +12,9 @@ OWN = N("10.5.1.0/24")
 ADDED, REMOVED = LeaseEvent.ADDED, LeaseEvent.REMOVED
 
 
-def lease(net, ip, mac="aa:aa:aa:aa:aa:01", exp=1000.0):
+def lease(net, ip, mac=None, exp=1000.0):
+    """A vxlan lease; its VtepMAC is derived from the PublicIP unless given (one MAC, one host)."""
+    mac = mac or f"aa:aa:aa:aa:aa:{int(ip.rsplit('.', 1)[1]):02x}"
     return Lease(N(net), attrs(ip, "vxlan", {"VNI": 1, "VtepMAC": mac}), exp)
 
 
@@ -51,7 +53,7 @@ def test_reset_to_empty_removes_all():
 def test_apply_added_replaces_or_appends():
     t = PeerTracker(OWN)
     t.reset([lease("10.5.2.0/24", "192.0.2.11")])
-    newer = lease("10.5.2.0/24", "192.0.2.21", mac="bb:bb:bb:bb:bb:bb")
+    newer = lease("10.5.2.0/24", "192.0.2.21", mac="ba:bb:bb:bb:bb:bb")
     evs = t.apply([LeaseEvent(ADDED, newer), LeaseEvent(ADDED, lease("10.5.3.0/24", "192.0.2.12"))])
     assert kinds(evs) == [(ADDED, "10.5.2.0/24"), (ADDED, "10.5.3.0/24")]
     assert t.leases()[0] == newer and len(t.leases()) == 2

@@ -71,16 +71,29 @@ def test_random_pick_stays_in_the_window_and_spreads():
     assert len(picks) > 20
 
 
-def test_overlap_with_other_sizes_blocks_candidates():
+def test_smaller_leases_block_their_subnet_covering_ones_block_nothing():
+    # docs/architecture.md §"Lease admission": a lease covering several subnets is no host's
+    # lease; flannel lets it block them all (a 10.0.0.0/8 makes every new host fail).
     reg = FakeRegistry()
-    reg.put("10.5.0.0/20", OTHER)             # covers 10.5.1.0 .. 10.5.15.0
-    reg.put("10.5.16.64/26", "192.0.2.13")    # inside 10.5.16.0/24
-    reg.put("10.5.18.0/23", "192.0.2.14")     # covers 10.5.18.0 and 10.5.19.0
+    reg.put("10.5.0.0/20", OTHER)             # covers 10.5.1.0 .. 10.5.15.0: blocks nothing
+    reg.put("10.5.16.64/26", "192.0.2.13")    # inside 10.5.16.0/24: blocks it
+    reg.put("10.5.18.0/23", "192.0.2.14")     # covers 10.5.18.0 and 10.5.19.0: blocks nothing
+    reg.put("10.5.2.0/24", "192.0.2.15")
     rng = PickLast()
     manager(reg, rng=rng).acquire(MY_ATTRS)
     window = rng.windows[0]
-    assert window[:3] == [N("10.5.17.0/24"), N("10.5.20.0/24"), N("10.5.21.0/24")]
-    assert all(not w.overlaps(N("10.5.0.0/20")) for w in window)
+    assert window[:4] == [N("10.5.1.0/24"), N("10.5.3.0/24"), N("10.5.4.0/24"), N("10.5.5.0/24")]
+    assert N("10.5.16.0/24") not in window and N("10.5.18.0/24") in window
+
+
+@pytest.mark.parametrize("covering", ["10.0.0.0/8", "10.5.0.0/16", "10.5.0.0/17", "0.0.0.0/0"])
+def test_a_covering_lease_never_makes_a_host_run_out_of_subnets(covering):
+    reg = FakeRegistry()
+    cfg = '{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.11.0"}'
+    reg.put(covering, "192.0.2.99")
+    reg.put("10.5.10.0/24", OTHER)
+    lease = manager(reg, cfg).acquire(MY_ATTRS)
+    assert lease.subnet == N("10.5.11.0/24") and reg.holder(covering) == "192.0.2.99"
 
 
 def test_subnet_min_max_bound_the_walk():
@@ -163,13 +176,20 @@ def test_previous_subnet_reused_when_free():
     assert reg.names() == ["list_leases", "create_lease"]
 
 
-@pytest.mark.parametrize("held", ["10.5.72.0/24", "10.5.64.0/20", "10.5.72.128/25"])
+@pytest.mark.parametrize("held", ["10.5.72.0/24", "10.5.72.128/25"])
 def test_previous_subnet_not_taken_from_another_host(held):
     reg = FakeRegistry()
     reg.put(held, OTHER)
     lease = manager(reg, prev=N("10.5.72.0/24")).acquire(MY_ATTRS)
     assert not lease.subnet.overlaps(N("10.5.72.0/24"))
     assert reg.holder(held) == OTHER
+
+
+def test_a_covering_lease_never_moves_a_host_off_its_previous_subnet():
+    reg = FakeRegistry()
+    reg.put("10.5.64.0/20", OTHER)
+    lease = manager(reg, prev=N("10.5.72.0/24")).acquire(MY_ATTRS)
+    assert lease.subnet == N("10.5.72.0/24")
 
 
 @pytest.mark.parametrize("prev", ["10.5.72.0/25", "10.6.72.0/24", "10.5.0.0/24"])
@@ -269,8 +289,9 @@ class Harness:
         self.keeper.run(self.stop)
 
     def event(self, kind, ip=ME, exp=None):
+        """A watch event for our subnet; with our IP it carries our attrs, as our PUTs do."""
         net = N("10.10.16.0/20")
-        return LeaseEvent(kind, Lease(net, attrs(ip) if ip else None, exp))
+        return LeaseEvent(kind, Lease(net, (MY_ATTRS if ip == ME else attrs(ip)) if ip else None, exp))
 
 
 def test_keeper_renews_at_expiry_minus_margin():
@@ -306,11 +327,15 @@ def test_keeper_added_event_with_our_ip_refreshes_expiration():
 
 def test_keeper_added_event_with_other_ip_is_lease_lost():
     h = Harness()
-    h.hooks[0] = lambda: h.keeper.on_event(h.event(LeaseEvent.ADDED, OTHER, h.reg.clock() + 1e5))
+
+    def taken():
+        h.reg.put("10.10.16.0/20", OTHER)            # another host wrote our key
+        h.keeper.on_event(h.event(LeaseEvent.ADDED, OTHER, h.reg.clock() + 1e5))
+    h.hooks[0] = taken
     with pytest.raises(LeaseLost) as ei:
         h.run()
     assert str(ei.value) == "subnet 10.10.16.0/20 is now held by 192.0.2.12; refusing to overwrite it"
-    assert "update_lease" not in h.reg.names()
+    assert "update_lease" not in h.reg.names() and h.reg.holder("10.10.16.0/20") == OTHER
 
 
 def test_keeper_recreates_a_removed_lease():
@@ -391,9 +416,13 @@ def test_keeper_threaded_stop_and_lost():
             errors.append(e)
     t = threading.Thread(target=body)
     t.start()
+    reg.put("10.10.16.0/20", OTHER)
     keeper.on_event(LeaseEvent(LeaseEvent.ADDED, Lease(N("10.10.16.0/20"), attrs(OTHER), time.time() + 10)))
     t.join(2)
-    assert not t.is_alive() and len(errors) == 1
+    alive = t.is_alive()
+    stop.set()                       # never leave the thread behind, even when this fails
+    assert not alive and len(errors) == 1
+    stop = threading.Event()
     t = threading.Thread(target=LeaseKeeper(mgr, mgr.acquire(MY_ATTRS)).run, args=(stop,))
     t.start()
     stop.set()

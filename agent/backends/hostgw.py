@@ -10,6 +10,12 @@ is one filtered dump and one batch; a route someone deletes is re-added as soon 
 reported the deletion (agent/kernelwatch.py: its thread repairs ~2 s after a report, check() reads
 pending reports too), and a lost notification or a link change costs one full resync. Without a
 notification socket, check() (every 10 s) does that full pass every time.
+
+Nothing is shared between peers: two leases with the same PublicIP (a copied lease) have one
+route each, to their own subnet, so removing one never touches the other's. A lease outside
+Network is never routed (docs/architecture.md §"Lease admission"), and an error in one peer's
+route (the kernel's refusal, or an unexpected exception building its request) never stops the
+others': each request of a batch is built on its own, and the kernel answers each one apart.
 """
 from __future__ import annotations
 
@@ -18,13 +24,14 @@ import ipaddress
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .. import netlink, rtnl
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
+from ..peers import network_problem
 from .base import BackendOptions
 
 if TYPE_CHECKING:
@@ -34,6 +41,7 @@ log = logging.getLogger("fastflannel.hostgw")
 
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
+Step = Tuple[str, Callable[[], bytes]]      # what (for the log), how to build its request
 
 
 class HostGwBackend:
@@ -67,7 +75,8 @@ class HostGwBackend:
                 # O(1): one `route replace` (it also replaces a route to sn via another gateway);
                 # a conflicting route with another metric is left to the next full resync.
                 self.routes[lease.subnet] = gw
-                if self._send([self._replace_msg(lease.subnet, gw)], "add") == 0:
+                msgs = self._build([self._replace(lease.subnet, gw)])
+                if msgs and self._send_logged(msgs, "add") == 0:
                     log.info("host-gw route %s via %s dev %s", lease.subnet, gw, self.ext.name)
             elif lease.subnet in self.routes and lease.attrs is not None:
                 self.remove_peer(Lease(lease.subnet, None))         # the peer switched backends
@@ -75,16 +84,15 @@ class HostGwBackend:
     def remove_peer(self, lease: Lease) -> None:
         with self._lock:
             gw = self.routes.pop(lease.subnet, None)
-            if gw is None and lease.attrs is not None:
-                gw = lease.attrs.public_ip
+            if gw is None and lease.attrs is not None and self._gateway(lease) is not None:
+                gw = lease.attrs.public_ip          # never seen (removed before we started)
             if gw is None:
                 return
             log.info("removing host-gw route %s via %s", lease.subnet, gw)
             sn = lease.subnet
-            failed = netlink.send_batch([rtnl.route_delete(sn.network_address, sn.prefixlen, gw, self.ext.index)])
-            for _i, code in failed:
+            for code in self._send(self._build([self._delete(sn, int(gw), self.ext.index)]), "remove"):
                 if code not in (errno.ESRCH, errno.ENOENT):
-                    log.error("host-gw: delete route %s via %s: %s", sn, gw, os.strerror(code))
+                    log.error("host-gw: removing the route %s via %s failed: %s", sn, gw, os.strerror(code))
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         with self._lock:
@@ -133,19 +141,45 @@ class HostGwBackend:
         if lease.attrs.backend_type != "host-gw":
             log.info("ignoring non-host-gw v4 subnet(%s): type=%s", lease.subnet, lease.attrs.backend_type)
             return None
+        why = network_problem(lease.subnet, self.network) if self.network is not None else None
+        if why is not None:
+            log.warning("host-gw: refusing lease %s: it %s", lease.subnet, why)
+            return None
         return lease.attrs.public_ip
 
-    def _replace_msg(self, sn: IPv4Network, gw) -> bytes:
-        return rtnl.route_replace(sn.network_address, sn.prefixlen, gw, self.ext.index)
+    def _replace(self, sn: IPv4Network, gw) -> Step:
+        return (f"route {sn} via {gw}",
+                lambda: rtnl.route_replace(sn.network_address, sn.prefixlen, gw, self.ext.index))
 
-    def _send(self, msgs: List[bytes], what: str) -> int:
-        """Send a batch; log each refusal; the number refused."""
+    def _delete(self, sn: IPv4Network, gw: Optional[int], oif: int) -> Step:
+        return (f"delete route {sn}", lambda: rtnl.route_delete(sn.network_address, sn.prefixlen, gw, oif))
+
+    @staticmethod
+    def _build(steps: Iterable[Step]) -> List[bytes]:
+        """Each step's request, built on its own: one that raises (a bug, bad data) is logged
+        and left out, and the other peers' requests still go (docs/architecture.md §"Lease
+        admission")."""
+        out = []
+        for what, build in steps:
+            try:
+                out.append(build())
+            except Exception as e:
+                log.error("host-gw: %s failed: %s: %s", what, type(e).__name__, e)
+        return out
+
+    def _send(self, msgs: List[bytes], what: str) -> List[int]:
+        """Send a batch; the errno of each request the kernel refused (all of them when the
+        batch could not be sent)."""
         try:
-            failed = netlink.send_batch(msgs)
-        except netlink.NetlinkError as e:
+            return [code for _i, code in netlink.send_batch(msgs)]
+        except Exception as e:  # NetlinkError, or a bug: logged; check() and the repair retry
             log.error("host-gw: %s routes: %s", what, e)
-            return len(msgs)
-        for _i, code in failed:
+            return [errno.EIO] * len(msgs)
+
+    def _send_logged(self, msgs: List[bytes], what: str) -> int:
+        """Send a batch, log each refusal; the number refused."""
+        failed = self._send(msgs, what)
+        for code in failed:
             log.error("host-gw: %s route: %s", what, os.strerror(code))
         return len(failed)
 
@@ -164,7 +198,7 @@ class HostGwBackend:
         except netlink.NetlinkError as e:
             log.error("host-gw: %s", e)
             return
-        msgs: List[bytes] = []
+        steps: List[Step] = []
         for sn, gw in self.routes.items():
             existing = table.get(sn, [])
             if any(self._identical(r, gw) for r in existing):
@@ -172,13 +206,13 @@ class HostGwBackend:
             for r in existing:
                 log.warning("replacing route %s via %s dev #%d with via %s dev %s",
                             sn, r.gateway and IPv4Address(r.gateway), r.oif, gw, self.ext.name)
-                msgs.append(rtnl.route_delete(sn.network_address, sn.prefixlen, r.gateway, r.oif))
-            msgs.append(self._replace_msg(sn, gw))
+                steps.append(self._delete(sn, r.gateway, r.oif))
+            steps.append(self._replace(sn, gw))
         if prune:
-            msgs += self._prune_msgs(table)
-        self._send(msgs, "sync")
+            steps += self._prune_steps(table)
+        self._send_logged(self._build(steps), "sync")
 
-    def _prune_msgs(self, table: Dict[IPv4Network, List[rtnl.RouteMsg]]) -> List[bytes]:
+    def _prune_steps(self, table: Dict[IPv4Network, List[rtnl.RouteMsg]]) -> List[Step]:
         if self.network is None:
             return []
         out = []
@@ -189,7 +223,7 @@ class HostGwBackend:
             for r in routes:
                 if r.gateway is not None and r.oif == self.ext.index:
                     log.info("pruning stale host-gw route %s via %s", dst, IPv4Address(r.gateway))
-                    out.append(rtnl.route_delete(dst.network_address, dst.prefixlen, r.gateway, r.oif))
+                    out.append(self._delete(dst, r.gateway, r.oif))
         return out
 
     # -- repair from kernel notifications (agent/kernelwatch.py) ---------------------------------
@@ -209,7 +243,7 @@ class HostGwBackend:
         if changes.overflow or any(link.ifindex == self.ext.index for link in changes.links):
             self._resync(prune=False)         # lost notifications, or the link flapped
             return
-        msgs = []
+        steps = []
         for r in changes.routes:
             if r.table != rtnl.RT_TABLE_MAIN or not r.plen:
                 continue
@@ -218,6 +252,6 @@ class HostGwBackend:
             # Ours and still wanted; our own deletions (a removed peer) are no longer in routes.
             if gw is not None and self._identical(r, gw):
                 log.warning("Route to %s via %s was missing; re-adding it", sn, gw)
-                msgs.append(self._replace_msg(sn, gw))
-        if msgs:
-            self._send(msgs, "repair")
+                steps.append(self._replace(sn, gw))
+        if steps:
+            self._send_logged(self._build(steps), "repair")

@@ -5,7 +5,8 @@ The TUN carries `<lease IP>/32`, MTU = interface MTU − 28 (IPv4 20 + UDP 8) an
 `<Network> dev flannel0`; the UDP socket is bound to the interface address on Backend.Port
 (8285). Every peer lease becomes one fast-path route `<subnet> → <PublicIP>:<Port>`; like flannel,
 the udp backend does not filter peers by BackendType (the lease carries no port, so every node
-uses the configured one).
+uses the configured one). A lease outside Network is never routed (docs/architecture.md
+§"Lease admission"; the daemon's admission refuses it first).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..config import NetworkConfig
 from ..errors import BackendError, NetlinkError
 from ..iface import ExternalInterface
 from ..lease import IPv4Network, Lease, LeaseAttrs
+from ..peers import network_problem
 from .base import BackendOptions
 
 log = logging.getLogger("fastflannel.udp")
@@ -90,7 +92,8 @@ class UdpBackend:
         fw = Forwarder()
         try:
             fw.open(tun=TUN_TEMPLATE, bind_ip=str(self.ext.iface_addr), port=self.port,
-                    tun_ip=str(lease.subnet.network_address), mtu=self.mtu(), batch=self.batch,
+                    tun_ip=str(lease.subnet.network_address), tun_prefix=lease.subnet.prefixlen,
+                    mtu=self.mtu(), batch=self.batch,
                     anti_spoof=self.anti_spoof, **self._tier_options())
         except (OSError, ValueError) as e:
             fw.close()
@@ -153,12 +156,21 @@ class UdpBackend:
         return opts
 
     # -- peers ----------------------------------------------------------------------------------
+    def _routable(self, lease: Lease) -> bool:
+        if lease.attrs is None:
+            return False
+        why = network_problem(lease.subnet, self.network) if self.network is not None else None
+        if why is not None:
+            log.warning("udp backend: refusing lease %s: it %s", lease.subnet, why)
+            return False
+        return True
+
     def _routes_table(self, leases: Iterable[Lease]) -> bytes:
         """The fast path's whole table as packed routes (no numpy in the agent: docs/fastpath.md
-        §"The agent's boundary")."""
+        §"The agent's boundary"); leases outside Network left out."""
         return b"".join(pack_route(int(lease.subnet.network_address), lease.subnet.prefixlen,
                                    int(lease.attrs.public_ip), self.port)
-                        for lease in leases if lease.attrs is not None)
+                        for lease in leases if self._routable(lease) and lease.attrs is not None)
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
         table = self._routes_table(leases)
@@ -167,7 +179,7 @@ class UdpBackend:
         log.info("udp backend: %d peer routes", len(table) // ROUTE_ITEMSIZE)
 
     def add_peer(self, lease: Lease) -> None:
-        if lease.attrs is None:
+        if not self._routable(lease) or lease.attrs is None:
             return
         with _fast_path_errors(f"add the route {lease.subnet}"):
             self._forwarder().add_route(str(lease.subnet), str(lease.attrs.public_ip), self.port)

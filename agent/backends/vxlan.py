@@ -8,10 +8,23 @@ P, VtepMAC M): a permanent neighbour `S.ip lladdr M`, an FDB entry `M dst P self
 last the route `S via S.ip dev flannel.<VNI> onlink`, so the kernel never has to ARP. With
 DirectRouting, a peer on the same link gets a plain `S via P` route instead.
 
-Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>.mac` so a restart announces the
-same MAC (peers keep their entries); sync_peers() prunes the state of peers that vanished while
-we were down; check() recreates a deleted device *and* replays the peers (flannel's watcher does
-not), and re-programs any peer whose neighbour, FDB entry or route went missing.
+Beyond flannel: the VTEP MAC is kept in `<state_dir>/vxlan-<VNI>-<PublicIP>.mac` so a restart
+announces the same MAC (peers keep their entries); sync_peers() prunes the state of peers that
+vanished while we were down; check() recreates a deleted device *and* replays the peers (flannel's
+watcher does not), puts our MAC back if something changed it, and re-programs any peer whose
+neighbour, FDB entry or route went missing.
+
+The MAC file is keyed by the PublicIP, the identity flannel itself gives a host (its lease is
+reused by PublicIP): stable across restarts, yet different for every daemon of one machine (the
+namespaces of a lab, each with its own address) and for cloned VMs (each with its own address).
+The subnet-file path would not tell clones apart, and a network namespace has no name or number
+that survives a reboot. When another host announces our MAC anyway, `replace_vtep_mac()` takes a
+new one (the daemon then announces it, docs/architecture.md §"Lease admission").
+
+Kernel objects shared by several leases (a copied lease with the same PublicIP and VtepMAC
+shares the live peer's FDB entry) are removed only with the last peer that uses them, and every
+peer is programmed, removed and repaired on its own: an error in one never stops the others, nor
+the rest of that peer's clean-up.
 """
 from __future__ import annotations
 
@@ -19,19 +32,19 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import secrets
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .. import netlink, rtnl
-from ..config import NetworkConfig, ci_get
+from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
-from ..lease import Lease, LeaseAttrs
+from ..lease import Lease, LeaseAttrs, valid_peer_mac, vtep_mac
+from ..peers import network_problem
 from .base import BackendOptions
 
 if TYPE_CHECKING:
@@ -45,7 +58,7 @@ ENCAP_OVERHEAD = 50          # bytes: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Et
 DEFAULT_VNI = 1
 STEP_ATTEMPTS = 3            # flannel retries each step (10x with retry-go); a few is plenty here
 STEP_RETRY_S = 0.05
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+Step = Tuple[str, Callable[[], bytes]]      # what (for the log), how to build its request
 
 
 def _int_opt(cfg: NetworkConfig, key: str, default: int, lo: int, hi: int) -> int:
@@ -65,17 +78,16 @@ def random_mac() -> str:
 
 
 def _usable_mac(mac: Optional[str]) -> bool:
-    if not mac or not _MAC_RE.match(mac):
-        return False
-    first = int(mac[:2], 16)
-    return bool(first & 0x02) and not first & 0x01 and mac != "00:00:00:00:00:00"
+    """Our own VTEP MAC: a unicast MAC that is locally administered (flannel v0.15.1+)."""
+    return valid_peer_mac(mac) and bool(int(str(mac)[:2], 16) & 0x02)
 
 
-def _valid_peer_mac(mac: Optional[str]) -> bool:
-    # Peers' MACs only need to be unicast: older flannels let the kernel pick them.
-    if not mac or not _MAC_RE.match(mac):
-        return False
-    return not int(mac[:2], 16) & 0x01 and mac != "00:00:00:00:00:00"
+def _unindex(index: dict, key: object, subnet: IPv4Network) -> None:
+    users = index.get(key)
+    if users is not None:
+        users.discard(subnet)
+        if not users:
+            del index[key]
 
 
 @dataclass
@@ -107,6 +119,10 @@ class VxlanBackend:
         self._lock = threading.RLock()
         self._ifindex = 0                # of self.dev, for the raw requests (agent/rtnl.py)
         self._watch: Optional[KernelWatch] = None
+        # Who uses each shared kernel object, so removing one peer keeps what another still
+        # needs without scanning every peer: VTEP address -> subnets, (MAC, PublicIP) -> subnets.
+        self._by_vtep: Dict[int, Set[IPv4Network]] = {}
+        self._by_fdb: Dict[Tuple[str, int], Set[IPv4Network]] = {}
 
     # -- contract --------------------------------------------------------------------------------
     def mtu(self) -> int:
@@ -135,36 +151,50 @@ class VxlanBackend:
                 if self._peer_attrs(lease) is not None:
                     wanted[lease.subnet] = lease
             for sn in [s for s in self.peers if s not in wanted]:
-                self._remove(self.peers[sn].lease)
+                self._isolated(f"removing peer {sn}", self._remove, self.peers[sn].lease)
             self._start_watch()            # before programming: a deletion in between is reported
             pending: List[_Peer] = []
             for lease in wanted.values():
-                self._add(lease, pending)
+                self._isolated(f"adding peer {lease.subnet}", self._add, lease, pending)
             self._program_many(pending)
             self._prune(wanted)
             log.info("vxlan: %d peers (%d programmed now)", len(self.peers), len(pending))
 
     def check(self) -> None:
-        """The 10 s tick: recreate a deleted device, re-program the peers whose objects the kernel
-        reported deleted since the last tick (all of them after lost notifications or a link
-        change), or, without a notification socket, compare every peer with a dump."""
+        """The 10 s tick: recreate a deleted device, put our MAC back, re-program the peers whose
+        objects the kernel reported deleted since the last tick (all of them after lost
+        notifications or a link change), or, without a notification socket, compare every peer
+        with a dump."""
         with self._lock:
             if self.lease is None or self.network is None:
                 return
-            if not netlink.link_exists(self.dev):
-                log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
-                self._configure_device(self.lease, self.network)
-                for p in self.peers.values():
-                    p.ok = False
+            self._check_device(self.lease, self.network)
             self._repair(self._poll_watch())
 
+    def _check_device(self, lease: Lease, network: IPv4Network) -> None:
+        try:
+            info: Optional[dict] = netlink.link_info(self.dev)
+        except netlink.NetlinkError as e:
+            if e.errno != errno.ENODEV:
+                raise
+            info = None
+        if info is None:
+            log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
+            self._configure_device(lease, network)
+            for p in self.peers.values():
+                p.ok = False
+        elif info["address"] != self.mac:
+            log.warning("%s has MAC %s, not our VTEP MAC %s; setting it back", self.dev, info["address"], self.mac)
+            self._set_mac()
+
     def _on_kernel(self, changes: Changes) -> None:
-        """The watch thread's report (agent/kernelwatch.py): repaired now, not at the next tick."""
+        """The watch thread's report (agent/kernelwatch.py): repaired now, not at the next tick;
+        a change of our device (deleted, its MAC rewritten) is checked first."""
         with self._lock:
             if self.lease is None or self.network is None:
                 return
-            if changes.links and not netlink.link_exists(self.dev):
-                return self.check()
+            if any(link.ifindex == self._ifindex for link in changes.links):
+                self._check_device(self.lease, self.network)
             self._repair(changes)
 
     def _repair(self, changes: Optional[Changes]) -> None:
@@ -173,6 +203,32 @@ class VxlanBackend:
             self._repair_peers()
         else:
             self._repair_reported(changes)
+
+    def replace_vtep_mac(self) -> LeaseAttrs:
+        """Take a new random VTEP MAC (another host announces ours: the kernel cannot tell us
+        apart), keep it and put it on the device; returns the lease attrs to announce."""
+        with self._lock:
+            old, mac = self.mac, random_mac()
+            while mac == old:
+                mac = random_mac()
+            self.mac = mac
+            self._save_mac(mac)
+            if self.lease is not None:
+                try:
+                    self._set_mac()
+                except netlink.NetlinkError as e:   # check() sets it again
+                    log.error("vxlan: cannot set the new VTEP MAC %s on %s: %s", mac, self.dev, e)
+            log.warning("vxlan: VTEP MAC changed from %s to %s", old, mac)
+            return self.lease_attrs()
+
+    def _set_mac(self) -> None:
+        """Put our MAC on the device. The kernel flushes a device's neighbours, permanent ones
+        too, when its address changes (neigh_changeaddr): re-program the peers at once, or
+        traffic to us would wait for the next check()."""
+        netlink.link_set_address(self.dev, self.mac)
+        for p in self.peers.values():
+            p.ok = False
+        self._repair_peers()
 
     def stats(self) -> dict:
         return {}     # the kernel forwards; it keeps no counters of ours
@@ -186,7 +242,7 @@ class VxlanBackend:
 
     # -- MAC persistence --------------------------------------------------------------------------
     def _mac_path(self) -> str:
-        return os.path.join(self.state_dir, f"vxlan-{self.vni}.mac")
+        return os.path.join(self.state_dir, f"vxlan-{self.vni}-{self.ext.ext_addr}.mac")
 
     def _load_mac(self) -> str:
         path = self._mac_path()
@@ -280,7 +336,8 @@ class VxlanBackend:
 
     # -- peers -----------------------------------------------------------------------------------
     def _peer_attrs(self, lease: Lease) -> Optional[LeaseAttrs]:
-        """The attrs of a vxlan peer we program, None for our own lease and for other backends."""
+        """The attrs of a vxlan peer we program, None for our own lease, other backends and
+        subnets outside Network (the daemon's admission refuses those first)."""
         attrs = lease.attrs
         if attrs is None:
             return None
@@ -288,6 +345,10 @@ class VxlanBackend:
             return None
         if attrs.backend_type != "vxlan":
             log.info("ignoring non-vxlan v4 subnet(%s): type=%s", lease.subnet, attrs.backend_type)
+            return None
+        why = network_problem(lease.subnet, self.network) if self.network is not None else None
+        if why is not None:
+            log.warning("vxlan: refusing lease %s: it %s", lease.subnet, why)
             return None
         return attrs
 
@@ -310,8 +371,8 @@ class VxlanBackend:
                 self._remove(self.peers[lease.subnet].lease)     # the peer switched backends
             return
         direct = self._direct(attrs.public_ip)
-        mac = None if direct else str(ci_get(attrs.backend_data or {}, "VtepMAC", "")).lower()
-        if not direct and not _valid_peer_mac(mac):
+        mac = None if direct else vtep_mac(attrs)
+        if not direct and mac is None:
             log.error("ignoring vxlan lease %s: bad VtepMAC in %s", lease.subnet, attrs.backend_data)
             return
         old = self.peers.get(lease.subnet)
@@ -320,7 +381,7 @@ class VxlanBackend:
         if old is not None:
             self._drop_stale(old, mac, direct, attrs.public_ip)
         peer = _Peer(lease, attrs.public_ip, mac, direct)
-        self.peers[lease.subnet] = peer
+        self._keep(peer)
         if pending is not None:
             pending.append(peer)
         else:
@@ -331,10 +392,39 @@ class VxlanBackend:
             self._unprogram(old)
         elif old.mac and old.mac != mac:
             # The peer came back with a new MAC: its old FDB entry would otherwise stay forever.
-            self._quiet(netlink.fdb_delete, old.mac, self.dev)
+            self._delete(self._fdb_steps(old))
         elif direct and old.public_ip != public_ip:
-            self._quiet(netlink.route_delete, old.lease.subnet, old.public_ip)
+            sn = old.lease.subnet
+            self._delete([(f"delete route {sn}", lambda: rtnl.route_delete(
+                sn.network_address, sn.prefixlen, old.public_ip))])
 
+    # -- who uses which kernel object (O(1) per event, however many peers) ------------------------
+    def _keep(self, p: _Peer) -> None:
+        """`p` is now the peer of its subnet: self.peers and the sharing indexes follow."""
+        self._forget(p.lease.subnet)
+        self.peers[p.lease.subnet] = p
+        if not p.direct:
+            self._by_vtep.setdefault(int(p.lease.subnet.network_address), set()).add(p.lease.subnet)
+            if p.mac:
+                self._by_fdb.setdefault((p.mac, int(p.public_ip)), set()).add(p.lease.subnet)
+
+    def _forget(self, subnet: IPv4Network) -> Optional[_Peer]:
+        p = self.peers.pop(subnet, None)
+        if p is not None and not p.direct:
+            _unindex(self._by_vtep, int(subnet.network_address), subnet)
+            if p.mac:
+                _unindex(self._by_fdb, (p.mac, int(p.public_ip)), subnet)
+        return p
+
+    def _neigh_shared(self, p: _Peer) -> bool:
+        """Another peer's VTEP has p's address (a lease of another prefix length at the same IP)."""
+        return bool(self._by_vtep.get(int(p.lease.subnet.network_address), set()) - {p.lease.subnet})
+
+    def _fdb_shared(self, p: _Peer) -> bool:
+        """Another peer uses p's FDB entry (a copied lease: same MAC, same host)."""
+        return bool(self._by_fdb.get((p.mac or "", int(p.public_ip)), set()) - {p.lease.subnet})
+
+    # -- requests --------------------------------------------------------------------------------
     def _msgs(self, p: _Peer) -> List[bytes]:
         """The peer's objects in flannel's order, route last: neighbour, FDB entry, route."""
         sn, pub, idx = p.lease.subnet, p.public_ip, self._ifindex
@@ -347,13 +437,17 @@ class VxlanBackend:
 
     def _program(self, p: _Peer) -> bool:
         """All objects of one peer in one request batch, retried a few times; on failure what
-        was added is removed again (no route without its neighbour and FDB entry)."""
-        msgs, err = self._msgs(p), "no device"
+        was added is removed again (no route without its neighbour and FDB entry), but what
+        other peers share."""
+        err = "no device"
         for attempt in range(STEP_ATTEMPTS):
             try:
-                failed = netlink.send_batch(msgs)
+                failed = netlink.send_batch(self._msgs(p))
             except netlink.NetlinkError as e:
                 failed, err = [(0, e.errno or 0)], str(e)
+            except Exception as e:  # not the kernel's refusal: a bug or bad data; no retry
+                err = f"{type(e).__name__}: {e}"
+                break
             if not failed:
                 log.info("vxlan peer %s: %s at %s", p.lease.subnet, p.mac or "direct", p.public_ip)
                 return True
@@ -365,58 +459,91 @@ class VxlanBackend:
         return False
 
     def _program_many(self, peers: List[_Peer]) -> None:
-        """Every peer's objects in one batch; a peer with a refused request goes the slow way."""
+        """Every peer's objects in one batch; a peer with a refused request goes the slow way,
+        one whose requests cannot be built (a bug, bad data) is left for check() and never
+        stops the others."""
         msgs: List[bytes] = []
         owner: List[_Peer] = []
+        broken = set()
         for p in peers:
-            m = self._msgs(p)
+            try:
+                m = self._msgs(p)
+            except Exception as e:
+                log.error("vxlan: peer %s: %s: %s", p.lease.subnet, type(e).__name__, e)
+                broken.add(p.lease.subnet)
+                continue
             msgs += m
             owner += [p] * len(m)
         try:
             failed = {owner[i].lease.subnet for i, _code in netlink.send_batch(msgs)}
-        except netlink.NetlinkError as e:
+        except Exception as e:  # NetlinkError, or a bug: every peer the slow way
             log.error("vxlan: %s", e)
-            failed = {p.lease.subnet for p in peers}
+            failed = {p.lease.subnet for p in owner}
         for p in peers:
-            p.ok = p.lease.subnet not in failed or self._program(p)
+            if p.lease.subnet in broken:
+                p.ok = False
+                self._unprogram(p)
+            else:
+                p.ok = p.lease.subnet not in failed or self._program(p)
 
-    def _unprogram_msgs(self, p: _Peer) -> List[bytes]:
-        sn, pub, idx = p.lease.subnet, p.public_ip, self._ifindex
+    def _fdb_steps(self, p: _Peer) -> List[Step]:
+        if not p.mac or self._fdb_shared(p):
+            return []
+        mac, idx, pub = p.mac, self._ifindex, p.public_ip
+        return [(f"delete FDB {mac} dst {pub}", lambda: rtnl.fdb_delete(mac, idx, pub))]
+
+    def _unprogram_steps(self, p: _Peer) -> List[Step]:
+        sn, idx, net = p.lease.subnet, self._ifindex, p.lease.subnet.network_address
         if p.direct:
-            return [rtnl.route_delete(sn.network_address, sn.prefixlen, pub)]
-        out = [rtnl.neigh_delete(sn.network_address, idx)]
-        if p.mac:
-            out.append(rtnl.fdb_delete(p.mac, idx, pub))
-        return out + [rtnl.route_delete(sn.network_address, sn.prefixlen, None, idx)]
+            return [(f"delete route {sn} via {p.public_ip}",
+                     lambda: rtnl.route_delete(net, sn.prefixlen, p.public_ip))]
+        steps: List[Step] = []
+        if not self._neigh_shared(p):
+            steps.append((f"delete neighbour {net}", lambda: rtnl.neigh_delete(net, idx)))
+        steps += self._fdb_steps(p)
+        return steps + [(f"delete route {sn}", lambda: rtnl.route_delete(net, sn.prefixlen, None, idx))]
 
     def _unprogram(self, p: _Peer) -> None:
+        """Delete p's kernel state but what other peers still use, in one batch; every step
+        runs, whatever another one raises."""
         if not self._ifindex and not p.direct:
             return
+        self._delete(self._unprogram_steps(p))
+
+    def _delete(self, steps: List[Step]) -> None:
+        """Deletions: each request built on its own (one that raises is logged and skipped), then
+        one batch; what the kernel no longer holds is fine."""
+        msgs = []
+        for what, build in steps:
+            try:
+                msgs.append(build())
+            except Exception as e:  # a clean-up step must never skip the next ones
+                log.warning("vxlan: %s failed unexpectedly: %s: %s", what, type(e).__name__, e)
         try:
-            for _i, code in netlink.send_batch(self._unprogram_msgs(p)):
-                log.debug("ignored: deleting an object of %s: %s", p.lease.subnet, os.strerror(code))
-        except netlink.NetlinkError as e:
-            log.debug("ignored: %s", e)
+            for _i, code in netlink.send_batch(msgs):
+                log.debug("ignored: a deletion failed: %s", os.strerror(code))
+        except Exception as e:
+            log.warning("vxlan: deleting kernel state: %s", e)
 
     def _remove(self, lease: Lease) -> None:
-        p = self.peers.pop(lease.subnet, None)
+        p = self._forget(lease.subnet)
         if p is None:
-            if lease.attrs is None or lease.attrs.backend_type != "vxlan":
+            if lease.attrs is None or lease.attrs.backend_type != "vxlan" or self._peer_attrs(lease) is None:
                 return
             # Never seen (e.g. removed before we started): clean up what its attrs describe.
-            mac = ci_get(lease.attrs.backend_data or {}, "VtepMAC")
-            p = _Peer(lease, lease.attrs.public_ip, str(mac).lower() if mac else None, False)
+            p = _Peer(lease, lease.attrs.public_ip, vtep_mac(lease.attrs), False)
             if self.direct_routing:
-                self._quiet(netlink.route_delete, lease.subnet, lease.attrs.public_ip)
+                self._unprogram(_Peer(lease, lease.attrs.public_ip, None, True))
         log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
         self._unprogram(p)
 
     @staticmethod
-    def _quiet(fn, *args) -> None:
+    def _isolated(what: str, fn, *args) -> None:
+        """One peer's work; whatever it raises is logged, and the next peer is done."""
         try:
             fn(*args)
-        except netlink.NetlinkError as e:
-            log.debug("ignored: %s", e)
+        except Exception as e:
+            log.error("vxlan: %s failed: %s: %s", what, type(e).__name__, e)
 
     # -- reconciliation --------------------------------------------------------------------------
     def _prune(self, wanted: Dict[IPv4Network, Lease]) -> None:
@@ -497,33 +624,22 @@ class VxlanBackend:
             return None
 
     def _repair_reported(self, changes: Changes) -> None:
-        """Re-program the peers one of whose objects was deleted; our own deletions (peers we
-        removed, an old MAC's FDB entry) name no current peer's object and are ignored."""
+        """Re-program the peers one of whose objects was deleted (looked up in the sharing
+        indexes: O(1) per notification); our own deletions (peers we removed, an old MAC's FDB
+        entry) name no current peer's object and are ignored."""
         idx = self._ifindex
-        hit: Dict[IPv4Network, _Peer] = {}
-        by_vtep: Optional[Dict[int, _Peer]] = None
-        by_mac: Optional[Dict[tuple, List[_Peer]]] = None
+        hit: Set[IPv4Network] = set()
         for r in changes.routes:
             p = self.peers.get(IPv4Network((r.dst, r.plen))) if r.table == rtnl.RT_TABLE_MAIN and r.plen else None
             if p is not None and r.gateway == (int(p.public_ip) if p.direct else r.dst):
-                hit[p.lease.subnet] = p
+                hit.add(p.lease.subnet)
         for n in changes.neighbours:
             if n.ifindex != idx or n.dst is None:
                 continue
             if n.family == rtnl.AF_INET:
-                by_vtep = by_vtep or {int(sn.network_address): p for sn, p in self.peers.items() if not p.direct}
-                p = by_vtep.get(n.dst)
-                if p is not None:
-                    hit[p.lease.subnet] = p
+                hit |= self._by_vtep.get(n.dst, set())
             elif n.mac:
-                if by_mac is None:
-                    by_mac = {}
-                    for p in self.peers.values():
-                        if p.mac:
-                            by_mac.setdefault((p.mac, int(p.public_ip)), []).append(p)
-                for p in by_mac.get((n.mac, n.dst), []):
-                    hit[p.lease.subnet] = p
-        failed = [p for p in self.peers.values() if not p.ok]
-        for p in hit.values():
-            log.warning("vxlan peer %s lost kernel state; re-programming it", p.lease.subnet)
-        self._program_many(list(hit.values()) + [p for p in failed if p.lease.subnet not in hit])
+                hit |= self._by_fdb.get((n.mac, n.dst), set())
+        for sn in hit:
+            log.warning("vxlan peer %s lost kernel state; re-programming it", sn)
+        self._program_many([p for sn, p in self.peers.items() if sn in hit or not p.ok])

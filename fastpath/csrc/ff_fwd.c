@@ -24,8 +24,10 @@ const char *const ff_stat_names[FF_ST__COUNT] = {
     "udp_rx_packets", "udp_rx_bytes", "tun_tx_packets", "tun_tx_bytes",
     "no_route", "ttl", "short", "bad_header", "bad_length",
     "unknown_sender", "spoofed", "send_error", "tun_error", "tun_invalid",
+    "dst_special", "dst_foreign",
     "icmp_sent", "tun_gso_frames",
     "tun_gro_merged", "offload_fallbacks",
+    "icmp_suppressed",
 };
 
 static void wait_readers(struct ff_fwd *fw)
@@ -262,7 +264,7 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
     uint32_t nq = o->workers ? o->workers : 1;
     int rc;
 
-    if (o->batch > FF_MAX_BATCH || nq > FF_MAX_WORKERS)
+    if (o->batch > FF_MAX_BATCH || nq > FF_MAX_WORKERS || o->tun_prefix > 32)
         return -EINVAL;
 #ifndef FF_TEST_HOOKS
     if (o->refuse)
@@ -276,6 +278,8 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
         fw->tun_fds[q] = fw->rx_fds[q] = fw->tx_fds[q] = -1;
     fw->nq = nq;
     fw->tun_ip = o->tun_ip;
+    fw->own_mask = o->tun_prefix ? ~0u << (32 - o->tun_prefix) : 0;
+    fw->own_net = o->tun_ip & fw->own_mask;
     fw->flags = o->flags;
     fw->batch = o->batch ? o->batch : FF_DEFAULT_BATCH;
     fw->feat = o->flags & FF_F_OFFLOAD;

@@ -54,11 +54,13 @@ enum ff_stat {
     /* packets dropped, one counter per reason: FF_ST_DROP_FIRST..FF_ST_DROP_LAST */
     FF_ST_NO_ROUTE, FF_ST_TTL, FF_ST_SHORT, FF_ST_BAD_HEADER, FF_ST_BAD_LENGTH,
     FF_ST_UNKNOWN_SENDER, FF_ST_SPOOFED, FF_ST_SEND_ERROR, FF_ST_TUN_ERROR, FF_ST_TUN_INVALID,
+    FF_ST_DST_SPECIAL, FF_ST_DST_FOREIGN,          /* decap: inner destination not ours */
     FF_ST_ICMP_SENT, FF_ST_TUN_GSO_FRAMES,
     FF_ST_TUN_GRO_MERGED, FF_ST_OFFLOAD_FALLBACKS,
+    FF_ST_ICMP_SUPPRESSED,                         /* ICMP errors over the rate limit */
     FF_ST__COUNT,
     FF_ST_DROP_FIRST = FF_ST_NO_ROUTE,
-    FF_ST_DROP_LAST = FF_ST_TUN_INVALID,
+    FF_ST_DROP_LAST = FF_ST_DST_FOREIGN,
 };
 extern const char *const ff_stat_names[FF_ST__COUNT];
 
@@ -67,7 +69,7 @@ struct ff_opts {
     int tun_fd;             /* adopt this TUN fd (dup'ed) when >= 0 */
     uint32_t bind_ip;       /* host order; 0 = any */
     uint16_t port;          /* 0 = ephemeral */
-    uint32_t tun_ip;        /* host order; ICMP source */
+    uint32_t tun_ip;        /* host order; ICMP source; the network address of our lease */
     uint32_t batch;         /* 1..FF_MAX_BATCH, 0 = default */
     uint32_t flags;         /* FF_F_* */
     uint32_t workers;       /* 0 or 1: one TUN queue, one socket (tier 1/2); N > 1: the TUN
@@ -77,6 +79,9 @@ struct ff_opts {
                              * with -ENOTSUP): FF_F_* offload parts whose kernel call is made
                              * to fail once (TUNSETOFFLOAD/setsockopt at open, the first GSO
                              * send or GSO TUN write at run time), to exercise the fallbacks */
+    uint8_t tun_prefix;     /* prefix length of our lease tun_ip/tun_prefix, 1..32; 0 = not
+                             * given. With FF_F_ANTI_SPOOF a decapsulated packet must be for an
+                             * address inside it (else dst_foreign), never for a special one */
 };
 
 struct ff_fwd;

@@ -30,6 +30,8 @@
 #define FF_POLLOUT_MS 5
 #define FF_ERROR_BACKOFF_NS (10 * 1000 * 1000)
 #define FF_IDLE_SPINS 32            /* empty tries (each after a sched_yield) before poll sleeps */
+#define FF_ICMP_INTERVAL_NS (10 * 1000 * 1000)  /* ICMP errors per forwarder: 100 per second ... */
+#define FF_ICMP_BURST 20                         /* ... in bursts of up to 20 */
 
 /* Workers: two per TUN queue q, w[2q] tun->udp and w[2q+1] udp->tun. */
 #define FF_TUN_SIDE(i) (((i) & 1u) == 0)
@@ -43,6 +45,7 @@ enum ff_verdict {
     FF_DROP_TTL,                                             /* TTL would reach 0 */
     FF_DROP_TUN_INVALID,                                     /* read from the TUN, not IPv4 */
     FF_DROP_NO_ROUTE,                                        /* no peer for the destination */
+    FF_DROP_DST_SPECIAL, FF_DROP_DST_FOREIGN,                /* decap: not for our subnet */
 };
 
 /* tun->udp worker (ff_tx.c). One read per frame: a plain TUN reads a packet straight into its
@@ -63,6 +66,11 @@ struct ff_tx {
     struct sockaddr_in *addrs;
     uint8_t *cmsg;               /* FF_UDP_GSO_CMSG_SPACE per group */
     int gso_off;                 /* UDP_GSO off (never on, or EIO once): one datagram per send */
+    /* a superframe of more than FF_GSO_MAX_SEGS segments (a small MSS), kept in `frame` and
+     * split in chunks once the batch before it has left */
+    struct virtio_net_hdr pend_h;
+    size_t pend_len;
+    unsigned pend_next, pend_total;
 };
 
 /* udp->tun worker (ff_rx.c): recvmmsg into per-message buffers (a UDP_GRO train per message
@@ -111,6 +119,8 @@ struct ff_fwd {
     int running;
     uint16_t port;
     uint32_t tun_ip, batch, flags;
+    uint32_t own_net, own_mask;  /* our lease (mask 0: not given), host order */
+    uint64_t icmp_tat;           /* ICMP rate limit (ff_ratelimit_take), shared by the workers */
     uint32_t feat;               /* FF_F_* offload parts accepted at open */
 #ifdef FF_TEST_HOOKS
     uint32_t refuse;             /* FF_F_* parts to refuse once (atomic) */
@@ -172,6 +182,10 @@ void ff_tx_free(struct ff_tx *tx);
 uint32_t ff_tx_batch(struct ff_worker *w);          /* frames read; 0 = the TUN is drained */
 
 /* ff_rx.c: udp->tun */
+/* Check one decapsulated datagram p[0..len) from sender (host order) against table t and the
+ * forwarder's options; on FF_FORWARD its TTL was decremented. */
+enum ff_verdict ff_rx_accept(const struct ff_fwd *fw, const struct ff_table *t, uint8_t *p,
+                             size_t len, uint32_t sender);
 int ff_rx_alloc(struct ff_worker *w);
 void ff_rx_free(struct ff_rx *rx);
 uint32_t ff_rx_batch(struct ff_worker *w);          /* messages received; 0 = none */

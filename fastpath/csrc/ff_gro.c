@@ -4,20 +4,31 @@
  * tcp_gro_receive (tools/testing/selftests/net/gro.c):
  *   IPv4 without options, not a fragment, total length == buffer length, valid IP and TCP
  *   checksums; TCP flags ACK or ACK|PSH only, payload > 0; same (src, dst, sport, dport) and
- *   ack number, same TOS/TTL/frag field and TCP option bytes; sequence exactly adjacent (append
- *   only); segment <= the head's payload (gso_size), a shorter one or one with PSH closes the
- *   item; total <= 65535. UDP is never merged (the TUN is not offered USO), only ordered.
+ *   ack number and window, same TOS/TTL/frag field and TCP option bytes (timestamps included);
+ *   IP ID head+count (or, with DF, fixed from the second packet on: inet_gro_flush); sequence
+ *   exactly adjacent (append only); segment <= the head's payload (gso_size), a shorter one or
+ *   one with PSH closes the item; total <= 65535. UDP is never merged (the TUN is not offered
+ *   USO), only ordered.
  * Ordering: for each 4-tuple only the newest item may grow, and any packet of that 4-tuple
- * (merge candidate or not) becomes the newest, so no packet overtakes another of its flow.
+ * (merge candidate or not) becomes the newest, so no packet overtakes another of its flow. A
+ * fragment fences the items of its host pair: none created before it may grow.
+ * Linear work whatever the input (a sender picks the 4-tuples and may send fragments): the flow
+ * and fence tables are hashed with a per-instance random key (multiply-add-shift) and probed at
+ * most FF_GRO_MAX_PROBE slots; a flow that finds no slot is simply not merged in that batch.
  * Zero-copy: items are lists of pointers into the caller's buffers, written with writev. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ff_offload.h"
 
 #define MAX_TAILS (FF_GRO_MAX_IOV - 2)
+#define FF_GRO_MAX_PROBE 16      /* slots a lookup may visit: bounds the work per packet */
 /* Merge candidates have a 20-byte IPv4 header: their TCP header is at a fixed place. */
 #define TCP_AT FF_IP4_HDR_MIN
 #define TCP_OPTS_AT (FF_IP4_HDR_MIN + FF_TCP_HDR_MIN)
@@ -35,44 +46,96 @@ struct item {
     uint8_t kind, closed, psh, proto;
     uint16_t hdrl, gso;      /* header length and head payload (gso_size) of a candidate */
     uint32_t len;            /* merged packet length */
+    uint8_t fixed_id;        /* DF flow whose IP ID stays fixed (set by the second packet) */
+    uint16_t id0;            /* the head's IP ID */
     uint32_t next_seq;
     uint32_t src, dst, ports;
     int32_t head, last;      /* seg indices */
     int32_t ntail;
 };
 
+/* A flow slot (the newest item of a 4-tuple) or a fence slot (the newest fragment's item of a
+ * host pair); gen says whether it belongs to the current batch. */
 struct slot { uint32_t gen; int32_t item; };
+struct fence { uint32_t gen, src, dst; uint8_t proto; int32_t item; };
 
 struct ff_gro {
     unsigned flags;
     int cap, nseg, nitem, finished;
-    uint32_t gen, hmask;
+    int nfrag;               /* fragments seen this batch: fences are looked at only then */
+    int32_t fence_all;       /* fence table full: no item before this index may grow */
+    uint32_t gen, hmask, shift;
+    uint64_t key[4];
     struct seg *segs;
     struct item *items;
     struct slot *hash;
+    struct fence *fences;
 };
+
+/* A random hash key: getrandom, else the clock and an address mixed (splitmix64). */
+static void random_key(uint64_t key[4])
+{
+#ifdef SYS_getrandom
+    if (syscall(SYS_getrandom, key, 4 * sizeof(uint64_t), 0) == (long)(4 * sizeof(uint64_t)))
+        return;
+#endif
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)(uintptr_t)key;
+    for (int i = 0; i < 4; i++) {
+        uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+        z = (z ^ z >> 30) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ z >> 27) * 0x94d049bb133111ebull;
+        key[i] = z ^ z >> 31;
+    }
+}
+
+void ff_gro_set_key(struct ff_gro *g, const uint64_t key[4])
+{
+    memcpy(g->key, key, sizeof g->key);
+}
+
+/* Multiply-add-shift (Dietzfelbinger): universal for a random key, one multiply per word. */
+static inline uint32_t flow_slot(const struct ff_gro *g, uint32_t src, uint32_t dst,
+                                 uint32_t ports, uint8_t proto)
+{
+    uint64_t h = g->key[0] * src + g->key[1] * dst + g->key[2] * ((uint64_t)ports << 8 | proto) +
+                 g->key[3];
+    return (uint32_t)(h >> g->shift);
+}
+
+uint32_t ff_gro_flow_slot(const struct ff_gro *g, uint32_t src, uint32_t dst, uint32_t ports,
+                          uint8_t proto)
+{
+    return flow_slot(g, src, dst, ports, proto);
+}
 
 struct ff_gro *ff_gro_new(int cap, unsigned flags)
 {
     if (cap < 1 || cap > 4096)
         return NULL;
-    uint32_t hs = 1;
-    while (hs < 2u * (uint32_t)cap)
+    uint32_t hs = 2, bits = 1;
+    while (hs < 2u * (uint32_t)cap) {
         hs <<= 1;
+        bits++;
+    }
     struct ff_gro *g = calloc(1, sizeof *g);
     if (!g)
         return NULL;
     g->segs = calloc((size_t)cap, sizeof *g->segs);
     g->items = calloc((size_t)cap, sizeof *g->items);
     g->hash = calloc(hs, sizeof *g->hash);
-    if (!g->segs || !g->items || !g->hash) {
+    g->fences = calloc(hs, sizeof *g->fences);
+    if (!g->segs || !g->items || !g->hash || !g->fences) {
         ff_gro_free(g);
         return NULL;
     }
     g->cap = cap;
     g->flags = flags;
     g->hmask = hs - 1;
+    g->shift = 64 - bits;
     g->gen = 1;
+    random_key(g->key);
     return g;
 }
 
@@ -83,14 +146,17 @@ void ff_gro_free(struct ff_gro *g)
     free(g->segs);
     free(g->items);
     free(g->hash);
+    free(g->fences);
     free(g);
 }
 
 void ff_gro_reset(struct ff_gro *g)
 {
-    g->nseg = g->nitem = g->finished = 0;
+    g->nseg = g->nitem = g->finished = g->nfrag = 0;
+    g->fence_all = 0;
     if (++g->gen == 0) {     /* generation wrapped: stale slots could look current */
         memset(g->hash, 0, (size_t)(g->hmask + 1) * sizeof *g->hash);
+        memset(g->fences, 0, (size_t)(g->hmask + 1) * sizeof *g->fences);
         g->gen = 1;
     }
 }
@@ -152,25 +218,73 @@ static void classify(const struct ff_gro *g, const uint8_t *p, size_t len, struc
     in->pay = (uint16_t)(len - in->hdrl);
 }
 
+/* The flow's slot (current: its newest item; stale: free to take), or NULL when the
+ * FF_GRO_MAX_PROBE slots from its home are all taken by other flows (then it is not merged). */
 static struct slot *lookup(struct ff_gro *g, const struct info *in)
 {
-    uint32_t h = in->src * 0x9e3779b1u ^ in->dst * 0x85ebca77u ^ in->ports * 0xc2b2ae3du ^ in->proto;
-    h ^= h >> 15;
-    h *= 0x2c1b3c6du;
-    h ^= h >> 13;
-    for (uint32_t i = h & g->hmask;; i = (i + 1) & g->hmask) {
+    uint32_t i = flow_slot(g, in->src, in->dst, in->ports, in->proto);
+
+    for (int n = 0; n < FF_GRO_MAX_PROBE; n++, i = (i + 1) & g->hmask) {
         struct slot *s = &g->hash[i];
         if (s->gen != g->gen)
-            return s;   /* free: the table is >= 2x the item count, so one always exists */
+            return s;
         const struct item *it = &g->items[s->item];
         if (it->src == in->src && it->dst == in->dst && it->ports == in->ports &&
             it->proto == in->proto)
             return s;
     }
+    return NULL;
 }
 
-/* Can candidate p be appended to item it? */
-static bool can_merge(const struct ff_gro *g, const struct item *it, const uint8_t *p,
+/* The fence slot of the host pair (src, dst, proto), as lookup does for flows. */
+static struct fence *fence_slot(struct ff_gro *g, uint32_t src, uint32_t dst, uint8_t proto)
+{
+    uint32_t i = flow_slot(g, src, dst, 0, proto);
+
+    for (int n = 0; n < FF_GRO_MAX_PROBE; n++, i = (i + 1) & g->hmask) {
+        struct fence *f = &g->fences[i];
+        if (f->gen != g->gen || (f->src == src && f->dst == dst && f->proto == proto))
+            return f;
+    }
+    return NULL;
+}
+
+/* A fragment (its item will be index n) of a host pair: no earlier item of the pair may grow. */
+static void fence_pair(struct ff_gro *g, const struct info *in, int32_t n)
+{
+    struct fence *f = fence_slot(g, in->src, in->dst, in->proto);
+
+    g->nfrag++;
+    if (f)
+        *f = (struct fence){ g->gen, in->src, in->dst, in->proto, n };
+    else
+        g->fence_all = n;   /* no room to remember the pair: fence every earlier item */
+}
+
+/* Was item it (index k) created before a fragment of its host pair? */
+static bool fenced(struct ff_gro *g, const struct item *it, int32_t k)
+{
+    if (k < g->fence_all)
+        return true;
+    const struct fence *f = fence_slot(g, it->src, it->dst, it->proto);
+    return f && f->gen == g->gen && f->item > k;
+}
+
+/* The IP ID rule of inet_gro_flush: packet number count of an item has ID head + count, or,
+ * with DF, the head's ID again when the second packet already had it (a fixed-ID flow). */
+static bool id_follows(const struct item *it, const uint8_t *p)
+{
+    uint16_t off = (uint16_t)(ff_ld16(p + FF_IP4_ID) - it->id0);
+
+    if (it->fixed_id)
+        return off == 0;
+    return off == (uint16_t)(1 + it->ntail) ||
+           (it->ntail == 0 && off == 0 && (ff_ip4_frag(p) & FF_IP4_F_DF));
+}
+
+/* Can candidate p be appended to item it (index k)? Whatever tcp_gro_receive would flush on
+ * keeps it apart: window, ack, options, header length, the IP fields, the sequence. */
+static bool can_merge(struct ff_gro *g, const struct item *it, int32_t k, const uint8_t *p,
                       const struct info *in)
 {
     const uint8_t *h = g->segs[it->head].p;
@@ -178,19 +292,14 @@ static bool can_merge(const struct ff_gro *g, const struct item *it, const uint8
         it->len + in->pay > FF_IP4_MAX_LEN)
         return false;
     if (h[FF_IP4_TOS] != p[FF_IP4_TOS] || h[FF_IP4_TTL] != p[FF_IP4_TTL] ||
-        ff_ip4_frag(h) != ff_ip4_frag(p))
-        return false;   /* TOS, TTL, DF */
-    return in->hdrl == it->hdrl && ff_ld32(p + TCP_AT + FF_TCP_SEQ) == it->next_seq &&
-           memcmp(h + TCP_AT + FF_TCP_ACK, p + TCP_AT + FF_TCP_ACK, 4) == 0 &&
-           memcmp(h + TCP_OPTS_AT, p + TCP_OPTS_AT, (size_t)in->hdrl - TCP_OPTS_AT) == 0;
-}
-
-static void close_frag_flows(struct ff_gro *g, const struct info *in)
-{
-    for (int i = 0; i < g->nitem; i++)
-        if (g->items[i].src == in->src && g->items[i].dst == in->dst &&
-            g->items[i].proto == in->proto)
-            g->items[i].closed = 1;
+        ff_ip4_frag(h) != ff_ip4_frag(p) || !id_follows(it, p))
+        return false;   /* TOS, TTL, DF, IP ID */
+    if (in->hdrl != it->hdrl || ff_ld32(p + TCP_AT + FF_TCP_SEQ) != it->next_seq ||
+        memcmp(h + TCP_AT + FF_TCP_ACK, p + TCP_AT + FF_TCP_ACK, 4) != 0 ||
+        ff_ld16(h + TCP_AT + FF_TCP_WINDOW) != ff_ld16(p + TCP_AT + FF_TCP_WINDOW) ||
+        memcmp(h + TCP_OPTS_AT, p + TCP_OPTS_AT, (size_t)in->hdrl - TCP_OPTS_AT) != 0)
+        return false;
+    return g->nfrag == 0 || !fenced(g, it, k);
 }
 
 /* Append candidate p to item it (can_merge said yes). */
@@ -199,6 +308,8 @@ static void append(struct ff_gro *g, struct item *it, uint8_t *p, const struct i
     int32_t k = g->nseg++;
     g->segs[k] = (struct seg){ p + in->hdrl, in->pay, -1 };
     g->segs[it->last].next = k;
+    if (it->ntail == 0 && ff_ld16(p + FF_IP4_ID) == it->id0)
+        it->fixed_id = 1;   /* id_follows allowed it: DF with a fixed ID */
     it->last = k;
     it->ntail++;
     it->len += in->pay;
@@ -218,7 +329,8 @@ static void new_item(struct ff_gro *g, uint8_t *p, size_t len, const struct info
     struct item *it = &g->items[n];
     *it = (struct item){ .kind = (uint8_t)in->kind, .proto = in->proto, .src = in->src,
                          .dst = in->dst, .ports = in->ports, .head = k, .last = k,
-                         .len = (uint32_t)len, .hdrl = in->hdrl, .gso = in->pay };
+                         .len = (uint32_t)len, .hdrl = in->hdrl, .gso = in->pay,
+                         .id0 = len >= FF_IP4_HDR_MIN ? ff_ld16(p + FF_IP4_ID) : 0 };
     if (in->kind == K_TCP) {
         it->next_seq = ff_ld32(p + TCP_AT + FF_TCP_SEQ) + in->pay;
         if (p[TCP_AT + FF_TCP_FLAGS] & FF_TCP_F_PSH)
@@ -239,9 +351,10 @@ int ff_gro_add(struct ff_gro *g, uint8_t *p, size_t len)
     struct info in;
     classify(g, p, len, &in);
     if (in.frag)
-        close_frag_flows(g, &in);   /* nothing of these hosts may overtake the fragment */
+        fence_pair(g, &in, g->nitem);   /* nothing of these hosts may overtake the fragment */
     struct slot *s = in.keyed ? lookup(g, &in) : NULL;
-    if (in.kind != K_PASS && s && s->gen == g->gen && can_merge(g, &g->items[s->item], p, &in)) {
+    if (in.kind != K_PASS && s && s->gen == g->gen &&
+        can_merge(g, &g->items[s->item], s->item, p, &in)) {
         append(g, &g->items[s->item], p, &in);
         return FF_GRO_MERGED;
     }

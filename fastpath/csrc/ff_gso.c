@@ -19,6 +19,28 @@
 
 #define FF_GSO_MAX_FRAME (1u << 18)  /* sanity cap; TUN superframes are <= 64 KiB (no BIG TCP) */
 
+/* A partial checksum the kernel may hand us for a whole packet: over the L4 header of an
+ * unfragmented IPv4 TCP or UDP packet, at that protocol's checksum field (the only ones the
+ * TUN is offered, TUN_F_CSUM). csum_start/csum_offset anywhere else would have us write into
+ * the IP header or the payload: 0 when they are right, -EINVAL otherwise. */
+static int vnet_csum_ok(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
+{
+    size_t ihl, need;
+
+    if (len < FF_IP4_HDR_MIN || ff_ip4_version(pkt) != 4)
+        return -EINVAL;
+    ihl = ff_ip4_hdr_len(pkt);
+    if (ihl < FF_IP4_HDR_MIN || h->csum_start != ihl || (ff_ip4_frag(pkt) & FF_IP4_FRAGMENT))
+        return -EINVAL;
+    if (pkt[FF_IP4_PROTO] == FF_IPPROTO_TCP && h->csum_offset == FF_TCP_CSUM)
+        need = FF_TCP_HDR_MIN;
+    else if (pkt[FF_IP4_PROTO] == FF_IPPROTO_UDP && h->csum_offset == FF_UDP_CSUM)
+        need = FF_UDP_HDR_LEN;
+    else
+        return -EINVAL;
+    return ihl + need <= len ? 0 : -EINVAL;
+}
+
 int ff_vnet_csum_finish(const struct virtio_net_hdr *h, uint8_t *pkt, size_t len)
 {
     if (h->gso_type != VIRTIO_NET_HDR_GSO_NONE)
@@ -26,7 +48,7 @@ int ff_vnet_csum_finish(const struct virtio_net_hdr *h, uint8_t *pkt, size_t len
     if (!(h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM))
         return 0;
     size_t start = h->csum_start, at = (size_t)h->csum_start + h->csum_offset;
-    if (start >= len || at + sizeof(uint16_t) > len)
+    if (vnet_csum_ok(h, pkt, len) < 0)
         return -EINVAL;
     /* The field holds the pseudo-header sum; summing the whole L4 range includes it. */
     uint16_t c = (uint16_t)~ff_ck_fold(ff_ck_add(0, pkt + start, len - start));
@@ -71,9 +93,7 @@ static int parse_sf(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t l
 int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
 {
     if (h->gso_type == VIRTIO_NET_HDR_GSO_NONE) {
-        if ((h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
-            ((size_t)h->csum_start >= len ||
-             (size_t)h->csum_start + h->csum_offset + sizeof(uint16_t) > len))
+        if ((h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && vnet_csum_ok(h, pkt, len) < 0)
             return -EINVAL;
         return len > FF_IP4_MAX_LEN ? -EINVAL : 1;
     }
@@ -107,12 +127,27 @@ static void build_seg(const struct sf *s, const uint8_t *pkt, unsigned i, size_t
 int ff_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
                  uint8_t *const out[], size_t out_cap, uint16_t seg_lens[], int max_segs)
 {
+    int n = ff_gso_count(h, pkt, len);
+
+    if (n < 0)
+        return n;
+    if (n > max_segs)
+        return -ENOSPC;
+    return ff_gso_split_range(h, pkt, len, 0, out, out_cap, seg_lens, max_segs);
+}
+
+int ff_gso_split_range(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                       unsigned first, uint8_t *const out[], size_t out_cap, uint16_t seg_lens[],
+                       int max_segs)
+{
     if (max_segs < 1)
         return -ENOSPC;
     if (h->gso_type == VIRTIO_NET_HDR_GSO_NONE) {
         int rc = ff_gso_count(h, pkt, len);
         if (rc < 0)
             return rc;
+        if (first != 0)
+            return -ERANGE;
         if (len > out_cap)
             return -ENOSPC;
         memcpy(out[0], pkt, len);
@@ -123,17 +158,18 @@ int ff_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
     int rc = parse_sf(h, pkt, len, &s);
     if (rc < 0)
         return rc;
-    if (s.nsegs > (unsigned)max_segs)
-        return -ENOSPC;
+    if (first >= s.nsegs)
+        return -ERANGE;
     if (s.hdrl + (s.paylen < s.gso ? s.paylen : s.gso) > out_cap)
         return -ENOSPC;
-    for (unsigned i = 0; i < s.nsegs; i++) {
+    unsigned end = s.nsegs - first > (unsigned)max_segs ? first + (unsigned)max_segs : s.nsegs;
+    for (unsigned i = first; i < end; i++) {
         size_t off = (size_t)i * s.gso;
         size_t n = s.paylen - off < s.gso ? s.paylen - off : s.gso;
-        build_seg(&s, pkt, i, n, i + 1 == s.nsegs, out[i]);
-        seg_lens[i] = (uint16_t)(s.hdrl + n);
+        build_seg(&s, pkt, i, n, i + 1 == s.nsegs, out[i - first]);
+        seg_lens[i - first] = (uint16_t)(s.hdrl + n);
     }
-    return (int)s.nsegs;
+    return (int)(end - first);
 }
 
 int ff_udp_gso_plan(const uint64_t peer[], const uint32_t len[], int n, int max_segs,

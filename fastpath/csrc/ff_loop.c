@@ -19,6 +19,8 @@ static const uint8_t verdict_stat[] = {
     [FF_DROP_TTL] = FF_ST_TTL,
     [FF_DROP_TUN_INVALID] = FF_ST_TUN_INVALID,
     [FF_DROP_NO_ROUTE] = FF_ST_NO_ROUTE,
+    [FF_DROP_DST_SPECIAL] = FF_ST_DST_SPECIAL,
+    [FF_DROP_DST_FOREIGN] = FF_ST_DST_FOREIGN,
 };
 
 void ff_count_drop(struct ff_worker *w, enum ff_verdict v)

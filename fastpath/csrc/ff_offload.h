@@ -27,8 +27,9 @@
 
 /* For a GSO_NONE read with VIRTIO_NET_HDR_F_NEEDS_CSUM: finish the partial L4 checksum in place
  * (the field already holds the pseudo-header sum; the kernel's skb_checksum_help semantics, a
- * result of 0 is written as 0xffff). No-op (0) without NEEDS_CSUM. -EINVAL when csum_start /
- * csum_offset do not lie inside pkt[0..len), or gso_type is not NONE. */
+ * result of 0 is written as 0xffff). No-op (0) without NEEDS_CSUM. -EINVAL when gso_type is
+ * not NONE, or csum_start / csum_offset are not those of an unfragmented IPv4 TCP or UDP
+ * packet (csum_start = IHL*4, csum_offset 16 or 6, the L4 header inside pkt[0..len)). */
 int ff_vnet_csum_finish(const struct virtio_net_hdr *h, uint8_t *pkt, size_t len);
 
 /* Number of segments ff_gso_split would produce for this superframe (1 for GSO_NONE), or
@@ -48,6 +49,14 @@ int ff_gso_count(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len)
  * -ENOSPC when more than max_segs segments or a segment larger than out_cap. */
 int ff_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
                  uint8_t *const out[], size_t out_cap, uint16_t seg_lens[], int max_segs);
+/* The same split in chunks, for superframes of more segments than the caller has room for (a
+ * 64 KiB frame at a small MSS: 131 segments at gso_size 500, over 1300 at 48): segments
+ * first..first+max_segs-1 (fewer at the end) into out[0..], numbered as in the whole split (seq,
+ * IP ID, FIN/PSH on the frame's last segment only). Returns the segments written; -ERANGE when
+ * first is past the last segment; otherwise as ff_gso_split. */
+int ff_gso_split_range(const struct virtio_net_hdr *h, const uint8_t *pkt, size_t len,
+                       unsigned first, uint8_t *const out[], size_t out_cap, uint16_t seg_lens[],
+                       int max_segs);
 
 /* ------------------------------------------- UDP socket side: GSO / GRO (ff_gso.c) --- */
 
@@ -118,8 +127,15 @@ static inline int ff_udp_gro_next(struct ff_gro_iter *it, const uint8_t **dg, si
 struct ff_gro;
 
 /* Allocate a coalescer for batches of up to cap packets (the only allocation). NULL on ENOMEM
- * or cap outside 1..4096. */
+ * or cap outside 1..4096. Its flow hash gets a random key (getrandom): a sender cannot pick
+ * 4-tuples that share a slot, and the probes per lookup are bounded anyway. */
 struct ff_gro *ff_gro_new(int cap, unsigned flags);
+/* Tests and fuzzing: set the hash key (reproducible runs), and the home slot a flow hashes to
+ * under it (to build colliding flows on purpose). */
+#define FF_GRO_KEYED 1
+void ff_gro_set_key(struct ff_gro *g, const uint64_t key[4]);
+uint32_t ff_gro_flow_slot(const struct ff_gro *g, uint32_t src, uint32_t dst, uint32_t ports,
+                          uint8_t proto);
 void ff_gro_free(struct ff_gro *g);
 /* Forget the current batch (call after the items were written). */
 void ff_gro_reset(struct ff_gro *g);

@@ -34,9 +34,45 @@ enum ff_ttl ff_ip4_dec_ttl(uint8_t *p)
     return FF_TTL_OK;
 }
 
+bool ff_ip4_special(uint32_t a)
+{
+    uint32_t a8 = a >> 24;
+
+    return a8 == 0 || a8 == 127 || (a >> 16) == 0xa9feu || a8 >= 224;
+}
+
+/* RFC 1812 §4.3.2.7: a source that names a single host (not 0/8, loopback, multicast, class E
+ * or the limited broadcast; a directed broadcast cannot be told from here). */
+static bool single_host(uint32_t a)
+{
+    uint32_t a8 = a >> 24;
+
+    return a8 != 0 && a8 != 127 && a8 < 224;
+}
+
 bool ff_icmp_due(const uint8_t *pkt)
 {
-    return pkt[FF_IP4_PROTO] != FF_IPPROTO_ICMP && (ff_ip4_frag(pkt) & FF_IP4_FRAG_OFF) == 0;
+    uint32_t dst = ff_ip4_dst(pkt);
+
+    return pkt[FF_IP4_PROTO] != FF_IPPROTO_ICMP && (ff_ip4_frag(pkt) & FF_IP4_FRAG_OFF) == 0 &&
+           single_host(ff_ip4_src(pkt)) && (dst >> 28) != 0xeu && dst != 0xffffffffu;
+}
+
+bool ff_ratelimit_take(uint64_t *tat_ns, uint64_t now_ns, uint64_t interval_ns, uint32_t burst)
+{
+    uint64_t tat = __atomic_load_n(tat_ns, __ATOMIC_RELAXED);
+    uint64_t slack = burst ? (uint64_t)(burst - 1) * interval_ns : 0;
+
+    if (!burst)
+        return false;
+    for (;;) {
+        uint64_t base = tat > now_ns ? tat : now_ns;
+        if (base - now_ns > slack)
+            return false;                /* the bucket is empty */
+        if (__atomic_compare_exchange_n(tat_ns, &tat, base + interval_ns, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+            return true;
+    }
 }
 
 int ff_icmp_net_unreach(const uint8_t *pkt, size_t len, uint32_t tun_ip, uint8_t *out,

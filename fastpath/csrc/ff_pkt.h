@@ -28,9 +28,21 @@ enum ff_ttl { FF_TTL_OK, FF_TTL_EXPIRED };
  * when the TTL would reach 0: the packet is to be dropped, the header is left untouched. */
 enum ff_ttl ff_ip4_dec_ttl(uint8_t *p);
 
-/* Whether a validated packet may get an ICMP error (RFC 1812 §4.3.2.7, as flannel's proxy):
- * never about an ICMP packet, never about a fragment other than the first. */
+/* Special-purpose IPv4 addresses (RFC 6890) no overlay peer may have us deliver to, nor an ICMP
+ * error be sent to: "this network" 0/8, loopback 127/8, link-local 169.254/16 (cloud metadata
+ * services live there), multicast 224/4, reserved 240/4 with the limited broadcast. */
+bool ff_ip4_special(uint32_t addr);
+
+/* Whether a validated packet may get an ICMP error (RFC 1812 §4.3.2.7): never about an ICMP
+ * packet (flannel's proxy skips them all, errors included), a fragment other than the first, a
+ * packet to a multicast or the limited broadcast address, or one whose source is no single host
+ * (0/8, loopback, multicast, class E, broadcast). */
 bool ff_icmp_due(const uint8_t *pkt);
+
+/* Token bucket as a single timestamp (GCRA), safe to share between threads: one ICMP error
+ * may go at now_ns (monotonic) when fewer than burst were sent in the last burst intervals.
+ * *tat_ns is the bucket (0 = full). Returns true (and takes the token) or false. */
+bool ff_ratelimit_take(uint64_t *tat_ns, uint64_t now_ns, uint64_t interval_ns, uint32_t burst);
 /* Build ICMP destination unreachable / net unreachable about the validated packet pkt into out
  * (outcap >= FF_ICMP_MAX_LEN), as flannel's proxy does: IP source tun_ip (host order), TTL 8,
  * payload the offender's header + up to 8 data bytes. Returns the length written, -EINVAL for

@@ -85,18 +85,43 @@ static enum ff_verdict check_sender(const struct ff_table *t, uint32_t sender, c
     return s && s->peer_ip == sender ? FF_FORWARD : FF_DROP_SPOOFED;
 }
 
-/* One received datagram (sender in host order; trunc: it did not fit the buffer). On
- * FF_FORWARD its TTL was decremented and its length is its IPv4 total length. */
-static enum ff_verdict accept_datagram(struct ff_worker *w, const struct ff_table *t, uint8_t *p,
-                                       size_t len, uint32_t sender, bool trunc)
+/* Anti-spoofing, the destination: a peer may only reach this host's own subnet, and never a
+ * special address (loopback, link-local such as a metadata service, multicast, ...) nor the
+ * subnet's broadcast address. Without our prefix (0) only the special addresses are refused. */
+static enum ff_verdict check_dst(const struct ff_fwd *fw, uint32_t dst)
 {
-    enum ff_verdict v = trunc ? FF_DROP_BAD_LENGTH : ip4_drop[ff_ip4_validate(p, len)];
+    if (ff_ip4_special(dst))
+        return FF_DROP_DST_SPECIAL;
+    if (!fw->own_mask)
+        return FF_FORWARD;
+    if ((dst & fw->own_mask) != fw->own_net)
+        return FF_DROP_DST_FOREIGN;
+    if (fw->own_mask < 0xfffffffcu && (dst | fw->own_mask) == 0xffffffffu)
+        return FF_DROP_DST_SPECIAL;     /* a directed broadcast (RFC 2644: never forwarded) */
+    return FF_FORWARD;
+}
 
-    if (v == FF_FORWARD && (w->fw->flags & FF_F_ANTI_SPOOF))
+enum ff_verdict ff_rx_accept(const struct ff_fwd *fw, const struct ff_table *t, uint8_t *p,
+                             size_t len, uint32_t sender)
+{
+    enum ff_verdict v = ip4_drop[ff_ip4_validate(p, len)];
+
+    if (v == FF_FORWARD && (fw->flags & FF_F_ANTI_SPOOF)) {
         v = check_sender(t, sender, p);
+        if (v == FF_FORWARD)
+            v = check_dst(fw, ff_ip4_dst(p));
+    }
     if (v == FF_FORWARD && ff_ip4_dec_ttl(p) == FF_TTL_EXPIRED)
         v = FF_DROP_TTL;
     return v;
+}
+
+/* One received datagram (trunc: it did not fit the buffer). On FF_FORWARD its TTL was
+ * decremented and its length is its IPv4 total length. */
+static enum ff_verdict accept_datagram(struct ff_worker *w, const struct ff_table *t, uint8_t *p,
+                                       size_t len, uint32_t sender, bool trunc)
+{
+    return trunc ? FF_DROP_BAD_LENGTH : ff_rx_accept(w->fw, t, p, len, sender);
 }
 
 /* ---- writing ------------------------------------------------------------------------------- */
@@ -209,9 +234,20 @@ static int receive(struct ff_worker *w)
     return n;
 }
 
+/* The accepted packets fill ff_gro's capacity (messages of more than FF_GRO_RX_MAX /
+ * FF_GRO_RX_MSGS datagrams: a UDP_GRO train holds up to 128 since Linux 6.10): write them
+ * now, outside the read section, and go on with an empty batch instead of dropping the rest. */
+static const struct ff_table *flush_full(struct ff_worker *w, uint32_t *k)
+{
+    read_unlock(w);
+    write_items(w, *k);
+    *k = 0;
+    return read_lock(w);
+}
+
 /* Check the datagrams of message i (a UDP_GRO train or one datagram); the accepted ones join
  * rx->pkt from *k on. Returns the datagrams it held. */
-static uint64_t accept_message(struct ff_worker *w, const struct ff_table *t, uint32_t i,
+static uint64_t accept_message(struct ff_worker *w, const struct ff_table **tp, uint32_t i,
                                uint32_t *k)
 {
     struct ff_rx *rx = &w->rx;
@@ -231,19 +267,21 @@ static uint64_t accept_message(struct ff_worker *w, const struct ff_table *t, ui
     }
     if (rx->msgs[i].msg_len == 0) {
         /* an empty datagram: the iterator yields nothing, but it is one (short) datagram */
-        ff_count_drop(w, accept_datagram(w, t, buf, 0, sender, trunc));
+        ff_count_drop(w, accept_datagram(w, *tp, buf, 0, sender, trunc));
         return 1;
     }
     ff_udp_gro_iter_init(&it, buf, rx->msgs[i].msg_len, gso);
     while (ff_udp_gro_next(&it, &dg, &dlen)) {
-        enum ff_verdict v = accept_datagram(w, t, (uint8_t *)dg, dlen, sender, trunc);
+        enum ff_verdict v = accept_datagram(w, *tp, (uint8_t *)dg, dlen, sender, trunc);
         dgrams++;
-        if (v != FF_FORWARD)
+        if (v != FF_FORWARD) {
             ff_count_drop(w, v);
-        else if (*k < FF_GRO_RX_MAX) {
-            rx->pkt[*k] = (uint8_t *)dg;
-            rx->pkt_len[(*k)++] = ff_ip4_tot_len(dg);
+            continue;
         }
+        if (*k == FF_GRO_RX_MAX)
+            *tp = flush_full(w, k);
+        rx->pkt[*k] = (uint8_t *)dg;
+        rx->pkt_len[(*k)++] = ff_ip4_tot_len(dg);
     }
     return dgrams;
 }
@@ -260,7 +298,7 @@ uint32_t ff_rx_batch(struct ff_worker *w)
     t = read_lock(w);
     for (int i = 0; i < n; i++) {
         bytes += w->rx.msgs[i].msg_len;
-        dgrams += accept_message(w, t, (uint32_t)i, &k);
+        dgrams += accept_message(w, &t, (uint32_t)i, &k);
     }
     read_unlock(w);       /* leave before the writes, which may wait for room */
     STAT_ADD(w, FF_ST_UDP_RX_PACKETS, dgrams);

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ff_fwd_int.h"
@@ -61,7 +62,7 @@ int ff_tx_alloc(struct ff_worker *w)
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
-enum frame_read { FRAME_DRAINED, FRAME_OK, FRAME_DROPPED };
+enum frame_read { FRAME_DRAINED, FRAME_OK, FRAME_DROPPED, FRAME_PENDING };
 
 /* One read from a plain TUN: the packet lands in its slot as segment `first` (no copy). */
 static enum frame_read read_plain(struct ff_worker *w, uint8_t *slot, uint32_t first)
@@ -81,7 +82,9 @@ static enum frame_read read_plain(struct ff_worker *w, uint8_t *slot, uint32_t f
     return FRAME_OK;
 }
 
-/* One read from a vnet TUN, split into the slot as segments first.. (*nseg of them). */
+/* One read from a vnet TUN, split into the slot as segments first.. (*nseg of them). A
+ * superframe of more segments than a slot holds is left in tx->frame (FRAME_PENDING) to be
+ * split in chunks after this batch (split_pending). */
 static enum frame_read read_vnet(struct ff_worker *w, uint8_t *slot, uint32_t first, int *nseg)
 {
     struct ff_tx *tx = &w->tx;
@@ -104,8 +107,16 @@ static enum frame_read read_vnet(struct ff_worker *w, uint8_t *slot, uint32_t fi
     memcpy(&h, tx->frame, sizeof(h));
     len = (size_t)r - FF_VNET_HDR_LEN;
     k = ff_gso_count(&h, pkt, len);
-    if (k <= 0 || k > FF_GSO_MAX_SEGS)
+    if (k <= 0)
         return FRAME_DROPPED;
+    if (k > FF_GSO_MAX_SEGS) {
+        tx->pend_h = h;
+        tx->pend_len = len;
+        tx->pend_next = 0;
+        tx->pend_total = (unsigned)k;
+        STAT_ADD(w, FF_ST_TUN_GSO_FRAMES, 1);
+        return FRAME_PENDING;
+    }
     /* segment i at slot + i*each: gso_size payload plus at most 120 header bytes each */
     each = h.gso_type == VIRTIO_NET_HDR_GSO_NONE ? tx->slot : (size_t)h.gso_size + FF_GSO_SEG_HDR_MAX;
     for (int i = 0; i < k; i++)
@@ -119,13 +130,22 @@ static enum frame_read read_vnet(struct ff_worker *w, uint8_t *slot, uint32_t fi
     return FRAME_OK;
 }
 
+static void count_read(struct ff_worker *w, uint32_t n)
+{
+    uint64_t bytes = 0;
+
+    for (uint32_t i = 0; i < n; i++)
+        bytes += w->tx.seg_lens[i];
+    STAT_ADD(w, FF_ST_TUN_RX_PACKETS, n);
+    STAT_ADD(w, FF_ST_TUN_RX_BYTES, bytes);
+}
+
 /* Drain up to `batch` frames; returns the frames read (dropped ones count: the drain goes on)
  * and their segments in *nseg. */
 static uint32_t read_frames(struct ff_worker *w, uint32_t *nseg)
 {
     /* room for a whole superframe's segments must be left before each read */
     uint32_t per_frame = w->fw->vnet ? FF_GSO_MAX_SEGS : 1, frames = 0, n = 0;
-    uint64_t bytes = 0;
 
     while (frames < w->fw->batch && n + per_frame <= FF_GSO_BATCH_SEGS) {
         uint8_t *slot = w->tx.mem + (size_t)frames * w->tx.slot;
@@ -138,14 +158,37 @@ static uint32_t read_frames(struct ff_worker *w, uint32_t *nseg)
             STAT_ADD(w, FF_ST_TUN_INVALID, 1);   /* malformed/unsupported frame */
             continue;
         }
+        if (r == FRAME_PENDING)
+            break;                               /* tx->frame must not be read over */
         n += (uint32_t)k;
     }
-    for (uint32_t i = 0; i < n; i++)
-        bytes += w->tx.seg_lens[i];
-    STAT_ADD(w, FF_ST_TUN_RX_PACKETS, n);
-    STAT_ADD(w, FF_ST_TUN_RX_BYTES, bytes);
+    count_read(w, n);
     *nseg = n;
     return frames;
+}
+
+/* The next chunk of the pending superframe, split over the whole batch memory (free again:
+ * the batch before it has left). Returns its segments (0 when done). */
+static uint32_t split_pending(struct ff_worker *w)
+{
+    struct ff_tx *tx = &w->tx;
+    size_t each = (size_t)tx->pend_h.gso_size + FF_GSO_SEG_HDR_MAX;
+    size_t room = (size_t)w->fw->batch * tx->slot / each;
+    int cap = room < FF_GSO_BATCH_SEGS ? (int)room : FF_GSO_BATCH_SEGS, k;
+
+    for (int i = 0; i < cap; i++)
+        tx->segp[i] = tx->mem + (size_t)i * each;
+    k = ff_gso_split_range(&tx->pend_h, tx->frame + FF_VNET_HDR_LEN, tx->pend_len, tx->pend_next,
+                           tx->segp, each, tx->seg_lens, cap);
+    if (k <= 0) {            /* ff_gso_count accepted it: cannot happen, but never loop */
+        tx->pend_next = tx->pend_total = 0;
+        return 0;
+    }
+    tx->pend_next += (unsigned)k;
+    if (tx->pend_next >= tx->pend_total)
+        tx->pend_next = tx->pend_total = 0;
+    count_read(w, (uint32_t)k);
+    return (uint32_t)k;
 }
 
 /* ---- routing ------------------------------------------------------------------------------ */
@@ -177,13 +220,27 @@ static enum ff_verdict route(struct memo *m, uint8_t *p, uint32_t len, const str
     return FF_FORWARD;
 }
 
-/* flannel answers an unknown destination with ICMP net-unreachable into the TUN. */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* flannel answers an unknown destination with ICMP net-unreachable into the TUN; ours are
+ * rate-limited per forwarder (a local sender scanning unknown subnets must not make us spend
+ * a TUN write per packet), the ones over the limit counted in icmp_suppressed. */
 static void send_no_route(struct ff_worker *w, const uint8_t *p, uint32_t len)
 {
     int k;
 
     if (!ff_icmp_due(p))
         return;
+    if (!ff_ratelimit_take(&w->fw->icmp_tat, mono_ns(), FF_ICMP_INTERVAL_NS, FF_ICMP_BURST)) {
+        STAT_ADD(w, FF_ST_ICMP_SUPPRESSED, 1);
+        return;
+    }
     k = ff_icmp_net_unreach(p, len, w->fw->tun_ip, w->icmp, sizeof(w->icmp));
     /* single try: an ICMP error is not worth stalling the loop for */
     if (k > 0 && ff_tun_write(w, w->icmp, (uint32_t)k, 0) == 0)
@@ -315,15 +372,14 @@ static int plan_groups(struct ff_worker *w, uint32_t m)
     return n;
 }
 
-uint32_t ff_tx_batch(struct ff_worker *w)
+/* Route the nseg segments now in the batch and send the kept ones. */
+static void forward(struct ff_worker *w, uint32_t nseg)
 {
     struct ff_tx *tx = &w->tx;
     struct memo memo = {0};
-    uint32_t nseg, m = 0, frames = read_frames(w, &nseg);
+    uint32_t m = 0;
     int groups;
 
-    if (!frames)
-        return 0;
     memo.t = read_lock(w);
     for (uint32_t i = 0; i < nseg; i++) {
         const struct ff_slot *peer = NULL;
@@ -344,5 +400,16 @@ uint32_t ff_tx_batch(struct ff_worker *w)
     groups = plan_groups(w, m);
     if (groups > 0)
         send_msgs(w, tx->msgs, (uint32_t)groups, tx->groups);
+}
+
+uint32_t ff_tx_batch(struct ff_worker *w)
+{
+    uint32_t nseg, frames = read_frames(w, &nseg);
+
+    if (!frames)
+        return 0;
+    forward(w, nseg);
+    while (w->tx.pend_total)             /* a superframe too large for one slot, in chunks */
+        forward(w, split_pending(w));
     return frames;
 }

@@ -83,9 +83,9 @@ static void test_csum_finish(void)
         }
     }
     struct virtio_net_hdr h = { .flags = VIRTIO_NET_HDR_F_NEEDS_CSUM, .csum_start = 20, .csum_offset = 16 };
-    uint8_t small[38] = { 0 };
-    CHECK_EQ(ff_vnet_csum_finish(&h, small, 38), 0);      /* field at 36..37: just fits */
-    CHECK_EQ(ff_vnet_csum_finish(&h, small, 37), -EINVAL);
+    uint8_t small[40] = { 0x45, [9] = 6 };
+    CHECK_EQ(ff_vnet_csum_finish(&h, small, 40), 0);      /* a whole TCP header: just fits */
+    CHECK_EQ(ff_vnet_csum_finish(&h, small, 39), -EINVAL);
     h.csum_start = 40;
     CHECK_EQ(ff_vnet_csum_finish(&h, small, 36), -EINVAL);
     h.csum_start = 0xffff; h.csum_offset = 0xffff;
@@ -156,6 +156,48 @@ static void check_tso(const uint8_t *pay, size_t paylen, uint16_t gso, uint8_t f
         CHECK_EQ(ff_gso_split(&h, sf, len, g_outs, SEGCAP, g_lens, want - 1), -ENOSPC);
     CHECK_EQ(ff_gso_split(&h, sf, len, g_outs, hdrl + (paylen < gso ? paylen : gso) - 1, g_lens, MAXSEG), -ENOSPC);
     free(sf);
+}
+
+/* A superframe of more segments than MAXSEG (a small MSS: 131 at 500, 1365 at 48), split in
+ * chunks of 64 with ff_gso_split_range: every segment as the whole split would make it. */
+static void test_split_chunks(void)
+{
+    static uint8_t pay[65536];
+    rnd_fill(pay, sizeof pay);
+    init_outs();
+    const uint16_t gsos[] = { 48, 400, 500, 1448 };
+    for (size_t b = 0; b < sizeof gsos / sizeof *gsos; b++) {
+        struct virtio_net_hdr h;
+        size_t len, paylen = 65535 - 40 - 12, off = 0;
+        uint8_t *sf = mk_tso(&h, pay, paylen, gsos[b], TCP_ACK | TCP_PSH | TCP_FIN, 12, &len);
+        unsigned want = (unsigned)((paylen + gsos[b] - 1) / gsos[b]), first = 0;
+        CHECK_EQ(ff_gso_count(&h, sf, len), want);
+        if (want > MAXSEG)
+            CHECK_EQ(ff_gso_split(&h, sf, len, g_outs, SEGCAP, g_lens, MAXSEG), -ENOSPC);
+        while (first < want) {
+            int k = ff_gso_split_range(&h, sf, len, first, g_outs, SEGCAP, g_lens, 64);
+            CHECK_EQ(k, want - first < 64 ? want - first : 64);
+            if (k <= 0)
+                break;
+            for (int j = 0; j < k; j++) {
+                unsigned i = first + (unsigned)j;
+                const uint8_t *sg = g_outs[j];
+                size_t sl = g_lens[j], pl = sl - 52;
+                CHECK_EQ(pl, i + 1 < want ? gsos[b] : paylen - (size_t)gsos[b] * (want - 1));
+                CHECK_EQ(ff_ld16(sg + 4), (uint16_t)(0xfffe + i));
+                CHECK_EQ(ff_ld32(sg + 24), (uint32_t)(0xfffff000u + (uint32_t)off));
+                CHECK_EQ(sg[33], i + 1 < want ? TCP_ACK : TCP_ACK | TCP_PSH | TCP_FIN);
+                CHECK(naive_l4_ok(sg, sl));
+                CHECK_EQ(naive_ck(sg, 20), 0);
+                CHECK(memcmp(sg + 52, pay + off, pl) == 0);
+                off += pl;
+            }
+            first += (unsigned)k;
+        }
+        CHECK_EQ(off, paylen);
+        CHECK_EQ(ff_gso_split_range(&h, sf, len, want, g_outs, SEGCAP, g_lens, 64), -ERANGE);
+        free(sf);
+    }
 }
 
 static void test_split(void)
@@ -492,6 +534,7 @@ int main(int argc, char **argv)
     test_csum_finish();
     test_udp_zero_result();
     test_split();
+    test_split_chunks();
     test_split_reject();
     test_gso_plan();
     test_udp_gro_split_and_cmsg();

@@ -208,7 +208,7 @@ static void test_gro_rules(void)
     /* Interleaved flows keep per-flow order and item order follows first arrival. */
     for (int i = 0; i < 6; i++) {
         int f = i & 1, s = i >> 1;
-        pl[i] = mk_tcp(b[i], pay + s * 1000, 1000, 1000u * (uint32_t)s, TCP_ACK, 0, (uint16_t)i);
+        pl[i] = mk_tcp(b[i], pay + s * 1000, 1000, 1000u * (uint32_t)s, TCP_ACK, 0, (uint16_t)s);
         if (f) { ff_st16(b[i] + 22, 5202); RECSUM(b[i]); }
         pk[i] = b[i];
     }
@@ -229,7 +229,7 @@ static void test_gro_rules(void)
     pl[1] = mk_udp(b[1], pay, 100, 9, 0);
     b[1][6] = 0x20; ff_ip4_set_csum(b[1]);
     b[1][9] = 6; ff_ip4_set_csum(b[1]);
-    pl[2] = mk_tcp(b[2], pay + 1000, 1000, 6000, TCP_ACK, 0, 2);   /* adjacent to the first */
+    pl[2] = mk_tcp(b[2], pay + 1000, 1000, 6000, TCP_ACK, 0, 1);   /* adjacent to the first */
     CHECK_EQ(gro_run(g, pk, pl, 3, NULL), 3);
     pl[1] = mk_udp(b[1], pay, 100, 9, 0);   /* an unrelated packet in between does not split */
     pl[0] = mk_tcp(b[0], pay, 1000, 5000, TCP_ACK, 0, 0);
@@ -309,7 +309,7 @@ static void test_gro_udp(void)
  * only pass through, and must keep their place too. A wrong merge breaks this: a gap, a FIN or PSH in the
  * middle, a bad checksum, a different TTL or option, a larger segment after a smaller one. */
 #define PB_MAX 64
-struct pflow { int udp; uint16_t sport, mss; uint32_t seq, ack; uint8_t ttl, tos, opt; };
+struct pflow { int udp; uint16_t sport, mss, id, win; uint32_t seq, ack; uint8_t ttl, tos, opt, fixed_id; };
 
 static size_t gen_pkt(uint8_t *p, struct pflow *f, const uint8_t *pay)
 {
@@ -321,6 +321,9 @@ static size_t gen_pkt(uint8_t *p, struct pflow *f, const uint8_t *pay)
     else if (r < 8) f->opt ^= 1;
     else if (r < 11) f->seq += 1 + rnd() % 3;   /* gap */
     else if (r < 13) f->ack += 1000;
+    else if (r < 15) f->id += (uint16_t)(2 + rnd() % 100);   /* IP ID jump */
+    else if (r < 16) f->fixed_id ^= 1;                    /* DF flow with a fixed ID */
+    else if (r < 18) f->win += 1000;                      /* window update */
     if (f->udp) {
         len = mk_udp(p, pay, n, (uint16_t)rnd(), rnd() % 3 == 0);
         ff_st16(p + 20, f->sport);
@@ -332,9 +335,10 @@ static size_t gen_pkt(uint8_t *p, struct pflow *f, const uint8_t *pay)
         else if (q < 9) fl = TCP_SYN | TCP_ACK;
         else if (q < 10) fl = TCP_PSH;
         else if (q < 11) fl |= TCP_CWR;
-        len = mk_tcp(p, pay, n, f->seq, fl, 8, (uint16_t)rnd());
+        len = mk_tcp(p, pay, n, f->seq, fl, 8, f->fixed_id ? f->id : f->id++);
         ff_st16(p + 20, f->sport);
         ff_st32(p + 28, f->ack);
+        ff_st16(p + 34, f->win);
         p[41] = f->opt;
         f->seq += (uint32_t)n;
     }
@@ -392,7 +396,7 @@ static void test_gro_property(int rounds)
         int nf = 1 + (int)(rnd() % 4), n = 1 + (int)(rnd() % PB_MAX);
         for (int f = 0; f < nf; f++)
             fl[f] = (struct pflow){ rnd() % 4 == 0, (uint16_t)(1000 + f), (uint16_t)(1 + rnd() % 300),
-                                    rnd(), rnd(), 64, 0, 0 };
+                                    (uint16_t)rnd(), 501, rnd(), rnd(), 64, 0, 0, rnd() % 8 == 0 };
         uint8_t *pk[PB_MAX];
         size_t pl[PB_MAX];
         int flow_of[PB_MAX], q[4][PB_MAX], qn[4] = { 0 }, qh[4] = { 0 };

@@ -7,6 +7,7 @@ Opens flannel%d (IPv6 off on it), gives it <tun_ip>/32, MTU, txqueuelen, link up
 `network` (iproute2, as the
 agent does with netlink), adds the routes, starts, and writes the counters as JSON to `stats`
 every 100 ms and once more after SIGTERM (with "features" and per-queue "queues" counters).
+"tun_prefix" (the lease's prefix length: decapsulated packets must be for tun_ip/tun_prefix),
 "workers", "offload", "tun_tso", "udp_gso", "udp_gro", "tcp_gro" are Forwarder.open's switches;
 "refuse" lists offload parts whose kernel call is made to fail once (a development build of the
 fast path only). With "churn": true a thread replaces the whole table (10k dummy routes plus the
@@ -28,7 +29,7 @@ from fastflannel.fastpath import ROUTE_DTYPE, Forwarder
 # txqueuelen: the TUN's default 500 overflows under a single TCP stream (each drop a TCP
 # retransmit; docs/fastpath.md §"What the control plane must do"); 5000 removed every drop in
 # bench/bench_fastpath_iperf.py.
-DEFAULTS = {"port": 8285, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True,
+DEFAULTS = {"port": 8285, "tun_prefix": 0, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True,
             "batch": 64, "offload": False,
             "workers": 1, "tun_tso": None, "udp_gso": None, "udp_gro": None, "tcp_gro": None, "refuse": [],
             "routes": [], "churn": False, "churn_interval": 0.005}
@@ -45,9 +46,9 @@ class Node:
     def setup(self) -> None:
         c, fw = self.cfg, self.fw
         fw.open(tun="flannel%d", bind_ip=c["bind_ip"], port=c["port"], tun_ip=c["tun_ip"],
-                mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"], offload=c["offload"],
-                workers=c["workers"], tun_tso=c["tun_tso"], udp_gso=c["udp_gso"], udp_gro=c["udp_gro"],
-                tcp_gro=c["tcp_gro"], _refuse=tuple(c["refuse"]))
+                tun_prefix=c["tun_prefix"], mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"],
+                offload=c["offload"], workers=c["workers"], tun_tso=c["tun_tso"], udp_gso=c["udp_gso"],
+                udp_gro=c["udp_gro"], tcp_gro=c["tcp_gro"], _refuse=tuple(c["refuse"]))
         dev = fw.tun_name
         # flannel's udp backend is IPv4 only. Left on, the kernel's own IPv6 chatter on the TUN
         # (router solicitations, MLD reports) is read and dropped as tun_invalid, which would

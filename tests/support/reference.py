@@ -91,11 +91,15 @@ def dec_ttl(pkt: bytes) -> Optional[bytes]:
 
 
 def icmp_net_unreach(pkt: bytes, tun_ip: int) -> Optional[bytes]:
-    """flannel's ICMP type 3 code 0 reply for a valid packet, or None for ICMP / non-first fragments."""
+    """flannel's ICMP type 3 code 0 reply for a valid packet, or None when none is due."""
     if validate(pkt) != PKT_OK:
         raise ValueError("not a valid IPv4 packet")
     frag = struct.unpack_from("!H", pkt, 6)[0]
-    if pkt[9] == IPPROTO_ICMP or frag & 0x1FFF:
+    src, dst = pkt[12], struct.unpack_from("!I", pkt, 16)[0]
+    # RFC 1812 4.3.2.7: not about ICMP, later fragments, packets to multicast/limited broadcast,
+    # or from a source that is no single host (0/8, loopback, multicast, class E, broadcast)
+    if pkt[9] == IPPROTO_ICMP or frag & 0x1FFF or src in (0, 127) or src >= 224 \
+            or 224 <= dst >> 24 < 240 or dst == 0xFFFFFFFF:
         return None
     ihl = (pkt[0] & 0x0F) * 4
     quote = pkt[:min(ihl + 8, struct.unpack_from("!H", pkt, 2)[0])]
