@@ -2,12 +2,13 @@
 
 pyroute2, which agent/netlink.py used before, built a Python object tree for every request and
 reply (about a millisecond per route at 10,000 peers) and cost ~20 MiB to import. The per-peer
-objects of the kernel backends are three fixed shapes (a route, a neighbour, an FDB entry), so this module packs
-them with `struct` and sends many in one `sendmsg`. rtnetlink handles every message of a send
-synchronously and in order, inside the `sendmsg` call, so a batch needs no acknowledgement per
-message: only failures come back (NLMSG_ERROR with the request's sequence number), and they are
-read once the send returns. Dumps use strict checking (NETLINK_GET_STRICT_CHK, Linux 4.20+), so the
-kernel filters by table, device and protocol and only our objects cross into Python.
+objects of the kernel backends are three fixed shapes (a route, a neighbour, an FDB entry), so
+this module packs them with `struct` and sends many in one `sendmsg`. rtnetlink handles every
+message of a send synchronously and in order, inside the `sendmsg` call, so a batch needs no
+acknowledgement per message: only failures come back (NLMSG_ERROR with the request's sequence
+number), and they are read once the send returns. Dumps use strict checking
+(NETLINK_GET_STRICT_CHK, Linux 4.20+), so the kernel filters by table, device and protocol and
+only our objects cross into Python.
 
 The objects and their kernel shapes are docs/flannel-compat.md §"vxlan per-peer state" and
 §"host-gw"; why this layer exists and what it costs is docs/architecture.md §"Scale".
