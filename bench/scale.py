@@ -295,7 +295,13 @@ def main(argv=None) -> int:
                     help="NAME=VALUE for the daemon's environment, e.g. PYTHONPATH of another tree (repeatable)")
     ap.add_argument("--json", help="append each row as a JSON line to this file")
     ap.add_argument("--out", help="write the table (markdown) to this file, e.g. bench/results/scale.md")
+    ap.add_argument("--table", metavar="JSONL", help="only print (and --out) the table of the rows in this "
+                    "--json file (rows measured one run at a time)")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            write_table([json.loads(line) for line in f if line.strip()], args.out)
+        return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -309,12 +315,16 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(r) + "\n")
+    write_table(rows, args.out)
+    return 0
+
+
+def write_table(rows: List[Dict[str, object]], out: Optional[str]) -> None:
     print(table(rows))
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(f"# bench/scale.py, {time.strftime('%Y-%m-%d')}, Linux {os.uname().release}, "
                     f"{os.cpu_count()} CPUs (shared with other jobs)\n\n{table(rows)}\n")
-    return 0
 
 
 if __name__ == "__main__":
