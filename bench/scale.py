@@ -11,7 +11,8 @@ on a scale underlay nothing answers or sends to). Then, in this order and in the
   namespace of the same shape: the kernel's floor, and again for 1,000 peers (the burst's floor);
 * the daemon started: time to subnet.env, time until every peer's route is in the kernel (vxlan
   programs the route last), for udp until the log says the bulk replace of the fast-path table
-  is done;
+  is done; both from the daemon's start, and "list + program", the part after subnet.env (the
+  daemon writes it before it lists the peers), which is what grows with N;
 * single events: a lease put, wait for its route (udp: its log line), one at a time: latency from
   etcd's answer (the revision) to the kernel's RTM_NEWROUTE, p50/p99; the same for deletes;
 * a burst: 1,000 new leases in one etcd transaction; time until the last route, and per-event
@@ -260,20 +261,24 @@ def fmt(x: object, nd: int = 2) -> str:
 
 
 def table(rows: List[Dict[str, object]]) -> str:
-    head = ("| backend | peers | subnet.env s | all peers s | ip -batch s | ratio | add p50/p99 ms | "
+    head = ("| backend | peers | subnet.env s | all peers s | ip -batch s | ratio | list + program s | ratio | "
+            "add p50/p99 ms | "
             "del p50/p99 ms | burst (n) s | burst floor s | burst ratio | state exact | repair s | "
             "idle CPU % | RSS MiB |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         floor = r.get("floor_all_s")
         ratio = fmt(r["all_peers_s"] / floor) if isinstance(floor, float) and floor else "—"
+        # What grows with N: from subnet.env (written before the listing) to the last peer.
+        work = r["all_peers_s"] - r["subnet_env_s"]       # type: ignore[operator]
+        wratio = fmt(work / floor) if isinstance(floor, float) and floor else "—"
         bf = r.get("floor_burst_s")
         bratio = fmt(r["burst_s"] / bf) if isinstance(bf, float) and bf else "—"
         exact = "—" if "state_missing" not in r else (
             "yes" if r["state_missing"] == r["state_stale"] == 0
             else f"missing {r['state_missing']}, stale {r['state_stale']}")
         out.append(f"| {r['backend']} | {r['peers']} | {fmt(r['subnet_env_s'])} | {fmt(r['all_peers_s'])} | "
-                   f"{fmt(floor) if floor is not None else '—'} | {ratio} | "
+                   f"{fmt(floor) if floor is not None else '—'} | {ratio} | {fmt(work)} | {wratio} | "
                    f"{fmt(r['add_p50_ms'], 1)} / {fmt(r['add_p99_ms'], 1)} | {fmt(r['del_p50_ms'], 1)} / "
                    f"{fmt(r['del_p99_ms'], 1)} | {fmt(r['burst_s'])} ({r.get('burst_n', '?')}) | "
                    f"{fmt(bf) if bf is not None else '—'} | "
