@@ -5,7 +5,7 @@ so the registry, the lease policy, the backends and the daemon import them witho
 each other, and the CLI catches the root in one place: one line on stderr and `exit_code`, never
 a traceback for an operational failure. Modules re-export the classes they raise
 (`config.ConfigError` is `errors.ConfigError`). Errors of outside libraries are converted at the
-one module that calls the library: pyroute2 in `netlink`, etcd3/grpc in `registry`, the
+one module that calls the library: the kernel's rtnetlink in `netlink`, etcd3/grpc in `registry`, the
 iptables binary in `ipmasq`, the fast path's OSError/ValueError in `backends/udp`.
 See docs/architecture.md §"Errors".
 """
@@ -76,7 +76,7 @@ class InterfaceError(FastflannelError):
 
 
 class NetlinkError(FastflannelError):
-    """A netlink request failed or pyroute2 refused it; `errno` is the kernel's error number
+    """A netlink request failed or could not be encoded; `errno` is the kernel's error number
     when there is one (e.g. errno.ENODEV for a missing link)."""
 
     def __init__(self, message: str, errno: Optional[int] = None):

@@ -58,7 +58,7 @@ def setup(verbosity: int, stream: TextIO | None = None) -> None:
     """Root logging for the daemon: klog lines on stderr (journald takes them from there).
 
     -v=0 info, -v>=1 debug for fastflannel's own loggers (flannel: -v=1 enables data-path error
-    logs); library loggers (pyroute2, grpc) stay at INFO until -v=3."""
+    logs); library loggers (grpc) stay at INFO until -v=3."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KlogFormatter())
     handler.set_name(_HANDLER_NAME)

@@ -1,10 +1,13 @@
 """Kernel networking through rtnetlink: links, addresses, routes, neighbours, FDB, VXLAN devices.
 
-The only module that imports pyroute2 (docs/architecture.md §"Who owns what"). Every function
-works in the network namespace this process runs in (the daemon is started with `ip netns exec`
-in tests and demos), through one lazily opened IPRoute handle per process, guarded by a lock
-because the daemon calls in from its watch thread and its repair loop. `set_netns(name)` points
-the handle at another namespace; tests and tools use it, the daemon does not.
+The only module that talks rtnetlink (docs/architecture.md §"Who owns what"), over the raw sockets
+of agent/rtnl.py (requests packed with `struct`; links and addresses in agent/rtnl_link.py): no
+pyroute2, whose import alone costs ~20 MiB of RSS and ~110 ms (docs/architecture.md §"Scale").
+Every function works in the network namespace this process runs in (the daemon is started with
+`ip netns exec` in tests and demos), through one lazily opened request socket per process,
+guarded by a lock because the daemon calls in from its watch thread and its repair loop.
+`set_netns(name)` points the socket at another namespace; tests and tools use it, the daemon does
+not. The per-peer hot path uses `send_batch` (many requests per sendmsg) and the filtered dumps.
 
 Every failure is raised as `NetlinkError` naming the operation and the object, with the errno
 kept in `.errno` (e.g. errno.ENODEV when a link is missing).
@@ -14,13 +17,13 @@ from __future__ import annotations
 import errno as _errno
 import ipaddress
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError
-
+from . import rtnl
+from . import rtnl_link as lk
 from .errors import NetlinkError
 
 IPv4Address = ipaddress.IPv4Address
@@ -43,12 +46,13 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
 IFF_UP = 0x1
 VXLAN_DEFAULT_PORT = 8472       # Linux's default dstport (IANA 4789 is not the kernel default)
+RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH = 6, 7, 9
 
 
-# -- the handle ---------------------------------------------------------------------------------
+# -- the socket ---------------------------------------------------------------------------------
 _lock = threading.RLock()
-_ipr: Optional[IPRoute] = None
-_ipr_pid = 0
+_req: Optional[rtnl.Requests] = None
+_req_pid = 0
 _netns: Optional[str] = None
 
 
@@ -61,58 +65,44 @@ def set_netns(name: Optional[str]) -> None:
 
 
 def close() -> None:
-    global _ipr
+    global _req
     with _lock:
-        if _ipr is not None and _ipr_pid == os.getpid():
-            try:
-                _ipr.close()
-            except Exception:  # closing a broken socket must not mask the original problem
-                pass
-        _ipr = None
+        if _req is not None and _req_pid == os.getpid():
+            _req.close()
+        _req = None
 
 
-def _handle() -> IPRoute:
-    global _ipr, _ipr_pid
-    if _ipr is None or _ipr_pid != os.getpid():   # a forked child must not share the socket
+def _requests() -> rtnl.Requests:
+    global _req, _req_pid
+    if _req is None or _req_pid != os.getpid():   # a forked child must not share the socket
         try:
-            # groups=0: a request-only socket. pyroute2 subscribes to link/address/route events
-            # by default; unread, they would fill the receive buffer of a long-running daemon.
-            _ipr = IPRoute(netns=_netns, flags=0, groups=0) if _netns else IPRoute(groups=0)
-        except Exception as e:  # pyroute2 may raise anything here (see _call)
-            raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: {_reason(e)}",
-                               getattr(e, "errno", None) or getattr(e, "code", None)) from None
-        _ipr_pid = os.getpid()
-    return _ipr
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, _PyrNetlinkError):
-        return os.strerror(e.code) if e.code else str(e)
-    if isinstance(e, OSError):
-        return e.strerror or str(e)
-    return f"{type(e).__name__}: {e}"
-
-
-def _call(what: str, fn: Callable[[IPRoute], Any]) -> Any:
-    """Run `fn(handle)` under the lock; turn every failure into NetlinkError(`what`: reason).
-
-    Besides the kernel's refusals (pyroute2's NetlinkError, OSError), pyroute2 encodes requests
-    lazily and lets its encoders' errors out as they come: ValueError for a bad MAC ("invalid
-    literal for int() with base 16"), struct.error for an out-of-range number, TypeError, ...
-    All of them are one failed request to the caller."""
-    with _lock:
-        ipr = _handle()
-        try:
-            return fn(ipr)
-        except _PyrNetlinkError as e:
-            raise NetlinkError(f"{what}: {_reason(e)}", e.code) from None
+            _req, _req_pid = rtnl.Requests(_netns), os.getpid()
         except OSError as e:
-            raise NetlinkError(f"{what}: {_reason(e)}", e.errno) from None
-        except Exception as e:  # pyroute2's encoders: see above
-            raise NetlinkError(f"{what}: {_reason(e)}") from None
+            raise NetlinkError(f"open rtnetlink socket{' in netns ' + _netns if _netns else ''}: "
+                               f"{e.strerror or e}", e.errno) from None
+    return _req
 
 
-def _ignore(codes: Tuple[int, ...], what: str, fn: Callable[[IPRoute], Any]) -> bool:
+def _call(what: str, fn: Callable[[rtnl.Requests], Any]) -> Any:
+    """Run `fn(socket)` under the lock; turn every failure into NetlinkError(`what`: reason).
+
+    The kernel's refusals come as OSError(errno); our encoders raise ValueError/struct.error
+    for input that cannot be encoded (a bad MAC, an out-of-range number). Both are one failed
+    request to the caller. A socket error other than a refusal closes the socket (the next call
+    opens a new one), so a half-read answer never confuses the next request."""
+    with _lock:
+        req = _requests()
+        try:
+            return fn(req)
+        except OSError as e:
+            if e.errno is None or e.errno in (_errno.ENOBUFS, _errno.EBADF):
+                close()
+            raise NetlinkError(f"{what}: {e.strerror or e}", e.errno) from None
+        except (ValueError, TypeError, struct.error, OverflowError) as e:
+            raise NetlinkError(f"{what}: {type(e).__name__}: {e}") from None
+
+
+def _ignore(codes: Tuple[int, ...], what: str, fn: Callable[[rtnl.Requests], Any]) -> bool:
     """Like _call, but returns False when the kernel answers with one of `codes`."""
     try:
         _call(what, fn)
@@ -123,10 +113,24 @@ def _ignore(codes: Tuple[int, ...], what: str, fn: Callable[[IPRoute], Any]) -> 
         raise
 
 
+def _ack(what: str, msg_fn: Callable[[], bytes]) -> None:
+    _call(what, lambda r: r.ack(msg_fn()))
+
+
 # -- links --------------------------------------------------------------------------------------
+def _get_link(what: str, name: Optional[str] = None, index: int = 0) -> Optional[Dict[str, Any]]:
+    try:
+        reply = _call(what, lambda r: r.get(lk.link_get(name, index)))
+    except NetlinkError as e:
+        if e.errno == _errno.ENODEV:
+            return None
+        raise
+    return lk.parse_link(reply[0], reply[1], reply[3]) if reply else None
+
+
 def link_index(name: str) -> Optional[int]:
-    found = _call(f"look up link {name}", lambda i: i.link_lookup(ifname=name))
-    return found[0] if found else None
+    link = _get_link(f"look up link {name}", name=name)
+    return link["index"] if link else None
 
 
 def link_exists(name: str) -> bool:
@@ -141,55 +145,32 @@ def _require_index(name: str, op: str) -> int:
 
 
 def link_name(index: int) -> Optional[str]:
-    try:
-        msgs = _call(f"get link #{index}", lambda i: i.link("get", index=index))
-    except NetlinkError as e:
-        if e.errno == _errno.ENODEV:
-            return None
-        raise
-    return msgs[0].get_attr("IFLA_IFNAME") if msgs else None
+    link = _get_link(f"get link #{index}", index=index)
+    return link["name"] if link else None
 
 
-def _vxlan_attrs(data) -> Dict[str, Any]:
-    local = data.get_attr("IFLA_VXLAN_LOCAL")
-    group = data.get_attr("IFLA_VXLAN_GROUP")
-    return {
-        "id": data.get_attr("IFLA_VXLAN_ID"),
-        "local": IPv4Address(local) if local else None,
-        "group": IPv4Address(group) if group else None,
-        "port": data.get_attr("IFLA_VXLAN_PORT") or VXLAN_DEFAULT_PORT,
-        "learning": bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-        "gbp": data.get_attr("IFLA_VXLAN_GBP") is not None,   # a flag attribute: present or not
-        "l2miss": bool(data.get_attr("IFLA_VXLAN_L2MISS")),
-        "l3miss": bool(data.get_attr("IFLA_VXLAN_L3MISS")),
-        "link": data.get_attr("IFLA_VXLAN_LINK") or None,
-    }
-
-
-def _link_dict(msg) -> Dict[str, Any]:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
-    mac = msg.get_attr("IFLA_ADDRESS")
-    return {
-        "name": msg.get_attr("IFLA_IFNAME"),
-        "index": msg["index"],
-        "kind": kind,
-        "mtu": msg.get_attr("IFLA_MTU") or 0,
-        "address": mac.lower() if mac else None,
-        "state": "up" if msg["flags"] & IFF_UP else "down",
-        "operstate": msg.get_attr("IFLA_OPERSTATE"),
-        "vxlan": _vxlan_attrs(data) if kind == "vxlan" and data is not None else None,
-    }
+def _link_dict(raw: Dict[str, Any]) -> Dict[str, Any]:
+    vx = raw["vxlan"]
+    if vx is not None:
+        vx = dict(vx, local=IPv4Address(vx["local"]) if vx["local"] else None,
+                  group=IPv4Address(vx["group"]) if vx["group"] else None,
+                  port=vx["port"] or VXLAN_DEFAULT_PORT)
+    return {"name": raw["name"], "index": raw["index"], "kind": raw["kind"], "mtu": raw["mtu"] or 0,
+            "address": raw["address"], "state": "up" if raw["flags"] & IFF_UP else "down",
+            "operstate": raw["operstate"], "vxlan": vx}
 
 
 def link_info(name: str) -> Dict[str, Any]:
     """{name, index, kind, mtu, address (MAC), state "up"/"down", operstate, vxlan: {id, local,
     group, port, learning, gbp, l2miss, l3miss, link} or None}; NetlinkError(ENODEV) if absent."""
-    msgs = _call(f"get link {name}", lambda i: i.link("get", ifname=name))
-    if not msgs:
+    raw = _get_link(f"get link {name}", name=name)
+    if raw is None:
         raise NetlinkError(f"get link {name}: no such device", _errno.ENODEV)
-    return _link_dict(msgs[0])
+    return _link_dict(raw)
+
+
+def _link_names(r: rtnl.Requests) -> Dict[int, str]:
+    return {d["index"]: d["name"] for d in (lk.parse_link(b, o, e) for b, o, _k, e in r.dump(lk.link_dump()))}
 
 
 LINK_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
@@ -198,37 +179,36 @@ LINK_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "
 
 def link_stats(name: str) -> Dict[str, int]:
     """The link's kernel counters (IFLA_STATS64): LINK_STATS; NetlinkError(ENODEV) if absent."""
-    msgs = _call(f"get link {name}", lambda i: i.link("get", ifname=name))
-    if not msgs:
+    raw = _get_link(f"get link {name}", name=name)
+    if raw is None:
         raise NetlinkError(f"get link {name}: no such device", _errno.ENODEV)
-    st = msgs[0].get_attr("IFLA_STATS64") or msgs[0].get_attr("IFLA_STATS") or {}
-    return {k: int(st.get(k, 0)) for k in LINK_STATS}
+    return dict(zip(LINK_STATS, raw["stats"] or (0,) * len(LINK_STATS)))
 
 
 def all_links() -> List[Dict[str, Any]]:
     """Every link as link_info() describes it, in ifindex order."""
-    msgs = _call("dump links", lambda i: i.link("dump"))
+    msgs = _call("dump links", lambda r: [lk.parse_link(b, o, e) for b, o, _k, e in r.dump(lk.link_dump())])
     return sorted((_link_dict(m) for m in msgs), key=lambda d: d["index"])
 
 
 def link_set_up(name: str) -> None:
     idx = _require_index(name, "set link up")
-    _call(f"set link {name} up", lambda i: i.link("set", index=idx, state="up"))
+    _ack(f"set link {name} up", lambda: lk.link_set(idx, up=True))
 
 
 def link_set_mtu(name: str, mtu: int) -> None:
     idx = _require_index(name, "set mtu of")
-    _call(f"set mtu {mtu} on {name}", lambda i: i.link("set", index=idx, mtu=int(mtu)))
+    _ack(f"set mtu {mtu} on {name}", lambda: lk.link_set(idx, mtu=int(mtu)))
 
 
 def link_set_txqueuelen(name: str, qlen: int) -> None:
     idx = _require_index(name, "set txqueuelen of")
-    _call(f"set txqueuelen {qlen} on {name}", lambda i: i.link("set", index=idx, txqlen=int(qlen)))
+    _ack(f"set txqueuelen {qlen} on {name}", lambda: lk.link_set(idx, txqlen=int(qlen)))
 
 
 def link_set_address(name: str, mac: str) -> None:
     idx = _require_index(name, "set MAC of")
-    _call(f"set MAC {mac} on {name}", lambda i: i.link("set", index=idx, address=mac))
+    _ack(f"set MAC {mac} on {name}", lambda: lk.link_set(idx, mac=mac))
 
 
 def link_delete(name: str) -> bool:
@@ -236,7 +216,7 @@ def link_delete(name: str) -> bool:
     idx = link_index(name)
     if idx is None:
         return False
-    return _ignore((_errno.ENODEV,), f"delete link {name}", lambda i: i.link("del", index=idx))
+    return _ignore((_errno.ENODEV,), f"delete link {name}", lambda r: r.ack(lk.link_delete(idx)))
 
 
 def vxlan_create(name: str, vni: int, local_ip: AddrLike, dev_index: Optional[int], port: int = 0,
@@ -246,19 +226,9 @@ def vxlan_create(name: str, vni: int, local_ip: AddrLike, dev_index: Optional[in
 
     port 0 leaves the kernel default (8472); TTL 0 / TOS 0 inherit, no l2miss/l3miss, udpcsum at
     the kernel default, as flannel creates it (docs/flannel-compat.md §"vxlan device"). Returns the new ifindex."""
-    kw: Dict[str, Any] = dict(ifname=name, kind="vxlan", vxlan_id=int(vni), vxlan_local=str(local_ip),
-                              vxlan_learning=1 if learning else 0)
-    if dev_index:
-        kw["vxlan_link"] = int(dev_index)
-    if port:
-        kw["vxlan_port"] = int(port)
-    if gbp:
-        kw["vxlan_gbp"] = True
-    if mac:
-        kw["address"] = mac
-    if mtu:
-        kw["mtu"] = int(mtu)
-    _call(f"create vxlan device {name} (vni {vni}, local {local_ip})", lambda i: i.link("add", **kw))
+    _ack(f"create vxlan device {name} (vni {vni}, local {local_ip})",
+         lambda: lk.vxlan_create(name, int(vni), local_ip, dev_index, int(port), learning, gbp, mac,
+                                 int(mtu) if mtu else None))
     return _require_index(name, "create vxlan device")
 
 
@@ -274,19 +244,22 @@ class Address:
         return self.iface.ip
 
 
+def _addresses(what: str, index: int = 0) -> List[Tuple[int, int, int, int, int]]:
+    def dump(r: rtnl.Requests) -> List[Tuple[int, int, int, int, int]]:
+        out = []
+        for b, o, _k, e in r.dump(lk.addr_dump(index)):
+            a = lk.parse_addr(b, o, e)
+            if a is not None and (not index or a[0] == index):
+                out.append(a)
+        return out
+    return _call(what, dump)
+
+
 def address_entries(name: str) -> List[Address]:
     """IPv4 addresses of `name` with their flags, in kernel order."""
     idx = _require_index(name, "list addresses of")
-    msgs = _call(f"list addresses of {name}", lambda i: i.addr("dump", family=AF_INET, index=idx))
-    out = []
-    for m in msgs:
-        if m["family"] != AF_INET or m["index"] != idx:
-            continue
-        ip = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
-        flags = m.get_attr("IFA_FLAGS")
-        out.append(Address(IPv4Interface(f"{ip}/{m['prefixlen']}"),
-                           flags if flags is not None else m["flags"], m["scope"]))
-    return out
+    return [Address(IPv4Interface((ip, plen)), flags, scope)
+            for _i, ip, plen, flags, scope in _addresses(f"list addresses of {name}", idx)]
 
 
 def addresses(name: str) -> List[IPv4Interface]:
@@ -295,14 +268,13 @@ def addresses(name: str) -> List[IPv4Interface]:
 
 def address_add(name: str, ip: AddrLike, prefixlen: int = 32) -> None:
     idx = _require_index(name, "add address to")
-    _call(f"add address {ip}/{prefixlen} to {name}",
-          lambda i: i.addr("add", index=idx, address=str(ip), prefixlen=int(prefixlen)))
+    _ack(f"add address {ip}/{prefixlen} to {name}", lambda: lk.addr_change(True, idx, ip, int(prefixlen)))
 
 
 def address_delete(name: str, ip: AddrLike, prefixlen: int) -> bool:
     idx = _require_index(name, "delete address from")
     return _ignore((_errno.EADDRNOTAVAIL, _errno.ENOENT), f"delete address {ip}/{prefixlen} from {name}",
-                   lambda i: i.addr("del", index=idx, address=str(ip), prefixlen=int(prefixlen)))
+                   lambda r: r.ack(lk.addr_change(False, idx, ip, int(prefixlen))))
 
 
 def ensure_single_address(name: str, ip: AddrLike, prefixlen: int = 32,
@@ -323,11 +295,10 @@ def ensure_single_address(name: str, ip: AddrLike, prefixlen: int = 32,
 
 def iface_of_address(ip: AddrLike) -> Optional[str]:
     """The link carrying IPv4 address `ip`, or None."""
-    want = IPv4Address(str(ip))
-    msgs = _call(f"find the interface of {ip}", lambda i: i.addr("dump", family=AF_INET))
-    for m in msgs:
-        if m["family"] == AF_INET and IPv4Address(m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")) == want:
-            return link_name(m["index"])
+    want = int(IPv4Address(str(ip)))
+    for index, addr, _plen, _flags, _scope in _addresses(f"find the interface of {ip}"):
+        if addr == want:
+            return link_name(index)
     return None
 
 
@@ -346,83 +317,90 @@ class Route:
     priority: Optional[int]
 
 
-def _route_from(msg, names: Dict[int, str]) -> Route:
-    dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-    gw = msg.get_attr("RTA_GATEWAY")
-    oif = msg.get_attr("RTA_OIF")
-    if oif is None:                                        # multipath: first hop
-        mp = msg.get_attr("RTA_MULTIPATH")
-        if mp:
-            oif = mp[0].get("oif")
-            gw = gw or mp[0].get_attr("RTA_GATEWAY")
-    src = msg.get_attr("RTA_PREFSRC")
-    return Route(dst=IPv4Network(f"{dst}/{msg['dst_len']}"), gateway=IPv4Address(gw) if gw else None,
-                 oif=oif, dev=names.get(oif) if oif else None, onlink=bool(msg["flags"] & RTNH_F_ONLINK),
-                 type=msg["type"], proto=msg["proto"], scope=msg["scope"],
-                 prefsrc=IPv4Address(src) if src else None, priority=msg.get_attr("RTA_PRIORITY"))
+def _route_from(buf: bytes, off: int, end: int, names: Dict[int, str]) -> Optional[Route]:
+    body = off + 16
+    fam, plen, _s, _t, _table, proto, scope, rtype, flags = rtnl.RTMSG.unpack_from(buf, body)
+    if fam != AF_INET:
+        return None
+    a = rtnl.attrs(buf, body + rtnl.RTMSG.size, end)
+    gw, oif = rtnl.be32(a.get(rtnl.RTA_GATEWAY)), rtnl.u32(a.get(rtnl.RTA_OIF)) or None
+    mp = a.get(RTA_MULTIPATH)
+    if oif is None and mp and len(mp) >= 8:                    # multipath: the first hop
+        nh_len, nh_flags, _hops, oif = struct.unpack_from("=HBBi", mp, 0)
+        flags |= nh_flags
+        gw = gw or rtnl.be32(rtnl.attrs(mp, 8, nh_len).get(rtnl.RTA_GATEWAY))
+    src = rtnl.be32(a.get(RTA_PREFSRC))
+    return Route(dst=IPv4Network((rtnl.be32(a.get(rtnl.RTA_DST)) or 0, plen)),
+                 gateway=IPv4Address(gw) if gw else None, oif=oif, dev=names.get(oif) if oif else None,
+                 onlink=bool(flags & RTNH_F_ONLINK), type=rtype, proto=proto, scope=scope,
+                 prefsrc=IPv4Address(src) if src else None,
+                 priority=rtnl.u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else None)
 
 
 def route_list(dev: Optional[str] = None) -> List[Route]:
-    """IPv4 routes of the main table, optionally only those leaving through `dev`."""
-    idx = _require_index(dev, "list routes of") if dev else None
+    """IPv4 routes of the main table, optionally only those leaving through `dev` (the kernel
+    filters: strict dump checking)."""
+    idx = _require_index(dev, "list routes of") if dev else 0
 
-    def dump(i):
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in i.link("dump")}
-        return names, i.route("dump", family=AF_INET)
-
-    names, msgs = _call(f"list routes{' of ' + dev if dev else ''}", dump)
-    out = []
-    for m in msgs:
-        table = m.get_attr("RTA_TABLE") or m["table"]
-        if m["family"] != AF_INET or table != RT_TABLE_MAIN:
-            continue
-        r = _route_from(m, names)
-        if idx is None or r.oif == idx:
-            out.append(r)
-    return out
+    def dump(r: rtnl.Requests) -> List[Route]:
+        names = _link_names(r)
+        out = [_route_from(b, o, e, names) for b, o, _k, e in r.dump(rtnl.route_dump_request(idx))]
+        return [x for x in out if x is not None and (not idx or x.oif == idx)]
+    return _call(f"list routes{' of ' + dev if dev else ''}", dump)
 
 
-def _route_spec(dst: IPv4Network, gateway, dev, onlink: bool, blackhole: bool,
-                delete: bool = False) -> Dict[str, Any]:
-    dst = IPv4Network(str(dst))
-    spec: Dict[str, Any] = dict(dst=str(dst), family=AF_INET, table=RT_TABLE_MAIN)
-    if not delete:
-        spec["proto"] = RTPROT_BOOT        # pyroute2 would say "static"; flannel's routes are "boot"
-    if blackhole:
-        spec["type"] = "blackhole"
+def _route_msg(replace: bool, dst: IPv4Network, gateway: Optional[AddrLike], oif: int, onlink: bool,
+               blackhole: bool) -> bytes:
+    body = rtnl.RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT if replace else 0,
+                           rtnl.RT_SCOPE_UNIVERSE if replace else rtnl.RT_SCOPE_NOWHERE,
+                           RTN_BLACKHOLE if blackhole else (RTN_UNICAST if replace else 0),
+                           RTNH_F_ONLINK if onlink else 0)
+    body += rtnl.attr(rtnl.RTA_DST, dst.network_address.packed)
     if gateway is not None:
-        spec["gateway"] = str(gateway)
-    if dev is not None:
-        spec["oif"] = dev if isinstance(dev, int) else _require_index(dev, f"route {dst} via")
-    if onlink:
-        spec["flags"] = RTNH_F_ONLINK
-    return spec
+        body += rtnl.attr(rtnl.RTA_GATEWAY, rtnl.ip4(gateway))
+    if oif:
+        body += rtnl.U32_ATTR.pack(8, rtnl.RTA_OIF, oif)
+    if replace:
+        return rtnl.msg(rtnl.RTM_NEWROUTE, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body)
+    return rtnl.msg(rtnl.RTM_DELROUTE, 0, body)
+
+
+def _oif(dev: Union[str, int, None], dst: IPv4Network) -> int:
+    if dev is None:
+        return 0
+    return dev if isinstance(dev, int) else _require_index(dev, f"route {dst} via")
 
 
 def route_replace(dst: IPv4Network, gateway: Optional[AddrLike] = None, dev: Union[str, int, None] = None,
                   onlink: bool = False, blackhole: bool = False) -> None:
-    """`ip route replace DST [via GW] [dev DEV] [onlink]` (or `blackhole DST`), main table."""
-    spec = _route_spec(dst, gateway, dev, onlink, blackhole)
+    """`ip route replace DST [via GW] [dev DEV] [onlink]` (or `blackhole DST`), main table, proto
+    boot (flannel's), scope global as pyroute2 and flannel's netlink library set it."""
+    dst = IPv4Network(str(dst))
+    oif = _oif(dev, dst)
     desc = f"replace route {dst}" + (f" via {gateway}" if gateway else "") + (f" dev {dev}" if dev else "")
-    _call(desc, lambda i: i.route("replace", **spec))
+    _ack(desc, lambda: _route_msg(True, dst, gateway, oif, onlink, blackhole))
 
 
 def route_delete(dst: IPv4Network, gateway: Optional[AddrLike] = None,
                  dev: Union[str, int, None] = None, blackhole: bool = False) -> bool:
     """Delete the matching route; False when there was none (or `dev` is gone)."""
+    dst = IPv4Network(str(dst))
     if isinstance(dev, str) and link_index(dev) is None:
         return False
-    spec = _route_spec(dst, gateway, dev, False, blackhole, delete=True)
+    oif = _oif(dev, dst)
     desc = f"delete route {dst}" + (f" via {gateway}" if gateway else "") + (f" dev {dev}" if dev else "")
-    return _ignore((_errno.ESRCH, _errno.ENOENT), desc, lambda i: i.route("del", **spec))
+    return _ignore((_errno.ESRCH, _errno.ENOENT), desc,
+                   lambda r: r.ack(_route_msg(False, dst, gateway, oif, False, blackhole)))
 
 
 def route_get(dst_ip: AddrLike) -> Tuple[Optional[int], Optional[IPv4Address], Optional[IPv4Address]]:
     """`ip route get DST`: (oif index, gateway or None when on-link, preferred source)."""
-    msgs = _call(f"route get {dst_ip}", lambda i: i.route("get", dst=str(dst_ip)))
-    if not msgs:
+    req = rtnl.msg(rtnl.RTM_GETROUTE, 0, rtnl.RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
+                   + rtnl.attr(rtnl.RTA_DST, rtnl.ip4(dst_ip)))
+    reply = _call(f"route get {dst_ip}", lambda r: r.get(req))
+    r = _route_from(reply[0], reply[1], reply[3], {}) if reply else None
+    if r is None:
         raise NetlinkError(f"route get {dst_ip}: no route", _errno.ENETUNREACH)
-    r = _route_from(msgs[0], {})
     return r.oif, r.gateway, r.prefsrc
 
 
@@ -462,9 +440,7 @@ class FdbEntry:
 def neigh_replace(ip: AddrLike, mac: str, dev: str) -> None:
     """`ip neigh replace IP lladdr MAC dev DEV nud permanent`."""
     idx = _require_index(dev, "replace neighbour on")
-    _call(f"replace neighbour {ip} lladdr {mac} dev {dev}",
-          lambda i: i.neigh("replace", family=AF_INET, dst=str(ip), lladdr=mac, ifindex=idx,
-                            state=NUD_PERMANENT))
+    _ack(f"replace neighbour {ip} lladdr {mac} dev {dev}", lambda: rtnl.neigh_replace(ip, mac, idx))
 
 
 def neigh_delete(ip: AddrLike, dev: str) -> bool:
@@ -472,26 +448,19 @@ def neigh_delete(ip: AddrLike, dev: str) -> bool:
     if idx is None:
         return False
     return _ignore((_errno.ENOENT, _errno.ESRCH), f"delete neighbour {ip} dev {dev}",
-                   lambda i: i.neigh("del", family=AF_INET, dst=str(ip), ifindex=idx))
+                   lambda r: r.ack(rtnl.neigh_delete(ip, idx)))
 
 
 def neigh_list(dev: str) -> List[Neighbour]:
     idx = _require_index(dev, "list neighbours of")
-    msgs = _call(f"list neighbours of {dev}", lambda i: i.neigh("dump", family=AF_INET, ifindex=idx))
-    out = []
-    for m in msgs:
-        if m["family"] == AF_INET and m["ifindex"] == idx and m.get_attr("NDA_DST"):
-            mac = m.get_attr("NDA_LLADDR")
-            out.append(Neighbour(IPv4Address(m.get_attr("NDA_DST")), mac.lower() if mac else None, m["state"]))
-    return out
+    msgs = _call(f"list neighbours of {dev}", lambda r: rtnl.dump_neighbours(r, AF_INET, idx))
+    return [Neighbour(IPv4Address(m.dst), m.mac, m.state) for m in msgs if m.dst is not None]
 
 
 def fdb_replace(mac: str, dev: str, dst_ip: AddrLike) -> None:
     """`bridge fdb replace MAC dev DEV dst IP self permanent` (AF_BRIDGE, NTF_SELF)."""
     idx = _require_index(dev, "replace FDB entry on")
-    _call(f"replace FDB entry {mac} dst {dst_ip} dev {dev}",
-          lambda i: i.fdb("replace", lladdr=mac, ifindex=idx, dst=str(dst_ip),
-                          state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF))
+    _ack(f"replace FDB entry {mac} dst {dst_ip} dev {dev}", lambda: rtnl.fdb_replace(mac, idx, dst_ip))
 
 
 def fdb_delete(mac: str, dev: str, dst_ip: Optional[AddrLike] = None) -> bool:
@@ -499,21 +468,47 @@ def fdb_delete(mac: str, dev: str, dst_ip: Optional[AddrLike] = None) -> bool:
     idx = link_index(dev)
     if idx is None:
         return False
-    kw: Dict[str, Any] = dict(lladdr=mac, ifindex=idx, state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF)
-    if dst_ip is not None:
-        kw["dst"] = str(dst_ip)
     return _ignore((_errno.ENOENT, _errno.ESRCH), f"delete FDB entry {mac} dev {dev}",
-                   lambda i: i.fdb("del", **kw))
+                   lambda r: r.ack(rtnl.fdb_delete(mac, idx, dst_ip)))
 
 
 def fdb_list(dev: str) -> List[FdbEntry]:
     idx = _require_index(dev, "list FDB of")
-    msgs = _call(f"list FDB of {dev}", lambda i: i.fdb("dump", ifindex=idx))
-    out = []
-    for m in msgs:
-        if m["family"] != AF_BRIDGE or m["ifindex"] != idx or not m.get_attr("NDA_LLADDR"):
-            continue
-        dst = m.get_attr("NDA_DST")
-        out.append(FdbEntry(m.get_attr("NDA_LLADDR").lower(), IPv4Address(dst) if dst else None,
-                            m["state"], m["flags"]))
-    return out
+    msgs = _call(f"list FDB of {dev}", lambda r: rtnl.dump_neighbours(r, AF_BRIDGE, idx))
+    return [FdbEntry(m.mac, IPv4Address(m.dst) if m.dst is not None else None, m.state, m.flags)
+            for m in msgs if m.mac]
+
+
+# -- many per-peer objects at once (agent/rtnl.py) -----------------------------------------------
+# The per-peer hot path of the kernel backends: requests packed by rtnl's builders
+# (rtnl.route_replace, rtnl.neigh_replace, rtnl.fdb_replace, ... by ifindex) and sent many per
+# sendmsg, and dumps the kernel filters to one device. docs/architecture.md §"Scale".
+def send_batch(msgs: List[bytes]) -> List[Tuple[int, int]]:
+    """Send rtnl-built requests in as few sendmsg calls as fit; return (index, errno) of each one
+    the kernel refused (the others were applied, in order)."""
+    if not msgs:
+        return []
+    return _call(f"send {len(msgs)} rtnetlink requests", lambda r: r.send(msgs))
+
+
+def dump_routes(oif: int = 0) -> List[rtnl.RouteMsg]:
+    """Main-table IPv4 routes (rtnl.RouteMsg), filtered by the kernel to output device `oif`."""
+    return _call(f"dump routes of #{oif}", lambda r: rtnl.dump_routes(r, oif=oif))
+
+
+def dump_neighbours(ifindex: int, fdb: bool = False) -> List[rtnl.NeighMsg]:
+    """Neighbours (AF_INET) or FDB entries (AF_BRIDGE) of one device as rtnl.NeighMsg."""
+    family = AF_BRIDGE if fdb else AF_INET
+    return _call(f"dump {'FDB' if fdb else 'neighbours'} of #{ifindex}",
+                 lambda r: rtnl.dump_neighbours(r, family, ifindex))
+
+
+def kernel_watch(on_changes: Optional[Callable[[Any], None]] = None):
+    """A kernelwatch.KernelWatch in this module's namespace (see set_netns): read with poll(), or
+    start() its thread when `on_changes` is given."""
+    from .kernelwatch import KernelWatch
+    try:
+        w = KernelWatch(on_changes or (lambda _c: None), netns=_netns)
+        return w.start() if on_changes else w
+    except OSError as e:
+        raise NetlinkError(f"subscribe to rtnetlink notifications: {e.strerror or e}", e.errno) from None

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 ROUTE_DTYPE: np.dtype
+ROUTE_ITEMSIZE: int
 STAT_NAMES: Tuple[str, ...]
 DROP_REASONS: Tuple[str, ...]
 OFFLOAD_PARTS: Dict[str, int]
@@ -16,6 +17,10 @@ PEER_MAX: int
 UNKNOWN_SENDERS_MAX: int
 DEFAULT_PORT: int
 DEFAULT_BATCH: int
+
+def route_dtype() -> np.dtype: ...
+def peer_dtype() -> np.dtype: ...
+def pack_route(net: int, prefix: int, peer_ip: int, peer_port: int) -> bytes: ...
 
 class Forwarder:
     def __init__(self) -> None: ...

@@ -39,15 +39,26 @@ DROP_REASONS = STAT_NAMES[FF_ST_DROP_FIRST:FF_ST_DROP_LAST + 1]
 PEER_STAT_NAMES = tuple(ff_peer_stat_names[i].decode() for i in range(FF_PS__COUNT))
 assert len(PEER_STAT_NAMES) == 10, "ff_fwd.pxd declares ff_peer_stats.v[10]"
 #: One row of Forwarder.peer_stats(): the route (host order, as ROUTE_DTYPE), then the counters.
-PEER_DTYPE = _np.dtype([("net", "<u4"), ("prefix", "u1"), ("peer_ip", "<u4"), ("peer_port", "<u2")]
-                       + [(name, "<u8") for name in PEER_STAT_NAMES], align=True)
+cdef object _peer_dtype = None
+
+
+def peer_dtype():
+    """PEER_DTYPE (numpy is imported on the first call, as for route_dtype())."""
+    global _peer_dtype
+    if _peer_dtype is None:
+        _peer_dtype = _np().dtype([("net", "<u4"), ("prefix", "u1"), ("peer_ip", "<u4"), ("peer_port", "<u2")]
+                                  + [(name, "<u8") for name in PEER_STAT_NAMES], align=True)
+    return _peer_dtype
+
+
 PEER_MAX = FF_PEER_MAX                   # routes with a counter row: PEER_MAX - 1
 UNKNOWN_SENDERS_MAX = FF_UNKNOWN_SENDERS # addresses kept per worker; the rest count as "other"
 
 cdef object _peers_from_c(const ff_peer_stats *ps, long n):
     """C per-peer rows -> a PEER_DTYPE array (defined in _forwarder.pxi), in the order given."""
-    out = _np.zeros(n, dtype=PEER_DTYPE)
-    vals = _np.empty((n, len(PEER_STAT_NAMES)), dtype=_np.uint64)
+    np = _np()
+    out = np.zeros(n, dtype=peer_dtype())
+    vals = np.empty((n, len(PEER_STAT_NAMES)), dtype=np.uint64)
     cdef uint32_t[:] net = out["net"]
     cdef uint8_t[:] prefix = out["prefix"]
     cdef uint32_t[:] peer = out["peer_ip"]
@@ -279,7 +290,8 @@ cdef class Forwarder:
         _check(rc, "remove route")
 
     def replace_routes(self, routes):
-        """Publish a whole new table built from an array (or buffer) of ROUTE_DTYPE."""
+        """Publish a whole new table: packed bytes of ROUTE_ITEMSIZE per route (pack_route), or a
+        numpy array of ROUTE_DTYPE."""
         self._alive()
         cdef size_t n = 0
         cdef ff_route *r = _routes_to_c(routes, &n)
@@ -308,17 +320,29 @@ cdef class Forwarder:
         finally:
             free(r)
 
+    cdef list _counters(self, int queue):
+        """Counters in STAT_NAMES order: summed over workers (queue -1) or of one TUN queue."""
+        cdef uint64_t *v = <uint64_t *>malloc(FF_ST__COUNT * sizeof(uint64_t))
+        if v == NULL:
+            raise MemoryError()
+        try:
+            if queue < 0:
+                ff_fwd_stats(self._fw, v)
+            else:
+                _check(ff_fwd_queue_stats(self._fw, queue, v), "queue stats")
+            return [v[i] for i in range(FF_ST__COUNT)]
+        finally:
+            free(v)
+
     def stats_array(self):
-        """Counters as a uint64 array in STAT_NAMES order (summed over workers)."""
+        """Counters as a uint64 numpy array in STAT_NAMES order (summed over workers)."""
         self._alive()
-        out = _np.zeros(FF_ST__COUNT, dtype=_np.uint64)
-        cdef uint64_t[::1] v = out
-        ff_fwd_stats(self._fw, &v[0])
-        return out
+        return _np().array(self._counters(-1), dtype=_np().uint64)
 
     def stats(self):
         """Counters as a dict {name: int}."""
-        return dict(zip(STAT_NAMES, (int(x) for x in self.stats_array())))
+        self._alive()
+        return dict(zip(STAT_NAMES, self._counters(-1)))
 
     def peer_stats(self):
         """Per-peer counters, one PEER_DTYPE row per route (table order), summed over workers.
@@ -366,10 +390,4 @@ cdef class Forwarder:
     def queue_stats(self):
         """Per TUN queue (worker pair) counters: a list of {name: int}, one per worker."""
         self._alive()
-        out = _np.zeros(FF_ST__COUNT, dtype=_np.uint64)
-        cdef uint64_t[::1] v = out
-        res = []
-        for q in range(ff_fwd_workers(self._fw)):
-            _check(ff_fwd_queue_stats(self._fw, q, &v[0]), "queue stats")
-            res.append(dict(zip(STAT_NAMES, (int(x) for x in out))))
-        return res
+        return [dict(zip(STAT_NAMES, self._counters(q))) for q in range(ff_fwd_workers(self._fw))]

@@ -86,7 +86,7 @@ cdef class RouteTable:
 
     def bench_lookup(self, dsts, uint64_t n):
         """Time n lookups cycling over dsts (uint32 array), without the GIL; returns (ns_per_lookup, hits)."""
-        cdef uint32_t[::1] d = _np.ascontiguousarray(dsts, dtype=_np.uint32)
+        cdef uint32_t[::1] d = _np().ascontiguousarray(dsts, dtype=_np().uint32)
         cdef uint64_t hits
         cdef double t0, t1
         if d.shape[0] == 0:

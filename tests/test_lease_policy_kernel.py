@@ -186,7 +186,7 @@ def test_hostgw_a_failing_peer_never_stops_the_others_sync(make):
 def test_removing_a_bad_vtep_mac_lease_leaves_the_live_peer_alone(make):
     h1, h2 = vxlan_nodes(make, ("h1", "h2"))
     h1.call("add_peer", lease=h2.lease())
-    # Another prefix length at h2's network address, with a VtepMAC pyroute2 cannot encode: it
+    # Another prefix length at h2's network address, with a VtepMAC no encoder accepts: it
     # is refused when added, and its removal must not touch h2's neighbour (the same IP).
     bad = {"subnet": "10.10.16.0/24", "ip": "192.0.2.77", "type": "vxlan",
            "data": {"VNI": 100, "VtepMAC": "zz:zz:zz:zz:zz:zz"}}

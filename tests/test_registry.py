@@ -221,11 +221,13 @@ def test_list_asks_each_etcd_lease_ttl_once(etcd_server, reg):
         _ok(etcdctl(etcd_server, "put", "--lease", lid, _key(net), encode_attrs(UDP).decode()))
     reg.create_lease(ipaddress.IPv4Network("10.5.36.0/24"), VX, DAY_S)
     calls = []
-    client = reg._client
-    real = client.get_lease_info
-    client.get_lease_info = lambda i: calls.append(i) or real(i)
+    stub = reg._client.leasestub
+    real = stub.LeaseTimeToLive
+    stub.LeaseTimeToLive = lambda req, *a, **kw: calls.append(req) or real(req, *a, **kw)
     leases, _ = reg.list_leases()
     assert len(leases) == 3 and len(calls) == 2
+    # Only the TTL: the lease's keys would make every reply as long as the keys on the lease.
+    assert not any(req.keys for req in calls)
     by_net = {x.subnet: x.expiration for x in leases}
     assert by_net[NET] == by_net[NET2] and time.time() + 590 < by_net[NET] <= time.time() + 600
 

@@ -14,9 +14,13 @@ import logging
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional
 
-import numpy as np
-
-from ...fastpath import DROP_REASONS, OFFLOAD_PARTS, ROUTE_DTYPE, Forwarder  # offload keywords of Forwarder.open
+from ...fastpath import (  # offload keywords of Forwarder.open
+    DROP_REASONS,
+    OFFLOAD_PARTS,
+    ROUTE_ITEMSIZE,
+    Forwarder,
+    pack_route,
+)
 from .. import metrics, netlink
 from ..config import NetworkConfig
 from ..errors import BackendError, NetlinkError
@@ -167,16 +171,18 @@ class UdpBackend:
             return False
         return True
 
-    def _routes_array(self, leases: Iterable[Lease]) -> np.ndarray:
-        rows = [(int(lease.subnet.network_address), lease.subnet.prefixlen, int(lease.attrs.public_ip), self.port)
-                for lease in leases if self._routable(lease) and lease.attrs is not None]
-        return np.array(rows, dtype=ROUTE_DTYPE)
+    def _routes_table(self, leases: Iterable[Lease]) -> bytes:
+        """The fast path's whole table as packed routes (no numpy in the agent: docs/fastpath.md
+        §"The agent's boundary"); leases outside Network left out."""
+        return b"".join(pack_route(int(lease.subnet.network_address), lease.subnet.prefixlen,
+                                   int(lease.attrs.public_ip), self.port)
+                        for lease in leases if self._routable(lease) and lease.attrs is not None)
 
     def sync_peers(self, leases: Iterable[Lease]) -> None:
-        arr = self._routes_array(leases)
+        table = self._routes_table(leases)
         with _fast_path_errors("replace the peer routes"):
-            self._forwarder().replace_routes(arr)
-        log.info("udp backend: %d peer routes", len(arr))
+            self._forwarder().replace_routes(table)       # one bulk replace, one table swap
+        log.info("udp backend: %d peer routes", len(table) // ROUTE_ITEMSIZE)
 
     def add_peer(self, lease: Lease) -> None:
         if not self._routable(lease) or lease.attrs is None:

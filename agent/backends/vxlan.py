@@ -24,7 +24,8 @@ new one (the daemon then announces it, docs/architecture.md §"Lease admission")
 Kernel objects shared by several leases (a copied lease with the same PublicIP and VtepMAC
 shares the live peer's FDB entry) are removed only with the last peer that uses them, and every
 peer is programmed, removed and repaired on its own: an error in one never stops the others, nor
-the rest of that peer's clean-up.
+the rest of that peer's clean-up. Those objects, in batches and O(1) per lease event, are
+agent/backends/vxlan_peers.py.
 """
 from __future__ import annotations
 
@@ -35,17 +36,19 @@ import os
 import secrets
 import tempfile
 import threading
-import time
-from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
-from .. import metrics, netlink
+from .. import metrics, netlink, rtnl
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, valid_peer_mac, vtep_mac
 from ..peers import network_problem
 from .base import BackendOptions
+from .vxlan_peers import PeerObjects, _Peer
+
+if TYPE_CHECKING:
+    from ..kernelwatch import Changes, KernelWatch
 
 log = logging.getLogger("fastflannel.vxlan")
 
@@ -53,8 +56,6 @@ IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
 ENCAP_OVERHEAD = 50          # bytes: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
-STEP_ATTEMPTS = 3            # flannel retries each step (10x with retry-go); a few is plenty here
-STEP_RETRY_S = 0.05
 
 
 def _int_opt(cfg: NetworkConfig, key: str, default: int, lo: int, hi: int) -> int:
@@ -78,16 +79,7 @@ def _usable_mac(mac: Optional[str]) -> bool:
     return valid_peer_mac(mac) and bool(int(str(mac)[:2], 16) & 0x02)
 
 
-@dataclass
-class _Peer:
-    lease: Lease
-    public_ip: IPv4Address       # the lease's PublicIP (FDB dst, or the direct route's gateway)
-    mac: Optional[str]           # None for a direct-routed peer
-    direct: bool
-    ok: bool = False             # False: programming failed, check() retries
-
-
-class VxlanBackend:
+class VxlanBackend(PeerObjects):
     name = "vxlan"
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
@@ -105,6 +97,12 @@ class VxlanBackend:
         self.network: Optional[IPv4Network] = None
         self.peers: Dict[IPv4Network, _Peer] = {}
         self._lock = threading.RLock()
+        self._ifindex = 0                # of self.dev, for the raw requests (agent/rtnl.py)
+        self._watch: Optional[KernelWatch] = None
+        # Who uses each shared kernel object, so removing one peer keeps what another still
+        # needs without scanning every peer: VTEP address -> subnets, (MAC, PublicIP) -> subnets.
+        self._by_vtep: Dict[int, Set[IPv4Network]] = {}
+        self._by_fdb: Dict[Tuple[str, int], Set[IPv4Network]] = {}
 
     # -- contract --------------------------------------------------------------------------------
     def mtu(self) -> int:
@@ -134,30 +132,58 @@ class VxlanBackend:
                     wanted[lease.subnet] = lease
             for sn in [s for s in self.peers if s not in wanted]:
                 self._isolated(f"removing peer {sn}", self._remove, self.peers[sn].lease)
+            self._start_watch()            # before programming: a deletion in between is reported
+            pending: List[_Peer] = []
             for lease in wanted.values():
-                self._isolated(f"adding peer {lease.subnet}", self._add, lease)
+                self._isolated(f"adding peer {lease.subnet}", self._add, lease, pending)
+            self._program_many(pending)
             self._prune(wanted)
+            log.info("vxlan: %d peers (%d programmed now)", len(self.peers), len(pending))
 
     def check(self) -> None:
+        """The 10 s tick: recreate a deleted device, put our MAC back, re-program the peers whose
+        objects the kernel reported deleted since the last tick (all of them after lost
+        notifications or a link change), or, without a notification socket, compare every peer
+        with a dump."""
         with self._lock:
             if self.lease is None or self.network is None:
                 return
-            try:
-                info: Optional[dict] = netlink.link_info(self.dev)
-            except netlink.NetlinkError as e:
-                if e.errno != errno.ENODEV:
-                    raise
-                info = None
-            if info is None:
-                log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
-                metrics.REPAIRS.labels("device").inc()
-                self._configure_device(self.lease, self.network)
-                for p in self.peers.values():
-                    p.ok = False
-            elif info["address"] != self.mac:
-                log.warning("%s has MAC %s, not our VTEP MAC %s; setting it back", self.dev, info["address"], self.mac)
-                self._set_mac()
+            self._check_device(self.lease, self.network)
+            self._repair(self._poll_watch())
+
+    def _check_device(self, lease: Lease, network: IPv4Network) -> None:
+        try:
+            info: Optional[dict] = netlink.link_info(self.dev)
+        except netlink.NetlinkError as e:
+            if e.errno != errno.ENODEV:
+                raise
+            info = None
+        if info is None:
+            log.warning("%s was deleted; recreating it and re-programming %d peers", self.dev, len(self.peers))
+            metrics.REPAIRS.labels("device").inc()
+            self._configure_device(lease, network)
+            for p in self.peers.values():
+                p.ok = False
+        elif info["address"] != self.mac:
+            log.warning("%s has MAC %s, not our VTEP MAC %s; setting it back", self.dev, info["address"], self.mac)
+            self._set_mac()
+
+    def _on_kernel(self, changes: Changes) -> None:
+        """The watch thread's report (agent/kernelwatch.py): repaired now, not at the next tick;
+        a change of our device (deleted, its MAC rewritten) is checked first."""
+        with self._lock:
+            if self.lease is None or self.network is None:
+                return
+            if any(link.ifindex == self._ifindex for link in changes.links):
+                self._check_device(self.lease, self.network)
+            self._repair(changes)
+
+    def _repair(self, changes: Optional[Changes]) -> None:
+        if changes is None or changes.overflow or any(
+                link.ifindex in (self._ifindex, self.ext.index) for link in changes.links):
             self._repair_peers()
+        else:
+            self._repair_reported(changes)
 
     def replace_vtep_mac(self) -> LeaseAttrs:
         """Take a new random VTEP MAC (another host announces ours: the kernel cannot tell us
@@ -204,7 +230,9 @@ class VxlanBackend:
     def close(self) -> None:
         # flannel leaves the device, neighbours, FDB entries and routes in place
         # (docs/flannel-compat.md §"Start-up order").
-        pass
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     # -- MAC persistence --------------------------------------------------------------------------
     def _mac_path(self) -> str:
@@ -289,6 +317,7 @@ class VxlanBackend:
                 netlink.link_set_address(self.dev, self.mac)
             netlink.ensure_single_address(self.dev, lease.subnet.network_address, 32, network)
             netlink.link_set_up(self.dev)
+            self._ifindex = netlink.link_index(self.dev) or 0
             # flannel #1795: something (udev's MACAddressPolicy) may rewrite the MAC; verify it.
             got = netlink.link_info(self.dev)["address"]
             if got != self.mac:
@@ -328,7 +357,8 @@ class VxlanBackend:
             return False
         return gw is None
 
-    def _add(self, lease: Lease) -> None:
+    def _add(self, lease: Lease, pending: Optional[List[_Peer]] = None) -> None:
+        """Program one peer now, or with `pending` leave it there for one batch (_program_many)."""
         attrs = self._peer_attrs(lease)
         if attrs is None:
             if lease.subnet in self.peers and lease.attrs is not None:
@@ -345,94 +375,34 @@ class VxlanBackend:
         if old is not None:
             self._drop_stale(old, mac, direct, attrs.public_ip)
         peer = _Peer(lease, attrs.public_ip, mac, direct)
-        self.peers[lease.subnet] = peer
-        peer.ok = self._program(peer)
+        self._keep(peer)
+        if pending is not None:
+            pending.append(peer)
+        else:
+            peer.ok = self._program(peer)
 
     def _drop_stale(self, old: _Peer, mac: Optional[str], direct: bool, public_ip: IPv4Address) -> None:
         if old.direct != direct:
             self._unprogram(old)
         elif old.mac and old.mac != mac:
             # The peer came back with a new MAC: its old FDB entry would otherwise stay forever.
-            self._drop_fdb(old)
+            self._delete(self._fdb_steps(old))
         elif direct and old.public_ip != public_ip:
-            self._quiet(netlink.route_delete, old.lease.subnet, old.public_ip)
-
-    def _program(self, p: _Peer) -> bool:
-        sn, pub = p.lease.subnet, p.public_ip
-        if p.direct:
-            return self._step(f"route {sn} via {pub}", netlink.route_replace, sn, pub)
-        vtep = sn.network_address
-        if not self._step(f"neighbour {vtep} lladdr {p.mac}", netlink.neigh_replace, vtep, p.mac, self.dev):
-            return False
-        if not self._step(f"FDB {p.mac} dst {pub}", netlink.fdb_replace, p.mac, self.dev, pub):
-            self._drop_neigh(p)
-            return False
-        if not self._step(f"route {sn} via {vtep} onlink", netlink.route_replace, sn, vtep, self.dev, True):
-            self._drop_neigh(p)
-            self._drop_fdb(p)
-            return False
-        log.info("vxlan peer %s: %s at %s", sn, p.mac, pub)
-        return True
-
-    def _others(self, p: _Peer):
-        return (q for q in self.peers.values() if q is not p and not q.direct)
-
-    def _drop_neigh(self, p: _Peer) -> None:
-        """Delete p's neighbour unless another peer's VTEP has the same address."""
-        vtep = p.lease.subnet.network_address
-        if not any(q.lease.subnet.network_address == vtep for q in self._others(p)):
-            self._quiet(netlink.neigh_delete, vtep, self.dev)
-
-    def _drop_fdb(self, p: _Peer) -> None:
-        """Delete p's FDB entry unless another peer uses it (a copied lease: same MAC, same host)."""
-        if p.mac and not any(q.mac == p.mac and q.public_ip == p.public_ip for q in self._others(p)):
-            self._quiet(netlink.fdb_delete, p.mac, self.dev, p.public_ip)
-
-    def _unprogram(self, p: _Peer) -> None:
-        """Delete p's kernel state but what other peers still use; every step runs."""
-        sn, pub = p.lease.subnet, p.public_ip
-        if p.direct:
-            self._quiet(netlink.route_delete, sn, pub)
-            return
-        self._drop_neigh(p)
-        self._drop_fdb(p)
-        self._quiet(netlink.route_delete, sn, None, self.dev)
+            sn = old.lease.subnet
+            self._delete([(f"delete route {sn}", lambda: rtnl.route_delete(
+                sn.network_address, sn.prefixlen, old.public_ip))])
 
     def _remove(self, lease: Lease) -> None:
-        p = self.peers.pop(lease.subnet, None)
+        p = self._forget(lease.subnet)
         if p is None:
             if lease.attrs is None or lease.attrs.backend_type != "vxlan" or self._peer_attrs(lease) is None:
                 return
             # Never seen (e.g. removed before we started): clean up what its attrs describe.
             p = _Peer(lease, lease.attrs.public_ip, vtep_mac(lease.attrs), False)
             if self.direct_routing:
-                self._quiet(netlink.route_delete, lease.subnet, lease.attrs.public_ip)
+                self._unprogram(_Peer(lease, lease.attrs.public_ip, None, True))
         log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
         self._unprogram(p)
-
-    def _step(self, what: str, fn, *args) -> bool:
-        for attempt in range(STEP_ATTEMPTS):
-            try:
-                fn(*args)
-                return True
-            except netlink.NetlinkError as e:
-                if attempt == STEP_ATTEMPTS - 1:
-                    log.error("vxlan: %s failed: %s", what, e)
-                else:
-                    time.sleep(STEP_RETRY_S)
-            except Exception as e:  # not the kernel's refusal: a bug; this peer only, no retry
-                log.error("vxlan: %s failed unexpectedly: %s: %s", what, type(e).__name__, e)
-                return False
-        return False
-
-    @staticmethod
-    def _quiet(fn, *args) -> None:
-        try:
-            fn(*args)
-        except netlink.NetlinkError as e:
-            log.debug("ignored: %s", e)
-        except Exception as e:  # a clean-up step must never skip the next ones
-            log.warning("vxlan: %s%s failed unexpectedly: %s: %s", fn.__name__, args, type(e).__name__, e)
 
     @staticmethod
     def _isolated(what: str, fn, *args) -> None:
@@ -442,48 +412,24 @@ class VxlanBackend:
         except Exception as e:
             log.error("vxlan: %s failed: %s: %s", what, type(e).__name__, e)
 
-    # -- reconciliation --------------------------------------------------------------------------
-    def _prune(self, wanted: Dict[IPv4Network, Lease]) -> None:
-        """Remove kernel state on flannel.<VNI> (and direct routes) that belongs to no live lease."""
-        if self.network is None or not netlink.link_exists(self.dev):
+    # -- repair from kernel notifications (agent/kernelwatch.py) ---------------------------------
+    def _start_watch(self) -> None:
+        if self._watch is not None:
             return
-        vteps = {sn.network_address for sn in wanted}
-        macs = {p.mac for p in self.peers.values() if p.mac}
-        for r in netlink.route_list(self.dev):
-            if r.dst.subnet_of(self.network) and r.dst != self.network and r.dst not in wanted and r.gateway:
-                log.info("pruning stale route %s via %s dev %s", r.dst, r.gateway, self.dev)
-                self._quiet(netlink.route_delete, r.dst, r.gateway, self.dev)
-        for n in netlink.neigh_list(self.dev):
-            if n.permanent and n.ip in self.network and n.ip not in vteps:
-                log.info("pruning stale neighbour %s lladdr %s dev %s", n.ip, n.mac, self.dev)
-                self._quiet(netlink.neigh_delete, n.ip, self.dev)
-        for e in netlink.fdb_list(self.dev):
-            if e.dst is not None and e.mac != "00:00:00:00:00:00" and e.mac not in macs:
-                log.info("pruning stale FDB entry %s dst %s dev %s", e.mac, e.dst, self.dev)
-                self._quiet(netlink.fdb_delete, e.mac, self.dev, e.dst)
-        if self.direct_routing:
-            for r in netlink.route_list(self.ext.name):
-                if (r.gateway and r.dst.subnet_of(self.network) and r.dst != self.network
-                        and r.dst not in wanted and (self.lease is None or r.dst != self.lease.subnet)):
-                    log.info("pruning stale direct route %s via %s", r.dst, r.gateway)
-                    self._quiet(netlink.route_delete, r.dst, r.gateway, self.ext.name)
+        try:
+            self._watch = netlink.kernel_watch(self._on_kernel)
+        except netlink.NetlinkError as e:
+            log.warning("vxlan: no kernel notifications (%s); check() compares every peer each tick", e)
 
-    def _repair_peers(self) -> None:
-        """Re-program peers that failed or lost their neighbour, FDB entry or route."""
-        routes = {(r.dst, r.gateway) for r in netlink.route_list()}
-        neigh = {(n.ip, n.mac) for n in netlink.neigh_list(self.dev)}
-        fdb = {(e.mac, e.dst) for e in netlink.fdb_list(self.dev)}
-        for p in self.peers.values():
-            sn, pub = p.lease.subnet, p.public_ip
-            if p.direct:
-                missing = {"route": (sn, pub) not in routes}
-            else:
-                missing = {"route": (sn, sn.network_address) not in routes,
-                           "neighbour": (sn.network_address, p.mac) not in neigh, "fdb": (p.mac, pub) not in fdb}
-            intact = not any(missing.values())
-            if not (p.ok and intact):
-                if p.ok:
-                    log.warning("vxlan peer %s lost kernel state; re-programming it", sn)
-                    for obj in (k for k, gone in missing.items() if gone):
-                        metrics.REPAIRS.labels(obj).inc()
-                p.ok = self._program(p)
+    def _poll_watch(self) -> Optional[Changes]:
+        """What the kernel reported since the last tick; None: no notifications, compare all."""
+        if self._watch is None:
+            self._start_watch()
+            return None
+        try:
+            return self._watch.poll(0)
+        except OSError as e:
+            log.warning("vxlan: kernel notifications failed (%s); resyncing", e)
+            self._watch.close()
+            self._watch = None
+            return None

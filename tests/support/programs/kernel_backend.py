@@ -5,16 +5,19 @@ Run inside a host namespace by tests/test_backends_kernel.py: one command per st
 one JSON answer per stdout line ({"ok": true, ...} or {"error": "<type>: <message>"}), so backend
 state lives across steps as it does in the daemon. Logs go to stderr.
 
-"inject" makes one netlink function raise an unexpected exception whenever the repr of its
-arguments contains a string (a fault in one peer's kernel call), to test that one bad peer never
-stops the others.
+"inject" makes one kernel call raise an unexpected exception whenever the repr of its arguments
+contains a string (a fault in one peer's kernel call), to test that one bad peer never stops the
+others. The backends send per-peer objects as batches of requests built by agent/rtnl.py
+(rtnl.route_replace, rtnl.neigh_delete, ...), so the function of that name is replaced both there
+and in agent/netlink.py (the one-request API); a route request's arguments also match as
+"DST/PLEN" (rtnl takes the address and the prefix length apart).
 """
 import ipaddress
 import json
 import logging
 import sys
 
-from fastflannel.agent import netlink
+from fastflannel.agent import netlink, rtnl
 from fastflannel.agent.backends import new_backend
 from fastflannel.agent.backends.base import BackendOptions
 from fastflannel.agent.config import parse_config
@@ -33,15 +36,29 @@ def config(kind: str, backend: dict, network: str = NETWORK):
     return parse_config(json.dumps({"Network": network, "Backend": dict(backend, Type=kind)}))
 
 
-def inject(fn_name: str, match: str, exc_name: str) -> None:
-    real = getattr(netlink, fn_name)
-    exc = {"RuntimeError": RuntimeError, "ValueError": ValueError, "NetlinkError": netlink.NetlinkError}[exc_name]
+def _described(args: tuple) -> str:
+    text = repr(args)
+    if len(args) >= 2 and isinstance(args[1], int) and not isinstance(args[0], str):
+        text += f" {ipaddress.IPv4Address(args[0])}/{args[1]}"      # rtnl's (dst, plen, ...)
+    return text
 
-    def failing(*args, **kw):
-        if match in repr(args):
-            raise exc(f"injected failure of {fn_name}{args!r}")
-        return real(*args, **kw)
-    setattr(netlink, fn_name, failing)
+
+def inject(fn_name: str, match: str, exc_name: str) -> None:
+    exc = {"RuntimeError": RuntimeError, "ValueError": ValueError, "NetlinkError": netlink.NetlinkError}[exc_name]
+    found = False
+    for module in (netlink, rtnl):
+        real = getattr(module, fn_name, None)
+        if real is None:
+            continue
+        found = True
+
+        def failing(*args, _real=real, **kw):
+            if match in _described(args):
+                raise exc(f"injected failure of {fn_name}{args!r}")
+            return _real(*args, **kw)
+        setattr(module, fn_name, failing)
+    if not found:
+        raise ValueError(f"no kernel call named {fn_name}")
 
 
 def execute(be, cfg, cmd: dict):
