@@ -16,6 +16,9 @@ import struct
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from support.reference import checksum as csum  # noqa: E402  (RFC 1071, the tests' one copy)
+
 PEER_A_SRC, OUR_DST = "10.10.16.5", "10.10.32.7"     # fuzz_accept's table: A owns 10.10.16.0/20
 TCP, UDP, ICMP = 6, 17, 1
 NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_UDP_L4, GSO_ECN = 1, 0, 1, 5, 0x80
@@ -23,15 +26,6 @@ NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_UDP_L4, GSO_ECN = 1, 0, 1, 5, 0x80
 
 def ip(a: str) -> bytes:
     return bytes(int(x) for x in a.split("."))
-
-
-def csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def ipv4(src: str, dst: str, proto: int, l4: bytes, ttl: int = 64, ident: int = 1, frag: int = 0x4000,
