@@ -133,6 +133,12 @@ class DelayProxy:
             self.address = await started
             self._ready.set()
             await task
+            # a connection accepted just before the server closed has a handler task that had not
+            # started when _serve cancelled the others: end it here, before the loop closes
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
         try:
             self._loop.run_until_complete(main())
         except BaseException as e:  # noqa: BLE001 - handed to start()'s caller
