@@ -23,11 +23,12 @@ from ._fastpath import (  # noqa: F401
     UNKNOWN_SENDERS_MAX,
     Forwarder,
     pack_route,
+    series_columns,
 )
 
 __all__ = ["Forwarder", "OFFLOAD_PARTS", "MAX_WORKERS", "ROUTE_DTYPE", "ROUTE_ITEMSIZE", "STAT_NAMES",
            "DROP_REASONS", "DEFAULT_PORT", "DEFAULT_BATCH", "pack_route", "PEER_DTYPE", "PEER_STAT_NAMES",
-           "PEER_MAX", "UNKNOWN_SENDERS_MAX"]
+           "PEER_MAX", "UNKNOWN_SENDERS_MAX", "series_columns"]
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """Type stubs for the compiled fast path (fastpath/_fastpath.pyx)."""
 from types import TracebackType
-from typing import Any, Dict, List, Tuple, Type
+from typing import Any, Dict, List, Sequence, Tuple, Type
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,8 @@ DEFAULT_BATCH: int
 def route_dtype() -> np.dtype: ...
 def peer_dtype() -> np.dtype: ...
 def pack_route(net: int, prefix: int, peer_ip: int, peer_port: int) -> bytes: ...
+def series_columns(heads: List[bytes], starts: List[Tuple[bytes, ...]], values: npt.NDArray[np.uint64],
+                   decimals: Sequence[int], skip_zero: Sequence[bool]) -> bytes: ...
 
 class Forwarder:
     def __init__(self) -> None: ...

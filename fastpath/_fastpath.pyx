@@ -8,3 +8,4 @@ benchmark hooks are a module of their own (_testing.pyx), built only in a develo
 include "_errors.pxi"
 include "_convert.pxi"
 include "_forwarder.pxi"
+include "_text.pxi"

@@ -95,14 +95,14 @@ def _reference_peer_page(peers: np.ndarray) -> str:
 
 def test_direct_peer_rendering_gives_what_prometheus_client_would():
     peers = _peers(5)
-    ours, types = scrape.parse(metrics._render_peers(peers))
+    ours, types = scrape.parse(metrics._render_peers(peers).decode())
     ref, ref_types = scrape.parse(_reference_peer_page(peers))
     last = {k: v for k, v in ours.items() if k[0] == "fastflannel_peer_last_receive_timestamp_seconds"}
     assert {k: v for k, v in ours.items() if k not in last} == ref
     assert {k: v for k, v in types.items() if k != "fastflannel_peer_last_receive_timestamp_seconds"} == ref_types
     # one last-receive sample per peer heard from (row 0 never was)
     assert len(last) == 4 and all(v > 1e9 for v in last.values())
-    assert metrics._render_peers(peers[:0]) == "" and metrics._render_peers(None) == ""
+    assert metrics._render_peers(peers[:0]) == b"" and metrics._render_peers(None) == b""
     # the fast path's decap reasons, per peer: 10.10.48.0/20 (row 3) sent 3 to a special address, 6 outside us
     drops = {dict(k[1])["reason"]: v for k, v in ours.items()
              if k[0] == "fastflannel_peer_dropped_packets_total" and ("subnet", "10.10.48.0/20") in k[1]}
