@@ -169,7 +169,10 @@ class PeerTracker:
     def leases(self) -> List[Lease]:
         """The admitted peer leases (never our own), in the order they were admitted."""
         with self._lock:
-            return sorted(self._admitted.values(), key=lambda lease: self._order[lease.subnet])
+            # _admitted is in admission order already: a new key is inserted last (with the next
+            # _order number), an update keeps its place, a removal leaves both (no sort: /metrics
+            # asks for this on every scrape).
+            return list(self._admitted.values())
 
     def rejected(self) -> Dict[str, str]:
         """Lease key -> why its current value is refused, for every key refused now."""

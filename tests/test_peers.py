@@ -59,6 +59,18 @@ def test_apply_added_replaces_or_appends():
     assert t.leases()[0] == newer and len(t.leases()) == 2
 
 
+def test_leases_stay_in_admission_order_through_updates_and_readds():
+    """leases() is admission order: an update keeps its place, a re-added key goes last."""
+    t = PeerTracker(OWN)
+    t.reset([lease("10.5.4.0/24", "192.0.2.14"), lease("10.5.2.0/24", "192.0.2.12")])
+    t.apply([LeaseEvent(ADDED, lease("10.5.3.0/24", "192.0.2.13"))])
+    t.apply([LeaseEvent(ADDED, lease("10.5.4.0/24", "192.0.2.24", mac="ba:bb:bb:bb:bb:04"))])   # update
+    t.apply([LeaseEvent(REMOVED, Lease(N("10.5.2.0/24"), None))])
+    t.apply([LeaseEvent(ADDED, lease("10.5.2.0/24", "192.0.2.12"))])                          # re-added
+    assert [str(x.subnet) for x in t.leases()] == ["10.5.4.0/24", "10.5.3.0/24", "10.5.2.0/24"]
+    assert str(t.leases()[0].attrs.public_ip) == "192.0.2.24"
+
+
 def test_apply_removed_returns_cached_attrs():
     t = PeerTracker(OWN)
     cached = lease("10.5.2.0/24", "192.0.2.11", mac="cc:cc:cc:cc:cc:cc")
