@@ -11,8 +11,9 @@ Two halves:
   objects and what the backend's data plane says right now (`DataPlane`, from
   `Backend.observe()`) into prometheus_client metric families, serialized by
   prometheus_client's text format. The per-peer families (a few per peer: thousands of samples
-  with 1,000 peers) are written by `_render_peers` in the same format, because
-  prometheus_client's serializer takes ~5 µs a sample; tests check both give the same samples.
+  with 1,000 peers) are written by `_render_peers` in the same format, with the fast path's C
+  writer, because prometheus_client's serializer takes ~5 µs a sample; tests check both give the
+  same samples.
 
 Names follow Prometheus' conventions: `fastflannel_` prefix, `_total` counters, base units
 (`_bytes`, `_seconds`), `_timestamp_seconds` for Unix times.
