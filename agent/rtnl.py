@@ -333,39 +333,31 @@ class Requests:
         return None
 
     def _exchange(self, msg: bytes, flags: int) -> Iterator[tuple[bytes, int, int, int]]:
+        """Send `msg` with `flags`; yield its replies, (datagram, offset, type, end) each, up to
+        what ends the exchange: NLMSG_DONE (a dump), the kernel's ack (NLM_F_ACK) or the first
+        reply (a get). An error answer raises OSError(errno)."""
         stamped, seq = self._stamp(msg, flags)
         self.sock.sendall(stamped)
+        is_dump = flags & NLM_F_DUMP == NLM_F_DUMP
         while True:
             buf = self.sock.recv(RECV_BYTES)
             for off, kind, mseq, end in messages(buf):
                 if mseq != seq:
                     continue
+                if kind == NLMSG_DONE and is_dump:
+                    return
                 if kind == NLMSG_ERROR:
                     code = -_ERR.unpack_from(buf, off + 16)[0]
                     if code:
                         raise OSError(code, os.strerror(code))
                     return
                 yield buf, off, kind, end
-                if not flags & NLM_F_ACK:
+                if not is_dump and not flags & NLM_F_ACK:
                     return
 
     def dump(self, msg: bytes) -> Iterator[tuple[bytes, int, int, int]]:
         """The replies of one dump request: (datagram, offset, type, end) per message."""
-        stamped, seq = self._stamp(msg, NLM_F_DUMP)
-        self.sock.sendall(stamped)
-        while True:
-            buf = self.sock.recv(RECV_BYTES)
-            for off, kind, mseq, end in messages(buf):
-                if mseq != seq:
-                    continue
-                if kind == NLMSG_DONE:
-                    return
-                if kind == NLMSG_ERROR:
-                    code = -_ERR.unpack_from(buf, off + 16)[0]
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return
-                yield buf, off, kind, end
+        return self._exchange(msg, NLM_F_DUMP)
 
 
 def route_dump_request(oif: int = 0, table: int = RT_TABLE_MAIN, proto: int = 0) -> bytes:
