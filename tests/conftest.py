@@ -59,3 +59,14 @@ def etcd_server(etcd_required):
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def nodes(lab, tmp_path):
+    """Backend driver nodes in the lab's namespaces (tests/support/kernel_nodes.py):
+    `nodes("h1", "h2")` makes (once) and returns them; their drivers are stopped afterwards."""
+    from support.kernel_nodes import Nodes
+    made = Nodes(lab, tmp_path)
+    yield made
+    made.stop_all()
+

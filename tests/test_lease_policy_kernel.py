@@ -1,7 +1,7 @@
 """Lease admission and shared kernel state against real devices (issue 8, defects 3, 4, 5, 6).
 
 The hosts are Lab namespaces on one underlay bridge, each running the backend driver of
-tests/test_backends_kernel.py (one backend object fed JSON commands); peers are fake leases, no
+tests/support/kernel_nodes.py (one backend object fed JSON commands); peers are fake leases, no
 etcd. Kernel state is read back with iproute2 and traffic goes only between the namespaces made
 here.
 
@@ -19,34 +19,18 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_backends_kernel import Node, assert_no_peer_state, assert_peer_state, ping
+
+from support.kernel_nodes import assert_no_peer_state, assert_peer_state, ping
 
 pytestmark = pytest.mark.netns
 
 HOSTGW = {"Type": "host-gw"}
 
 
-@pytest.fixture
-def make(lab, tmp_path):
-    made = {}
-
-    def make_nodes(*names):
-        out = []
-        for n in names:
-            if n not in made:
-                made[n] = Node(lab, n, tmp_path)
-            out.append(made[n])
-        return out
-
-    yield make_nodes
-    for n in made.values():
-        n.stop()
-
-
-def vxlan_nodes(make, names=("h1", "h2", "h3")):
+def vxlan_nodes(nodes, names=("h1", "h2", "h3")):
     """Backends up on every node; the nodes but the first know the first (h1 is under test), so
     h1's pings are answered."""
-    ns = make(*names)
+    ns = nodes(*names)
     for n in ns:
         n.start()
         n.setup()
@@ -65,8 +49,8 @@ def mac_of(node) -> str:
 
 # -- defect 3: shared FDB entries are reference-counted ------------------------------------------
 
-def test_removing_a_copied_lease_keeps_the_live_peers_fdb_entry(make):
-    h1, h2 = vxlan_nodes(make, ("h1", "h2"))
+def test_removing_a_copied_lease_keeps_the_live_peers_fdb_entry(nodes):
+    h1, h2 = vxlan_nodes(nodes, ("h1", "h2"))
     h1.call("add_peer", lease=h2.lease())
     copy = dict(h2.lease(), subnet="10.10.48.0/20")          # same PublicIP and VtepMAC
     h1.call("add_peer", lease=copy)
@@ -82,8 +66,8 @@ def test_removing_a_copied_lease_keeps_the_live_peers_fdb_entry(make):
     assert_no_peer_state(h1, h2)
 
 
-def test_a_copied_lease_removed_first_via_sync_keeps_the_entry(make):
-    h1, h2 = vxlan_nodes(make, ("h1", "h2"))
+def test_a_copied_lease_removed_first_via_sync_keeps_the_entry(nodes):
+    h1, h2 = vxlan_nodes(nodes, ("h1", "h2"))
     copy = dict(h2.lease(), subnet="10.10.48.0/20")
     h1.call("sync_peers", leases=[h2.lease(), copy])
     h1.call("sync_peers", leases=[h2.lease()])
@@ -93,9 +77,9 @@ def test_a_copied_lease_removed_first_via_sync_keeps_the_entry(make):
 
 # -- defect 4: one machine, one state dir, distinct MACs ------------------------------------------
 
-def test_two_backends_on_one_machine_never_share_a_vtep_mac(make, tmp_path):
+def test_two_backends_on_one_machine_never_share_a_vtep_mac(nodes, tmp_path):
     shared = str(tmp_path / "one-var-lib-fastflannel")
-    h1, h2 = make("h1", "h2")
+    h1, h2 = nodes("h1", "h2")
     h1.start(state_dir=shared)
     h2.start(state_dir=shared)
     assert mac_of(h1) != mac_of(h2)
@@ -115,8 +99,8 @@ OUTSIDE = [
 ]
 
 
-def test_vxlan_never_programs_a_lease_outside_the_network(make):
-    h1, h2 = vxlan_nodes(make, ("h1", "h2"))
+def test_vxlan_never_programs_a_lease_outside_the_network(nodes):
+    h1, h2 = vxlan_nodes(nodes, ("h1", "h2"))
     bad = [dict(b, type="vxlan", data={"VNI": 100, "VtepMAC": f"0a:00:00:00:77:{i:02x}"})
            for i, b in enumerate(OUTSIDE)]
     for lease in bad:
@@ -129,8 +113,8 @@ def test_vxlan_never_programs_a_lease_outside_the_network(make):
     assert ping(h1, "10.10.16.0")
 
 
-def test_hostgw_never_programs_a_lease_outside_the_network(make):
-    (h1,) = make("h1")
+def test_hostgw_never_programs_a_lease_outside_the_network(nodes):
+    (h1,) = nodes("h1")
     h1.start(kind="host-gw", cfg=HOSTGW)
     h1.setup()
     bad = [dict(b, type="host-gw") for b in OUTSIDE]
@@ -145,16 +129,16 @@ def test_hostgw_never_programs_a_lease_outside_the_network(make):
 
 # -- defect 6: one bad peer never stops the others -------------------------------------------------
 
-def test_a_failing_peer_never_stops_the_others_sync(make):
-    h1, h2, h3 = vxlan_nodes(make)
+def test_a_failing_peer_never_stops_the_others_sync(nodes):
+    h1, h2, h3 = vxlan_nodes(nodes)
     h1.call("inject", fn="neigh_replace", match="10.10.16.0", exc="RuntimeError")
     h1.call("sync_peers", leases=[h2.lease(), h3.lease()])     # h2's neighbour fails first
     assert_peer_state(h1, h3)
     assert ping(h1, "10.10.32.0")
 
 
-def test_a_failing_step_never_skips_the_rest_of_a_peers_cleanup(make):
-    h1, h2, h3 = vxlan_nodes(make)
+def test_a_failing_step_never_skips_the_rest_of_a_peers_cleanup(nodes):
+    h1, h2, h3 = vxlan_nodes(nodes)
     h1.call("sync_peers", leases=[h2.lease(), h3.lease()])
     h1.call("inject", fn="neigh_delete", match="10.10.16.0", exc="RuntimeError")
     h1.call("remove_peer", lease=h2.lease())
@@ -163,8 +147,8 @@ def test_a_failing_step_never_skips_the_rest_of_a_peers_cleanup(make):
     assert_peer_state(h1, h3)
 
 
-def test_check_repairs_the_other_peers_when_one_fails(make):
-    h1, h2, h3 = vxlan_nodes(make)
+def test_check_repairs_the_other_peers_when_one_fails(nodes):
+    h1, h2, h3 = vxlan_nodes(nodes)
     h1.call("sync_peers", leases=[h2.lease(), h3.lease()])
     h1.sh("ip route del 10.10.16.0/20 && ip route del 10.10.32.0/20")
     h1.call("inject", fn="route_replace", match="10.10.16.0/20", exc="RuntimeError")
@@ -173,8 +157,8 @@ def test_check_repairs_the_other_peers_when_one_fails(make):
     assert ping(h1, "10.10.32.0")
 
 
-def test_hostgw_a_failing_peer_never_stops_the_others_sync(make):
-    (h1,) = make("h1")
+def test_hostgw_a_failing_peer_never_stops_the_others_sync(nodes):
+    (h1,) = nodes("h1")
     h1.start(kind="host-gw", cfg=HOSTGW)
     h1.setup()
     h1.call("inject", fn="route_replace", match="10.10.16.0/20", exc="RuntimeError")
@@ -183,8 +167,8 @@ def test_hostgw_a_failing_peer_never_stops_the_others_sync(make):
     assert "10.10.32.0/20 via 192.0.2.12 dev eth0" in h1.sh("ip route")
 
 
-def test_removing_a_bad_vtep_mac_lease_leaves_the_live_peer_alone(make):
-    h1, h2 = vxlan_nodes(make, ("h1", "h2"))
+def test_removing_a_bad_vtep_mac_lease_leaves_the_live_peer_alone(nodes):
+    h1, h2 = vxlan_nodes(nodes, ("h1", "h2"))
     h1.call("add_peer", lease=h2.lease())
     # Another prefix length at h2's network address, with a VtepMAC no encoder accepts: it
     # is refused when added, and its removal must not touch h2's neighbour (the same IP).
