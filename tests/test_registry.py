@@ -6,7 +6,6 @@ import ipaddress
 import json
 import logging
 import os
-import queue
 import socket
 import subprocess
 import tempfile
@@ -19,8 +18,9 @@ import pytest
 
 from fastflannel.agent.errors import EtcdUnreachable, RegistryError, SubnetExists
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent, encode_attrs
-from fastflannel.agent.registry import EtcdOptions, EtcdRegistry, WatchBatch
+from fastflannel.agent.registry import EtcdOptions, EtcdRegistry
 from fastflannel.lab.etcd import EtcdMember, EtcdServer, etcdctl
+from support.watching import LeaseWatch
 
 pytestmark = pytest.mark.etcd
 
@@ -59,43 +59,12 @@ def reg(etcd_server):
     r.close()
 
 
-class WatchThread:
-    """Drains watch_leases in a thread so tests can wait on batches with a timeout."""
-
-    def __init__(self, reg: EtcdRegistry, revision: int):
-        self.stop = threading.Event()
-        self.batches: queue.Queue[WatchBatch] = queue.Queue()
-        self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(reg, revision), daemon=True)
-        self.thread.start()
-
-    def _run(self, reg, revision):
-        try:
-            for b in reg.watch_leases(revision, self.stop):
-                self.batches.put(b)
-        finally:
-            self.finished.set()
-
-    def events(self, n: int, timeout: float = 10) -> list[LeaseEvent]:
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            b = self.batches.get(timeout=max(deadline - time.monotonic(), 0.01))
-            out.extend(b.events)
-        return out
-
-    def close(self) -> float:
-        t0 = time.monotonic()
-        self.stop.set()
-        self.finished.wait(5)
-        return time.monotonic() - t0
-
-
 @pytest.fixture
 def watcher(reg):
     made = []
 
     def start(revision):
-        w = WatchThread(reg, revision)
+        w = LeaseWatch(reg, revision)
         made.append(w)
         return w
     yield start
@@ -282,7 +251,7 @@ def test_watch_recovers_from_compaction_without_looping(etcd_server, reg, watche
     reg.list_leases = lambda: lists.append(1) or real_list()
     reg._watch_stream = lambda *a: streams.append(a[0]) or real_stream(*a)
     w = watcher(old_rev)
-    first = w.batches.get(timeout=10)
+    (first,) = w.batches(1)
     assert first.snapshot is not None and first.events == []
     assert [(x.subnet, x.attrs) for x in first.snapshot] == [(NET, UDP), (NET2, VX)]   # key order
     assert first.revision == now_rev
@@ -384,7 +353,7 @@ def test_watch_resumes_after_etcd_restart(restartable_etcd):
     r = EtcdRegistry(EtcdOptions(endpoints=[e.url], timeout_s=2))
     r.connect()
     _, rev = r.list_leases()
-    w = WatchThread(r, rev)
+    w = LeaseWatch(r, rev)
     try:
         r.create_lease(NET, VX, DAY_S)
         assert w.events(1)[0].lease.subnet == NET
@@ -422,7 +391,7 @@ def test_username_password_and_token_renewal(restartable_etcd):
         assert r.get_lease(NET).attrs == VX
         _, rev = r.list_leases()
         r._client.metadata = (("token", "expired.2"),)
-        w = WatchThread(r, rev)
+        w = LeaseWatch(r, rev)
         try:
             _ok(etcdctl(url, "--user", "root:rootpw", "put", _key(NET2), encode_attrs(UDP).decode()))
             (ev,) = w.events(1)
@@ -446,7 +415,7 @@ def test_fails_over_to_the_next_endpoint(etcd_server, restartable_etcd):
         for _ in range(5):   # two separate servers: keep the second one's revision ahead
             _ok(etcdctl(etcd_server, "put", f"{PREFIX}/config", "second"))
         assert r.get_network_config() == "first"
-        w = WatchThread(r, r.list_leases()[1])
+        w = LeaseWatch(r, r.list_leases()[1])
         first.stop()
         try:                     # whichever of the watch or this call notices first switches
             r.get_network_config()

@@ -4,8 +4,6 @@ lease-policy tests use: the fake may only be trusted where it behaves as etcd do
 from __future__ import annotations
 
 import ipaddress
-import queue
-import threading
 import time
 
 import pytest
@@ -17,6 +15,7 @@ from fastflannel.agent.registry_api import Registry
 from fastflannel.agent.registry_v2 import EtcdV2Registry
 from support.fakeregistry import FakeRegistry
 from support.v2store import V2Etcd
+from support.watching import LeaseWatch
 
 NET = ipaddress.IPv4Network("10.5.34.0/24")
 NET2 = ipaddress.IPv4Network("10.5.35.0/24")
@@ -44,29 +43,6 @@ def registry(request):
     r.close()
     if server is not None:
         server.remove()
-
-
-class Watch:
-    """watch_leases drained by a thread; events(n) waits for n events."""
-
-    def __init__(self, reg: Registry, revision: int):
-        self.stop = threading.Event()
-        self.q: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, args=(reg, revision), daemon=True)
-        self.thread.start()
-
-    def _run(self, reg: Registry, revision: int) -> None:
-        for batch in reg.watch_leases(revision, self.stop):
-            for ev in batch.events:
-                self.q.put(ev)
-
-    def events(self, n: int) -> list[LeaseEvent]:
-        return [self.q.get(timeout=WAIT_S) for _ in range(n)]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(WAIT_S)
-        assert not self.thread.is_alive(), "watch_leases did not end after stop"
 
 
 def _read_back(registry: Registry, attrs: LeaseAttrs) -> LeaseAttrs:
@@ -105,12 +81,12 @@ def test_create_get_list_update_delete(registry):
 def test_watch_sees_changes_after_the_revision_in_order(registry):
     registry.create_lease(NET2, UDP, DAY_S)                    # before the revision: not seen
     _, rev = registry.list_leases()
-    w = Watch(registry, rev)
+    w = LeaseWatch(registry, rev)
     try:
         registry.create_lease(NET, VX, DAY_S)
         registry.update_lease(NET, UDP, DAY_S)
         registry.delete_lease(NET)
-        evs = w.events(3)
+        evs = w.events(3, WAIT_S)
     finally:
         w.close()
     assert [(e.kind, e.lease.subnet) for e in evs] == [(LeaseEvent.ADDED, NET), (LeaseEvent.ADDED, NET),
@@ -150,11 +126,11 @@ def test_a_dual_stack_key_is_its_own_key(registry):
 
 def test_watch_carries_the_ipv6_half(registry):
     _, rev = registry.list_leases()
-    w = Watch(registry, rev)
+    w = LeaseWatch(registry, rev)
     try:
         registry.create_lease(NET, DS, DAY_S, NET6)
         registry.delete_lease(NET, NET6)
-        evs = w.events(2)
+        evs = w.events(2, WAIT_S)
     finally:
         w.close()
     assert [(e.kind, e.lease.subnet, e.lease.ipv6_subnet) for e in evs] == [

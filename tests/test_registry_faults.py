@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import queue
-import threading
 import time
 import urllib.parse
 
@@ -17,9 +15,10 @@ import pytest
 
 from fastflannel.agent.errors import EtcdUnreachable
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent, encode_attrs
-from fastflannel.agent.registry import EtcdOptions, EtcdRegistry, WatchBatch
+from fastflannel.agent.registry import EtcdOptions, EtcdRegistry
 from fastflannel.lab.etcd import etcdctl
 from support.delayproxy import DelayProxy
+from support.watching import LeaseWatch
 
 pytestmark = pytest.mark.etcd
 
@@ -43,35 +42,6 @@ def _put(url: str, i: int) -> None:
 def _upstream(url: str) -> tuple[str, int]:
     parts = urllib.parse.urlsplit(url)
     return parts.hostname, parts.port
-
-
-class Watch:
-    """watch_leases drained on a thread; events() waits for them with a timeout."""
-
-    def __init__(self, reg: EtcdRegistry, revision: int):
-        self.stop = threading.Event()
-        self.q: queue.Queue[tuple[float, WatchBatch]] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, args=(reg, revision), daemon=True)
-        self.thread.start()
-
-    def _run(self, reg, revision):
-        for b in reg.watch_leases(revision, self.stop):
-            self.q.put((time.monotonic(), b))
-
-    def events(self, n: int, timeout: float) -> list[tuple[float, LeaseEvent]]:
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            try:
-                t, b = self.q.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise AssertionError(f"{len(out)} of {n} events after {timeout}s: {out}") from None
-            out.extend((t, ev) for ev in b.events)
-        return out
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture
@@ -115,11 +85,11 @@ def test_connects_and_watches_at_a_500ms_round_trip(etcd_server, proxy, registri
     assert lease.subnet == NET
     leases, rev = reg.list_leases()
     assert [x.subnet for x in leases] == [NET]
-    w = Watch(reg, rev)
+    w = LeaseWatch(reg, rev)
     try:
         time.sleep(2 * FAR_RTT_S)           # the watch is created, one round trip away
         _put(etcd_server, 1)
-        ((_, ev),) = w.events(1, timeout=10)
+        ((_, ev),) = w.timed_events(1, timeout=10)
         assert ev.kind == LeaseEvent.ADDED and str(ev.lease.subnet) == "10.7.1.0/24"
     finally:
         w.close()
@@ -134,11 +104,11 @@ def test_silent_member_is_left_within_10s_and_the_watch_loses_nothing(
     reg.connect()
     assert reg._url == silent
     _, rev = reg.list_leases()
-    w = Watch(reg, rev)
+    w = LeaseWatch(reg, rev)
     try:
         for i in range(3):
             _put(etcd_server, i)
-        assert [str(ev.lease.subnet) for _, ev in w.events(3, timeout=5)] == \
+        assert [str(ev.lease.subnet) for _, ev in w.timed_events(3, timeout=5)] == \
             ["10.7.0.0/24", "10.7.1.0/24", "10.7.2.0/24"]
         # Idle under keepalive pings: pinging well under etcd's 5 s minimum would earn a GOAWAY
         # (at the third early ping) and a warning here; the fault suite watches for longer.
@@ -150,7 +120,7 @@ def test_silent_member_is_left_within_10s_and_the_watch_loses_nothing(
         t0 = time.monotonic()
         for i in range(3, 6):               # written while our member says nothing
             _put(etcd_server, i)
-        got = w.events(3, timeout=SILENT_DETECT_MAX_S + 5)
+        got = w.timed_events(3, timeout=SILENT_DETECT_MAX_S + 5)
         detect_s = got[0][0] - t0
         print(f"silent member left after {detect_s:.2f} s")
         assert [str(ev.lease.subnet) for _, ev in got] == ["10.7.3.0/24", "10.7.4.0/24", "10.7.5.0/24"]
@@ -192,7 +162,7 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(etcd_server, proxy
     reg = registries(url)
     reg.connect()
     _, rev = reg.list_leases()
-    w = Watch(reg, rev)
+    w = LeaseWatch(reg, rev)
     try:
         with caplog.at_level(logging.INFO, logger="fastflannel.registry"):
             time.sleep(0.5)
@@ -201,7 +171,7 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(etcd_server, proxy
             time.sleep(7)                # several retries with back-off
             proxy(0.01, port=port)       # etcd is back on the same address
             _put(etcd_server, 1)
-            ((_, ev),) = w.events(1, timeout=15)
+            ((_, ev),) = w.timed_events(1, timeout=15)
         assert str(ev.lease.subnet) == "10.7.1.0/24"
         lines = [r.getMessage() for r in caplog.records if r.name == "fastflannel.registry"]
         failed = [x for x in lines if x.startswith("watching leases failed")]

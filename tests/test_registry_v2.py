@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import queue
 import random
 import threading
 import time
@@ -18,11 +17,11 @@ from fastflannel.agent.config import parse_config
 from fastflannel.agent.errors import OutOfSubnets, SubnetExists
 from fastflannel.agent.etcd_options import EtcdOptions
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent
-from fastflannel.agent.registry_api import WatchBatch
 from fastflannel.agent.registry_v2 import EtcdV2Registry, node_expiration, parse_rfc3339
 from fastflannel.agent.subnets import LeaseKeeper, SubnetManager
 from fastflannel.lab.cluster import seed_config
 from support.v2store import PREFIX, V2Etcd, v2_leases, v2_node, v2_request, v2_set
+from support.watching import LeaseWatch
 
 pytestmark = pytest.mark.etcd
 
@@ -57,47 +56,12 @@ def reg(v2etcd):
     r.close()
 
 
-class Watch:
-    """watch_leases drained on a thread."""
-
-    def __init__(self, reg: EtcdV2Registry, revision: int):
-        self.stop = threading.Event()
-        self.q: queue.Queue[WatchBatch] = queue.Queue()
-        self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(reg, revision), daemon=True)
-        self.thread.start()
-
-    def _run(self, reg, revision):
-        try:
-            for b in reg.watch_leases(revision, self.stop):
-                self.q.put(b)
-        finally:
-            self.finished.set()
-
-    def batches(self, n: int, timeout: float = 10) -> list[WatchBatch]:
-        return [self.q.get(timeout=timeout) for _ in range(n)]
-
-    def events(self, n: int, timeout: float = 10) -> list[LeaseEvent]:
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            b = self.q.get(timeout=max(deadline - time.monotonic(), 0.01))
-            assert b.snapshot is None, f"an unexpected re-list: {b}"
-            out.extend(b.events)
-        return out
-
-    def close(self) -> float:
-        t0 = time.monotonic()
-        self.stop.set()
-        self.finished.wait(5)
-        return time.monotonic() - t0
-
-
 @pytest.fixture
 def watch(reg):
-    made: list[Watch] = []
+    made: list[LeaseWatch] = []
 
-    def start(revision: int) -> Watch:
-        w = Watch(reg, revision)
+    def start(revision: int) -> LeaseWatch:
+        w = LeaseWatch(reg, revision, no_relist=True)
         made.append(w)
         return w
     yield start

@@ -10,10 +10,8 @@ import http.client
 import ipaddress
 import logging
 import os
-import queue
 import socket
 import ssl
-import threading
 import time
 import urllib.parse
 
@@ -22,10 +20,10 @@ import pytest
 from fastflannel.agent.errors import EtcdUnreachable, RegistryError
 from fastflannel.agent.etcd_options import EtcdOptions
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent
-from fastflannel.agent.registry_api import WatchBatch
 from fastflannel.agent.registry_v2 import EtcdV2Registry
 from support.delayproxy import DelayProxy
 from support.v2store import PREFIX, V2Etcd, make_pki, v2_request, v2_set
+from support.watching import LeaseWatch
 
 pytestmark = pytest.mark.etcd
 
@@ -38,39 +36,6 @@ SILENT_DETECT_MAX_S = 10.0      # a silent member is left within this
 
 def _key(i: int) -> str:
     return f"{PREFIX}/subnets/10.7.{i}.0-24"
-
-
-class Watch:
-    """watch_leases drained on a thread, with the time each batch arrived."""
-
-    def __init__(self, reg: EtcdV2Registry, revision: int):
-        self.stop = threading.Event()
-        self.q: queue.Queue[tuple[float, WatchBatch]] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, args=(reg, revision), daemon=True)
-        self.thread.start()
-
-    def _run(self, reg, revision):
-        for b in reg.watch_leases(revision, self.stop):
-            self.q.put((time.monotonic(), b))
-
-    def next(self, timeout: float) -> tuple[float, WatchBatch]:
-        try:
-            return self.q.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no watch batch within {timeout}s") from None
-
-    def events(self, n: int, timeout: float) -> list[tuple[float, LeaseEvent]]:
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            t, b = self.next(max(deadline - time.monotonic(), 0.01))
-            assert b.snapshot is None, f"an unexpected re-list: {b}"
-            out.extend((t, ev) for ev in b.events)
-        return out
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "watch_leases did not end after stop"
 
 
 @pytest.fixture
@@ -130,7 +95,7 @@ def test_watch_relists_after_etcd_cleared_its_index_while_it_was_away(v2etcd, pr
     for i in range(3):
         v2_set(e.url, _key(i), UDP_V013, ttl=str(DAY_S))
     _, index = reg.list_leases()
-    w = Watch(reg, index)
+    w = LeaseWatch(reg, index, no_relist=True)
     try:
         time.sleep(0.5)
         port = p.address[1]
@@ -150,7 +115,7 @@ def test_watch_relists_after_etcd_cleared_its_index_while_it_was_away(v2etcd, pr
         assert relist_s < 6.0               # one back-off step (at most 5 s) and a listing
         assert any("outdated and cleared" in r.getMessage() for r in caplog.records), caplog.text
         v2_request(e.url, "DELETE", _key(0))
-        ((_, ev),) = w.events(1, timeout=10)   # the watch goes on from the listing's index
+        ((_, ev),) = w.timed_events(1, timeout=10)   # the watch goes on from the listing's index
         assert ev.kind == LeaseEvent.REMOVED and str(ev.lease.subnet) == "10.7.0.0/24"
     finally:
         w.close()
@@ -162,17 +127,17 @@ def test_watch_survives_an_etcd_restart(v2etcd, registries):
     reg = registries(e.url, timeout_s=2)
     reg.connect()
     _, index = reg.list_leases()
-    w = Watch(reg, index)
+    w = LeaseWatch(reg, index, no_relist=True)
     try:
         reg.create_lease(ipaddress.IPv4Network("10.7.1.0/24"), UDP, DAY_S)
-        assert str(w.events(1, timeout=10)[0][1].lease.subnet) == "10.7.1.0/24"
+        assert str(w.timed_events(1, timeout=10)[0][1].lease.subnet) == "10.7.1.0/24"
         e.stop()
         with pytest.raises(EtcdUnreachable, match=e.url):     # e.g. a renewal during the outage
             reg.get_lease(ipaddress.IPv4Network("10.7.1.0/24"))
         time.sleep(1.0)
         e.start()                                              # the same data dir and port
         v2_set(e.url, _key(2), UDP_V013, ttl=str(DAY_S))
-        got = w.events(1, timeout=20)
+        got = w.timed_events(1, timeout=20)
         assert [str(ev.lease.subnet) for _, ev in got] == ["10.7.2.0/24"]
         assert reg.get_lease(ipaddress.IPv4Network("10.7.2.0/24")).attrs == UDP
         time.sleep(0.5)
@@ -187,7 +152,7 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(v2etcd, proxy, reg
     reg = registries(url, timeout_s=2)
     reg.connect()
     _, index = reg.list_leases()
-    w = Watch(reg, index)
+    w = LeaseWatch(reg, index, no_relist=True)
     try:
         with caplog.at_level(logging.INFO, logger="fastflannel.registry"):
             time.sleep(0.5)
@@ -196,7 +161,7 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(v2etcd, proxy, reg
             time.sleep(7)                # several retries with back-off
             proxy(e.url, port=port)
             v2_set(e.url, _key(1), UDP_V013)
-            ((_, ev),) = w.events(1, timeout=15)
+            ((_, ev),) = w.timed_events(1, timeout=15)
         assert str(ev.lease.subnet) == "10.7.1.0/24"
         lines = [r.getMessage() for r in caplog.records if r.name == "fastflannel.registry"]
         assert len([x for x in lines if x.startswith("watching leases failed")]) == 1, lines
@@ -224,13 +189,13 @@ def test_watch_fails_over_when_its_member_dies(v2etcd, proxy, registries):
     reg.connect()
     assert reg.url == first
     _, index = reg.list_leases()
-    w = Watch(reg, index)
+    w = LeaseWatch(reg, index, no_relist=True)
     try:
         time.sleep(0.5)
         p.close()                         # connections reset, new ones refused
         t0 = time.monotonic()
         v2_set(e.url, _key(1), UDP_V013)
-        ((t, ev),) = w.events(1, timeout=10)
+        ((t, ev),) = w.timed_events(1, timeout=10)
         print(f"dead member: the watch moved and delivered after {t - t0:.2f} s")
         assert str(ev.lease.subnet) == "10.7.1.0/24" and reg.url == e.url
         assert t - t0 < 2.0
@@ -244,18 +209,18 @@ def test_silent_member_is_left_within_10s_and_the_watch_loses_nothing(v2etcd, pr
     reg = registries(silent, e.url)                       # the default 5 s deadline
     reg.connect()
     _, index = reg.list_leases()
-    w = Watch(reg, index)
+    w = LeaseWatch(reg, index, no_relist=True)
     try:
         for i in range(3):
             v2_set(e.url, _key(i), UDP_V013)
-        assert [str(ev.lease.subnet) for _, ev in w.events(3, timeout=5)] == \
+        assert [str(ev.lease.subnet) for _, ev in w.timed_events(3, timeout=5)] == \
             ["10.7.0.0/24", "10.7.1.0/24", "10.7.2.0/24"]
         time.sleep(1.0)
         p.silent.set()                    # bytes dropped, connections accepted but never answered
         t0 = time.monotonic()
         for i in range(3, 6):
             v2_set(e.url, _key(i), UDP_V013)
-        got = w.events(3, timeout=SILENT_DETECT_MAX_S + 5)
+        got = w.timed_events(3, timeout=SILENT_DETECT_MAX_S + 5)
         detect_s = got[0][0] - t0
         print(f"silent member left, events delivered after {detect_s:.2f} s")
         assert [str(ev.lease.subnet) for _, ev in got] == ["10.7.3.0/24", "10.7.4.0/24", "10.7.5.0/24"]
@@ -328,10 +293,10 @@ def test_tls_with_client_certificate_and_basic_auth(v2etcd, registries, tmp_path
     reg.connect()
     assert reg.get_network_config() == '{"Network":"10.7.0.0/16"}'
     _, index = reg.list_leases()
-    w = Watch(reg, index)
+    w = LeaseWatch(reg, index, no_relist=True)
     try:
         reg.create_lease(ipaddress.IPv4Network("10.7.1.0/24"), UDP, DAY_S)
-        ((_, ev),) = w.events(1, timeout=10)
+        ((_, ev),) = w.timed_events(1, timeout=10)
         assert ev.kind == LeaseEvent.ADDED and ev.lease.attrs == UDP
     finally:
         w.close()
