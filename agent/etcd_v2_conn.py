@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import metrics
 from .errors import EtcdUnreachable, RegistryError
 from .etcd_options import EtcdOptions, parse_endpoint
 
@@ -271,5 +272,6 @@ class EtcdV2Connection:
                     continue
                 log.warning("etcd at %s is not answering (%s); switched to %s", failed, reason, cand)
                 self.current = cand
+                metrics.ETCD.switched(cand)
                 return True
         return False

@@ -60,11 +60,10 @@ from .lease import (
     subnet_key,
 )
 from .registry_api import WatchBatch
+from .watch_retry import WatchRetry
 
 log = logging.getLogger("fastflannel.registry")
 
-BACKOFF_MIN_S = 0.1          # flannel's watch reconnect back-off: 100 ms doubling ...
-BACKOFF_MAX_S = 5.0          # ... to a 5 s cap
 STOP_POLL_S = 0.1            # how often a blocked watch checks its stop event and our endpoint
 V2_PROBE_TIMEOUT_S = 2.0     # config_in_v2_store is best effort; never stall startup on it
 
@@ -273,10 +272,8 @@ class EtcdRegistry:
         whichever endpoint answers), retries with back-off, re-lists after a compaction
         (yielding a snapshot batch), returns within ~STOP_POLL_S of stop.set()."""
         next_rev = revision + 1
-        backoff = BACKOFF_MIN_S
         relist = False
-        compactions = 0          # in a row, without a watch response in between
-        failing_since: float | None = None    # one warning per outage, one line when it ends
+        retry = WatchRetry(stop, "revision")
         while not stop.is_set():
             try:
                 if relist:
@@ -286,43 +283,24 @@ class EtcdRegistry:
                     continue
                 with closing(self._watch_stream(next_rev, stop)) as stream:
                     for batch in stream:
-                        next_rev, backoff, compactions = batch.revision + 1, BACKOFF_MIN_S, 0
-                        metrics.ETCD.ok(self._url)
-                        if failing_since is not None:
-                            log.info("watching leases again at %s (from revision %d, after %.1fs)",
-                                     self._url, next_rev, time.monotonic() - failing_since)
-                            failing_since = None
+                        next_rev = batch.revision + 1
+                        retry.answered(self._url, next_rev)
                         if batch.events:
                             yield batch
                 if stop.is_set():
                     return
                 raise RegistryError("watch stream closed by etcd")
             except _WatchMoved as e:
-                metrics.WATCH_RECONNECTS.labels("moved").inc()
-                log.info("%s (resuming from revision %d)", e, next_rev)
+                retry.moved(e, next_rev)
             except Compacted as e:
-                # Re-list, then watch from the listing's revision. etcd never compacts past its
-                # current revision, so that cannot be compacted already; should it happen anyway,
-                # back off rather than spin (flannel #2470 spun here on the stale revision).
-                log.warning("%s; re-listing leases", e)
-                metrics.WATCH_RECONNECTS.labels("compacted").inc()
-                relist, compactions = True, compactions + 1
-                if compactions > 1:
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                # Re-list, then watch from the listing's revision (etcd never compacts past its
+                # current revision, so that one is not compacted already).
+                retry.compacted(e)
+                relist = True
             except RegistryError as e:
                 if stop.is_set():
                     return
-                metrics.WATCH_RECONNECTS.labels("error").inc()
-                if failing_since is None:
-                    metrics.ETCD.failed(self._url)
-                    failing_since = time.monotonic()
-                    log.warning("watching leases failed (retrying with back-off up to %.0fs): %s",
-                                BACKOFF_MAX_S, e)
-                else:
-                    log.debug("watching leases failed again (retrying in %.1fs): %s", backoff, e)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                retry.failed(e, self._url)
 
     def _watch_stream(self, start_rev: int, stop: threading.Event) -> Generator[WatchBatch, None, None]:
         """One Watch stream from start_rev; batches carry the revision to resume after (the

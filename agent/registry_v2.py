@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from .errors import Compacted, EtcdUnreachable, LeaseFormatError, RegistryError, SubnetExists
 from .etcd_options import EtcdOptions
 from .etcd_v2_conn import (
@@ -57,14 +58,13 @@ from .lease import (
     subnet_key,
 )
 from .registry_api import WatchBatch
+from .watch_retry import WatchRetry
 
 if TYPE_CHECKING:
     from .registry_api import Registry
 
 log = logging.getLogger("fastflannel.registry")
 
-BACKOFF_MIN_S = 0.1          # the watch's back-off, as the v3 registry's: 100 ms doubling ...
-BACKOFF_MAX_S = 5.0          # ... to a 5 s cap
 # A long poll waits this long for an event before it is re-issued from the same index. With the
 # head's deadline (EtcdOptions.timeout_s, 5 s) a silent member is left within about 9 s.
 WATCH_WINDOW_S = 4.0
@@ -176,9 +176,11 @@ class EtcdV2Registry:
         else:
             if not r.v2_served:
                 raise RegistryError(f"etcd at {url} no longer serves the etcd v2 API ({what})")
+            metrics.ETCD.ok(url)
             return r
         if self._conn.failover(url, f"{what}: {reason}") and idempotent:
             return self._do(what, method, key, params, form)
+        metrics.ETCD.failed(url)
         raise EtcdUnreachable(f"cannot reach etcd at {url} ({what}): {reason}")
 
     @staticmethod
@@ -286,8 +288,8 @@ class EtcdV2Registry:
         """Lease changes after etcd index `revision`, forever: resumes after the last index seen
         (on whichever endpoint answers), retries with back-off, re-lists when etcd has cleared
         that index (yielding a snapshot batch), returns within ~STOP_POLL_S of stop.set()."""
-        cursor, backoff, relist, clears = revision, BACKOFF_MIN_S, False, 0
-        failing_since: float | None = None    # one warning per outage, one line when it ends
+        cursor, relist = revision, False
+        retry = WatchRetry(stop, "index")
         guard = _PollGuard(stop, lambda: self._conn.current)
         try:
             while not stop.is_set():
@@ -298,34 +300,20 @@ class EtcdV2Registry:
                         yield WatchBatch(snapshot=leases, events=[], revision=cursor)
                         continue
                     ev, cursor, relist = self._poll(cursor, stop, guard)
-                    backoff, clears = BACKOFF_MIN_S, 0
-                    if failing_since is not None:
-                        log.info("watching leases again at %s (from index %d, after %.1fs)",
-                                 self.url, cursor + 1, time.monotonic() - failing_since)
-                        failing_since = None
+                    retry.answered(self.url, cursor + 1)
                     if ev is not None:
                         yield WatchBatch(snapshot=None, events=[ev], revision=cursor)
                 except _WatchMoved as e:
-                    log.info("%s (resuming from index %d)", e, cursor + 1)
+                    retry.moved(e, cursor + 1)
                 except Compacted as e:
-                    # flannel re-lists at once; should the next poll be cleared again (more than
-                    # 1,000 writes during one listing), back off rather than spin.
-                    log.warning("%s; re-listing leases", e)
-                    relist, clears = True, clears + 1
-                    if clears > 1:
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    # flannel re-lists at once (more than 1,000 writes during one listing clear
+                    # the next poll again: then the retry backs off)
+                    retry.compacted(e)
+                    relist = True
                 except RegistryError as e:
                     if stop.is_set():
                         return
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        log.warning("watching leases failed (retrying with back-off up to %.0fs): %s",
-                                    BACKOFF_MAX_S, e)
-                    else:
-                        log.debug("watching leases failed again (retrying in %.1fs): %s", backoff, e)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    retry.failed(e, self.url)
         finally:
             guard.close()
 

@@ -13,12 +13,13 @@ import urllib.parse
 
 import pytest
 
+from fastflannel.agent import metrics
 from fastflannel.agent.errors import EtcdUnreachable
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent, encode_attrs
 from fastflannel.agent.registry import EtcdOptions, EtcdRegistry
 from fastflannel.lab.etcd import etcdctl
 from support.delayproxy import DelayProxy
-from support.watching import LeaseWatch
+from support.watching import LeaseWatch, watch_errors
 
 pytestmark = pytest.mark.etcd
 
@@ -164,11 +165,13 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(etcd_server, proxy
     _, rev = reg.list_leases()
     w = LeaseWatch(reg, rev)
     try:
+        errors_before = watch_errors()
         with caplog.at_level(logging.INFO, logger="fastflannel.registry"):
             time.sleep(0.5)
             port = p.address[1]
             p.close()                    # connections reset, new ones refused: etcd is down
             time.sleep(7)                # several retries with back-off
+            assert metrics.ETCD.snapshot()["state"] == "unreachable"   # the watch says so
             proxy(0.01, port=port)       # etcd is back on the same address
             _put(etcd_server, 1)
             ((_, ev),) = w.timed_events(1, timeout=15)
@@ -177,5 +180,7 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(etcd_server, proxy
         failed = [x for x in lines if x.startswith("watching leases failed")]
         assert len(failed) == 1, lines
         assert len([x for x in lines if x.startswith("watching leases again")]) == 1, lines
+        assert watch_errors() > errors_before                 # fastflannel_etcd_watch_reconnects_total
+        assert metrics.ETCD.snapshot()["state"] == "connected"
     finally:
         w.close()

@@ -17,13 +17,14 @@ import urllib.parse
 
 import pytest
 
+from fastflannel.agent import metrics
 from fastflannel.agent.errors import EtcdUnreachable, RegistryError
 from fastflannel.agent.etcd_options import EtcdOptions
 from fastflannel.agent.lease import LeaseAttrs, LeaseEvent
 from fastflannel.agent.registry_v2 import EtcdV2Registry
 from support.delayproxy import DelayProxy
 from support.v2store import PREFIX, V2Etcd, make_pki, v2_request, v2_set
-from support.watching import LeaseWatch
+from support.watching import LeaseWatch, watch_errors
 
 pytestmark = pytest.mark.etcd
 
@@ -154,11 +155,13 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(v2etcd, proxy, reg
     _, index = reg.list_leases()
     w = LeaseWatch(reg, index, no_relist=True)
     try:
+        errors_before = watch_errors()
         with caplog.at_level(logging.INFO, logger="fastflannel.registry"):
             time.sleep(0.5)
             port = p.address[1]
             p.close()
             time.sleep(7)                # several retries with back-off
+            assert metrics.ETCD.snapshot()["state"] == "unreachable"   # the watch says so
             proxy(e.url, port=port)
             v2_set(e.url, _key(1), UDP_V013)
             ((_, ev),) = w.timed_events(1, timeout=15)
@@ -166,6 +169,8 @@ def test_an_outage_logs_one_warning_and_one_line_when_it_ends(v2etcd, proxy, reg
         lines = [r.getMessage() for r in caplog.records if r.name == "fastflannel.registry"]
         assert len([x for x in lines if x.startswith("watching leases failed")]) == 1, lines
         assert len([x for x in lines if x.startswith("watching leases again")]) == 1, lines
+        assert watch_errors() > errors_before                 # fastflannel_etcd_watch_reconnects_total
+        assert metrics.ETCD.snapshot()["state"] == "connected"
     finally:
         w.close()
 

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any, List, Tuple
 
+from fastflannel.agent import metrics
 from fastflannel.agent.lease import LeaseEvent
 from fastflannel.agent.registry_api import WatchBatch
 
@@ -66,3 +67,8 @@ class LeaseWatch:
         self.thread.join(STOP_WAIT_S)
         assert not self.thread.is_alive(), "watch_leases did not end after stop"
         return time.monotonic() - t0
+
+
+def watch_errors() -> float:
+    """fastflannel_etcd_watch_reconnects_total{reason="error"} now (this process's watches)."""
+    return dict(metrics.WATCH_RECONNECTS.samples()).get(("error",), 0)
