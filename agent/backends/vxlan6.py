@@ -24,35 +24,64 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Protocol, Tuple
 
-from .. import netlink, netlink6
+from .. import metrics, netlink, netlink6
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
-from ..lease import Lease, LeaseAttrs, vtep_mac
+from ..lease import Lease, LeaseAttrs, Slot, vtep_mac
 from ..peers import network6_problem
 from .base import BackendOptions
-from .vxlan import VxlanBackend, _usable_mac, random_mac
+from .vxlan import DEFAULT_VNI, VxlanBackend, _int_opt, _usable_mac, random_mac
 
 log = logging.getLogger("fastflannel.vxlan")
 
-IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
 IPv6Address = ipaddress.IPv6Address
 ENCAP_OVERHEAD6 = 70         # bytes: outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
 Peer6 = Tuple[IPv6Network, IPv6Address, str]      # (IPv6 subnet, PublicIPv6, VtepMAC of BackendV6Data)
 
 
+class DeviceOptions(Protocol):
+    """What the device takes from the vxlan config (VxlanBackend has them, VxlanParams too)."""
+    vni: int
+    port: int
+    mtu_opt: int
+    gbp: bool
+    learning: bool
+    state_dir: str
+
+
+@dataclasses.dataclass
+class VxlanParams:
+    """The vxlan options of an IPv6-only network, parsed as VxlanBackend parses them (no IPv4
+    device is made, so VxlanBackend itself is not)."""
+    vni: int
+    port: int
+    mtu_opt: int
+    gbp: bool
+    learning: bool
+    direct_routing: bool
+    state_dir: str
+
+    @classmethod
+    def from_config(cls, cfg: NetworkConfig, opts: BackendOptions) -> VxlanParams:
+        return cls(vni=_int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1), port=_int_opt(cfg, "Port", 0, 0, 65535),
+                   mtu_opt=_int_opt(cfg, "MTU", 0, 0, 65535), gbp=bool(cfg.backend_option("GBP", False)),
+                   learning=bool(cfg.backend_option("Learning", False)),
+                   direct_routing=bool(cfg.backend_option("DirectRouting", False)), state_dir=opts.state_dir)
+
+
 class VxlanV6Device:
-    def __init__(self, v4: VxlanBackend, ext: ExternalInterface, network6: IPv6Network):
+    def __init__(self, v4: DeviceOptions, ext: ExternalInterface, network6: IPv6Network):
         if ext.iface_v6_addr is None or ext.ext_v6_addr is None:
             raise BackendError(f"vxlan: EnableIPv6 needs an IPv6 address on {ext.name}")
         self.v4, self.ext, self.network6 = v4, ext, network6
         self.dev = f"flannel-v6.{v4.vni}"
         self.own: Optional[IPv6Network] = None
-        self.peers: Dict[IPv4Network, Peer6] = {}           # by the lease's IPv4 subnet (its slot)
-        self.ok: Dict[IPv4Network, bool] = {}
+        self.peers: Dict[Slot, Peer6] = {}           # by the lease's slot (lease.Lease.slot)
+        self.ok: Dict[Slot, bool] = {}
         self.mac = self._load_mac()
         self._lock = threading.RLock()
 
@@ -151,25 +180,26 @@ class VxlanV6Device:
 
     def add(self, lease: Lease) -> None:
         with self._lock:
-            want, old = self.wanted(lease), self.peers.get(lease.subnet)
+            slot = lease.slot
+            want, old = self.wanted(lease), self.peers.get(slot)
             if old is not None and old != want:
-                self._unprogram(old, lease.subnet)
-                del self.peers[lease.subnet]
-            if want is not None and (old != want or not self.ok.get(lease.subnet)):
-                self.peers[lease.subnet] = want
-                self.ok[lease.subnet] = self._program(want)
+                self._unprogram(old, slot)
+                del self.peers[slot]
+            if want is not None and (old != want or not self.ok.get(slot)):
+                self.peers[slot] = want
+                self.ok[slot] = self._program(want)
 
     def remove(self, lease: Lease) -> None:
         with self._lock:
-            peer = self.peers.pop(lease.subnet, None) or (self.wanted(lease) if lease.attrs else None)
-            self.ok.pop(lease.subnet, None)
+            peer = self.peers.pop(lease.slot, None) or (self.wanted(lease) if lease.attrs else None)
+            self.ok.pop(lease.slot, None)
             if peer is not None:
                 log.info("removing vxlan IPv6 peer %s", peer[0])
-                self._unprogram(peer, lease.subnet)
+                self._unprogram(peer, lease.slot)
 
     def sync(self, leases: Iterable[Lease]) -> None:
         with self._lock:
-            wanted = {lease.subnet: (lease, w) for lease in leases if (w := self.wanted(lease)) is not None}
+            wanted = {lease.slot: (lease, w) for lease in leases if (w := self.wanted(lease)) is not None}
             for sn in [s for s in self.peers if s not in wanted]:
                 self._unprogram(self.peers.pop(sn), sn)
                 self.ok.pop(sn, None)
@@ -192,7 +222,7 @@ class VxlanV6Device:
         log.info("vxlan IPv6 peer %s: %s at %s", sn6, mac, pub6)
         return True
 
-    def _unprogram(self, p: Peer6, slot: IPv4Network) -> None:
+    def _unprogram(self, p: Peer6, slot: Slot) -> None:
         """Delete p's route, and its neighbour and FDB entry unless another peer shares them;
         every step runs."""
         sn6, pub6, mac = p
@@ -286,3 +316,59 @@ class DualStackVxlan(VxlanBackend):
     def check(self) -> None:
         super().check()
         self.v6.check()
+
+
+class Ipv6OnlyVxlan:
+    """vxlan in an IPv6-only network (EnableIPv4 false): `flannel-v6.<VNI>` alone, no
+    `flannel.<VNI>`; the lease has PublicIP 0.0.0.0 and no BackendData, as flannel writes it
+    (docs/flannel-compat.md §"IPv6-only"). FLANNEL_MTU is the v6 device's MTU (interface − 70):
+    flannel writes interface − 50, more than an IPv6 underlay carries in one VXLAN packet."""
+    name = "vxlan"
+
+    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
+        assert cfg.ipv6_network is not None
+        self.ext = ext
+        self.params = VxlanParams.from_config(cfg, opts)
+        if self.params.direct_routing:
+            log.warning("vxlan: DirectRouting is not done for IPv6; every peer goes through %s",
+                        f"flannel-v6.{self.params.vni}")
+        self.v6 = VxlanV6Device(self.params, ext, cfg.ipv6_network)
+
+    def mtu(self) -> int:
+        return self.v6.mtu()
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(ipaddress.IPv4Address(0), "vxlan", None, self.ext.ext_v6_addr,
+                          {"VNI": self.params.vni, "VtepMAC": self.v6.mac})
+
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
+        self.v6.setup(lease)
+
+    def add_peer(self, lease: Lease) -> None:
+        self.v6.add(lease)
+
+    def remove_peer(self, lease: Lease) -> None:
+        self.v6.remove(lease)
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        self.v6.sync(list(leases))
+
+    def check(self) -> None:
+        self.v6.check()
+
+    def stats(self) -> dict:
+        return {}     # the kernel forwards; it keeps no counters of ours
+
+    def describe(self) -> dict:
+        """The options `fastflannel status` shows."""
+        return {"device": self.v6.dev, "vni": self.params.vni, "mtu": self.mtu(), "vtep_mac": self.v6.mac,
+                "port": self.params.port or netlink.VXLAN_DEFAULT_PORT}
+
+    def observe(self) -> metrics.DataPlane:
+        try:
+            return metrics.DataPlane(devices={self.v6.dev: netlink.link_stats(self.v6.dev)})
+        except netlink.NetlinkError:
+            return metrics.DataPlane()
+
+    def close(self) -> None:
+        pass          # flannel leaves the device and the peers' state in place
