@@ -82,6 +82,13 @@ class Lease:
         return self.subnet
 
 
+    @property
+    def public_address(self) -> Optional[IPv4Address | IPv6Address]:
+        """The address the lease's host is known by: PublicIP, or an IPv6-only lease's
+        PublicIPv6 (its PublicIP is 0.0.0.0)."""
+        return self.public_ipv6 if self.slot.version == 6 else self.public_ip
+
+
 def slot_order(slot: Slot) -> tuple:
     """A sort key for slots of both families (IPv4 first; Python cannot compare the two)."""
     return slot.version, int(slot.network_address), slot.prefixlen

@@ -25,6 +25,11 @@ previous subnets of subnet.env are reused only as a pair; a new lease takes a fr
 family. Unlike flannel, an IPv4-only lease never blocks the IPv6 window (flannel v0.20.2 dereferences
 its missing IPv6 subnet), and the previous IPv6 subnet is refused when a lease overlaps it.
 
+IPv6-only (EnableIPv4 false, docs/flannel-compat.md §"IPv6-only"): only the IPv6 subnet is
+allocated, under the IPv4 placeholder 0.0.0.0/0 that every such lease shares; our lease is found
+by PublicIPv6 (flannel's match on PublicIP 0.0.0.0 takes another host's) and the previous
+FLANNEL_IPV6_SUBNET, and the keeper tells hosts apart by PublicIPv6 (`holds`).
+
 Lease admission (docs/architecture.md §"Lease admission"):
 * A lease that covers several subnets of the window (another prefix length, shorter than
   SubnetLen: `10.0.0.0/8`, a `/12` in a network of `/20`s) never blocks allocation, nor the

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import ipaddress
+import json
 from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 

@@ -63,7 +63,8 @@ def test_hostgw_value_bytes():
 
 
 def test_decode_a_flannel_ipv6_only_value():
-    raw = b'{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:2::a","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"5a:de:b8:9b:1d:d7"}}'
+    raw = (b'{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:2::a","BackendType":"vxlan",'
+           b'"BackendV6Data":{"VNI":1,"VtepMAC":"5a:de:b8:9b:1d:d7"}}')
     assert decode_attrs(raw) == vx6("fd00:2::a")
 
 
@@ -97,7 +98,10 @@ def test_docker_opts_and_cni_from_an_ipv6_only_subnet_env(tmp_path):
 
 # -- admission --------------------------------------------------------------------------------------
 
-def tracker(cfg=V6ONLY, own=N6("fc00:1:0:1::/64"), pub6="fd00:2::10", mac6="0a:00:00:00:66:10"):
+OWN6 = N6("fc00:1:0:1::/64")
+
+
+def tracker(cfg=V6ONLY, own=OWN6, pub6="fd00:2::10", mac6="0a:00:00:00:66:10"):
     return PeerTracker(own, vx6(pub6, mac6), cfg)
 
 
