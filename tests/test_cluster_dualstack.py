@@ -275,7 +275,7 @@ def test_ipv6_only_three_hosts(lab6only, config):
         _expected_lease(cluster, h, leases[_key(None, sn6)])
         host = cluster.hosts[h]
         assert "inet " not in lab.sh(host.ns, "ip -4 addr show dev eth0").stdout     # no IPv4 underlay
-        assert "FLANNEL" not in lab.sh(host.ns, "iptables-save -t nat").stdout       # no IPv4 rules
+        assert "FLANNEL" not in lab.sh(host.ns, "iptables-save").stdout       # no IPv4 rules at all
         assert f"! -s {NET6} -d {sn6} " in lab.sh(host.ns, "ip6tables-save -t nat").stdout
         if backend == "vxlan":
             assert lab.sh(host.ns, "ip link show flannel.100", check=False).returncode != 0
@@ -299,3 +299,26 @@ def test_ipv6_only_three_hosts(lab6only, config):
         host = cluster.hosts[h]
         gone = wait_for(lambda host=host: not _state_of(lab, host, None, subnets["h3"], lease3), 15, 0.2)
         assert gone, (h, _state_of(lab, host, None, subnets["h3"], lease3))
+
+
+@pytest.mark.parametrize("v6only", [True, False], ids=["ipv6-only", "dual-stack"])
+def test_vxlan_ipv6_direct_routing_routes_same_link_peers_via_their_public_ipv6(lab, v6only):
+    """DirectRouting: a peer on our link gets `S6 via PublicIPv6 dev eth0` and no neighbour or FDB
+    entry on flannel-v6.<VNI> (flannel's v6DirectRoute); a deleted lease takes the route along."""
+    lab.ipv6, lab.ipv4 = True, not v6only
+    backend = {"Type": "vxlan", "VNI": 100, "Port": 8472, "DirectRouting": True}
+    cluster = Cluster(lab, v6only_config(backend) if v6only else dual_config(backend), hosts=("h1", "h2", "h3"))
+    cluster.start_all()
+    subnets = {h: _subnets(e)[1] for h, e in cluster.wait_all().items()}
+    cluster.add_containers()
+    _all_pairs_tcp(lab, cluster, nbytes=64 << 10)
+    for a, b in itertools.permutations(cluster.hosts, 2):
+        ha, hb = cluster.hosts[a], cluster.hosts[b]
+        assert f"via {hb.ip6} dev eth0" in _v6_route(lab, ha, subnets[b]), (a, b, _v6_route(lab, ha, subnets[b]))
+        neigh = lab.sh(ha.ns, "ip -6 neigh show dev flannel-v6.100").stdout
+        assert f"{subnets[b].network_address} " not in neigh, neigh
+    assert cluster.stop("h3") == 0
+    key3 = next(k for k in cluster.leases() if k.endswith(f"&{subnets['h3'].network_address}-64"))
+    lab.etcdctl("del", f"{PREFIX}/subnets/{key3}")
+    for h in ("h1", "h2"):
+        assert wait_for(lambda h=h: not _v6_route(lab, cluster.hosts[h], subnets["h3"]), 15, 0.2), h

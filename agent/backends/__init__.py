@@ -26,7 +26,7 @@ def _udp(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Ba
 
 def _vxlan(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
     if cfg.ipv6_only:
-        from .vxlan6 import Ipv6OnlyVxlan
+        from .vxlan6only import Ipv6OnlyVxlan
         return Ipv6OnlyVxlan(ext, cfg, opts)
     if cfg.enable_ipv6:
         from .vxlan6 import DualStackVxlan

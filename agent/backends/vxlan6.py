@@ -12,8 +12,10 @@ peer (IPv6 subnet S6, PublicIPv6 P6, BackendV6Data VtepMAC M6): a permanent neig
 
 `DualStackVxlan` wraps the IPv4 backend (agent/backends/vxlan.py, unchanged) and calls this after
 it for every lease event; check() recreates a deleted device and re-programs missing state,
-sync_peers() prunes the state of vanished peers. Not done for IPv6: DirectRouting (the IPv6
-peers always go through the overlay).
+sync_peers() prunes the state of vanished peers. With DirectRouting a peer whose PublicIPv6
+`ip -6 route get` reaches without a gateway (on our link) gets `S6 via P6 dev <ext iface>`
+instead of the three objects, as flannel's v6DirectRoute. The IPv6-only backend (no IPv4 device)
+is agent/backends/vxlan6only.py.
 """
 from __future__ import annotations
 
@@ -26,37 +28,27 @@ import tempfile
 import threading
 from typing import Dict, Iterable, Optional, Protocol, Tuple
 
-from .. import metrics, netlink, netlink6
+from .. import netlink, netlink6
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, Slot, vtep_mac
 from ..peers import network6_problem
 from .base import BackendOptions
-from .vxlan import DEFAULT_VNI, VxlanBackend, _int_opt, _usable_mac, random_mac
+from .vxlan import VxlanBackend, _usable_mac, random_mac
 
 log = logging.getLogger("fastflannel.vxlan")
 
 IPv6Network = ipaddress.IPv6Network
 IPv6Address = ipaddress.IPv6Address
 ENCAP_OVERHEAD6 = 70         # bytes: outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
-Peer6 = Tuple[IPv6Network, IPv6Address, str]      # (IPv6 subnet, PublicIPv6, VtepMAC of BackendV6Data)
+# (IPv6 subnet, PublicIPv6, VtepMAC of BackendV6Data, routed directly via PublicIPv6)
+Peer6 = Tuple[IPv6Network, IPv6Address, str, bool]
 
 
 class DeviceOptions(Protocol):
-    """What the device takes from the vxlan config (VxlanBackend has them, VxlanParams too)."""
-    vni: int
-    port: int
-    mtu_opt: int
-    gbp: bool
-    learning: bool
-    state_dir: str
-
-
-@dataclasses.dataclass
-class VxlanParams:
-    """The vxlan options of an IPv6-only network, parsed as VxlanBackend parses them (no IPv4
-    device is made, so VxlanBackend itself is not)."""
+    """What the device takes from the vxlan config (VxlanBackend has them, and
+    vxlan6only.VxlanParams)."""
     vni: int
     port: int
     mtu_opt: int
@@ -64,13 +56,6 @@ class VxlanParams:
     learning: bool
     direct_routing: bool
     state_dir: str
-
-    @classmethod
-    def from_config(cls, cfg: NetworkConfig, opts: BackendOptions) -> VxlanParams:
-        return cls(vni=_int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1), port=_int_opt(cfg, "Port", 0, 0, 65535),
-                   mtu_opt=_int_opt(cfg, "MTU", 0, 0, 65535), gbp=bool(cfg.backend_option("GBP", False)),
-                   learning=bool(cfg.backend_option("Learning", False)),
-                   direct_routing=bool(cfg.backend_option("DirectRouting", False)), state_dir=opts.state_dir)
 
 
 class VxlanV6Device:
@@ -176,7 +161,18 @@ class VxlanV6Device:
             log.warning("vxlan: refusing the IPv6 half of lease %s: %s", lease.key,
                         why or "no VtepMAC in BackendV6Data")
             return None
-        return sn6, a.public_ipv6, mac
+        return sn6, a.public_ipv6, mac, self._direct(a.public_ipv6)
+
+    def _direct(self, pub6: IPv6Address) -> bool:
+        """DirectRouting and `ip -6 route get PublicIPv6` shows no gateway: the peer is on our
+        link, so its subnet is routed via PublicIPv6 without VXLAN (flannel's v6DirectRoute)."""
+        if not self.v4.direct_routing:
+            return False
+        try:
+            return netlink6.route_get6_gateway(pub6) is None
+        except netlink.NetlinkError as e:
+            log.warning("route get %s failed (%s); using the overlay", pub6, e)
+            return False
 
     def add(self, lease: Lease) -> None:
         with self._lock:
@@ -208,9 +204,13 @@ class VxlanV6Device:
             self._prune()
 
     def _program(self, p: Peer6) -> bool:
-        sn6, pub6, mac = p
+        sn6, pub6, mac, direct = p
         index = self._index()
         try:
+            if direct:
+                netlink6.route6_replace(sn6, pub6, self.ext.index)
+                log.info("vxlan IPv6 peer %s: direct route via %s dev %s", sn6, pub6, self.ext.name)
+                return True
             if index is None:
                 raise netlink.NetlinkError(f"{self.dev} does not exist", errno.ENODEV)
             netlink6.neigh6_replace(index, sn6.network_address, mac)
@@ -225,11 +225,14 @@ class VxlanV6Device:
     def _unprogram(self, p: Peer6, slot: Slot) -> None:
         """Delete p's route, and its neighbour and FDB entry unless another peer shares them;
         every step runs."""
-        sn6, pub6, mac = p
+        sn6, pub6, mac, direct = p
+        if direct:
+            self._quiet(netlink6.route6_delete, sn6, pub6, self.ext.index)
+            return
         index = self._index()
         if index is None:
             return
-        others = [q for s, q in self.peers.items() if s != slot]
+        others = [q for s, q in self.peers.items() if s != slot and not q[3]]
         self._quiet(netlink6.route6_delete, sn6, None, index)
         if not any(q[0].network_address == sn6.network_address for q in others):
             self._quiet(netlink6.neigh6_delete, index, sn6.network_address)
@@ -258,19 +261,24 @@ class VxlanV6Device:
             index = self._index()
             assert index is not None
             routes = {(r.dst, r.gateway) for r in netlink6.routes6(index)}
+            direct = {(r.dst, r.gateway) for r in netlink6.routes6(self.ext.index)} if self.v4.direct_routing else set()
             neigh = {(n.ip, n.mac) for n in netlink6.neigh6_list(index)}
             fdb = {(n.mac, n.ip) for n in netlink6.fdb6_list(index)}
-            for slot, (sn6, pub6, mac) in self.peers.items():
-                intact = ((sn6, sn6.network_address) in routes and (sn6.network_address, mac) in neigh
+            for slot, p in self.peers.items():
+                sn6, pub6, mac, is_direct = p
+                intact = ((sn6, pub6) in direct if is_direct else
+                          (sn6, sn6.network_address) in routes and (sn6.network_address, mac) in neigh
                           and (mac, pub6) in fdb)
                 if not (intact and self.ok.get(slot)):
-                    self.ok[slot] = self._program((sn6, pub6, mac))
+                    self.ok[slot] = self._program(p)
 
     def _prune(self) -> None:
         index = self._index()
         if index is None:
             return
-        live = set(self.peers.values())
+        live = {p for p in self.peers.values() if not p[3]}
+        if self.v4.direct_routing:
+            self._prune_direct()
         for r in netlink6.routes6(index):
             if r.gateway is not None and r.dst.subnet_of(self.network6) and not any(r.dst == p[0] for p in live):
                 log.info("pruning stale route %s dev %s", r.dst, self.dev)
@@ -282,6 +290,17 @@ class VxlanV6Device:
         for e in netlink6.fdb6_list(index):
             if e.ip is not None and e.mac and e.mac != "00:00:00:00:00:00" and not any(e.mac == p[2] for p in live):
                 self._quiet(netlink6.fdb6_delete, index, e.mac, e.ip)
+
+
+    def _prune_direct(self) -> None:
+        """Direct routes inside IPv6Network via the external interface that no live peer wants
+        (a peer that vanished while we were down)."""
+        live = {(p[0], p[1]) for p in self.peers.values() if p[3]}
+        for r in netlink6.routes6(self.ext.index):
+            if (r.gateway is not None and r.dst.subnet_of(self.network6) and r.dst != self.network6
+                    and r.dst != self.own and (r.dst, r.gateway) not in live):
+                log.info("pruning stale direct route %s via %s", r.dst, r.gateway)
+                self._quiet(netlink6.route6_delete, r.dst, r.gateway, self.ext.index)
 
 
 class DualStackVxlan(VxlanBackend):
@@ -317,58 +336,3 @@ class DualStackVxlan(VxlanBackend):
         super().check()
         self.v6.check()
 
-
-class Ipv6OnlyVxlan:
-    """vxlan in an IPv6-only network (EnableIPv4 false): `flannel-v6.<VNI>` alone, no
-    `flannel.<VNI>`; the lease has PublicIP 0.0.0.0 and no BackendData, as flannel writes it
-    (docs/flannel-compat.md §"IPv6-only"). FLANNEL_MTU is the v6 device's MTU (interface − 70):
-    flannel writes interface − 50, more than an IPv6 underlay carries in one VXLAN packet."""
-    name = "vxlan"
-
-    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
-        assert cfg.ipv6_network is not None
-        self.ext = ext
-        self.params = VxlanParams.from_config(cfg, opts)
-        if self.params.direct_routing:
-            log.warning("vxlan: DirectRouting is not done for IPv6; every peer goes through %s",
-                        f"flannel-v6.{self.params.vni}")
-        self.v6 = VxlanV6Device(self.params, ext, cfg.ipv6_network)
-
-    def mtu(self) -> int:
-        return self.v6.mtu()
-
-    def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(ipaddress.IPv4Address(0), "vxlan", None, self.ext.ext_v6_addr,
-                          {"VNI": self.params.vni, "VtepMAC": self.v6.mac})
-
-    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
-        self.v6.setup(lease)
-
-    def add_peer(self, lease: Lease) -> None:
-        self.v6.add(lease)
-
-    def remove_peer(self, lease: Lease) -> None:
-        self.v6.remove(lease)
-
-    def sync_peers(self, leases: Iterable[Lease]) -> None:
-        self.v6.sync(list(leases))
-
-    def check(self) -> None:
-        self.v6.check()
-
-    def stats(self) -> dict:
-        return {}     # the kernel forwards; it keeps no counters of ours
-
-    def describe(self) -> dict:
-        """The options `fastflannel status` shows."""
-        return {"device": self.v6.dev, "vni": self.params.vni, "mtu": self.mtu(), "vtep_mac": self.v6.mac,
-                "port": self.params.port or netlink.VXLAN_DEFAULT_PORT}
-
-    def observe(self) -> metrics.DataPlane:
-        try:
-            return metrics.DataPlane(devices={self.v6.dev: netlink.link_stats(self.v6.dev)})
-        except netlink.NetlinkError:
-            return metrics.DataPlane()
-
-    def close(self) -> None:
-        pass          # flannel leaves the device and the peers' state in place
