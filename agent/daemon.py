@@ -24,7 +24,7 @@ from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
 from .config import NetworkConfig, parse_config, stack_problem
 from .errors import ConfigError, DaemonError, EtcdUnreachable, RegistryError
 from .flags import Options
-from .lease import Lease, LeaseEvent, vtep_mac
+from .lease import Lease, LeaseEvent, vtep_mac, vtep_mac6
 from .peers import PeerTracker
 from .registry_api import Registry
 from .subnetfile import parse_cidr, read_prev_ipv6_subnet, read_prev_subnet, read_subnet_env, write_subnet_file
@@ -353,7 +353,7 @@ class Daemon:
             return
         for lease in conflicts:
             log.error("Host %s (lease %s) announces this host's VTEP MAC %s; taking a new MAC",
-                      lease.public_ip, lease.key, vtep_mac(lease.attrs))
+                      lease.public_address, lease.key, vtep_mac(lease.attrs) or vtep_mac6(lease.attrs))
         try:
             attrs = replace()
         except Exception as e:  # a bug: say so, keep running with the old MAC

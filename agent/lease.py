@@ -325,6 +325,13 @@ def vtep_mac(attrs: Optional[LeaseAttrs]) -> Optional[str]:
     return mac if valid_peer_mac(mac) else None
 
 
+def vtep_mac6(attrs: Optional[LeaseAttrs]) -> Optional[str]:
+    """The VtepMAC of a vxlan lease's IPv6 device (BackendV6Data), as vtep_mac does it."""
+    if attrs is None:
+        return None
+    return vtep_mac(LeaseAttrs(attrs.public_ip, "vxlan", attrs.backend_v6_data))
+
+
 @dataclass(frozen=True)
 class LeaseEvent:
     """ADDED carries the new lease; REMOVED carries the last known lease (flannel's LeaseWatcher)."""

@@ -46,6 +46,7 @@ from .lease import (
     slot_key,
     slot_order,
     vtep_mac,
+    vtep_mac6,
 )
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def ipv6_rejection(lease: Lease, cfg: Optional[NetworkConfig]) -> Optional[Rejec
     why = public_ipv6_problem(a.public_ipv6, cfg.ipv6_network)
     if why is not None:
         return Rejection(PUBLIC_IP, f"PublicIPv6 {a.public_ipv6} {why}")
-    if a.backend_type == "vxlan" and vtep_mac(LeaseAttrs(a.public_ip, "vxlan", a.backend_v6_data)) is None:
+    if a.backend_type == "vxlan" and vtep_mac6(a) is None:
         raw = json_key(a.backend_v6_data, "VtepMAC") if isinstance(a.backend_v6_data, dict) else None
         return Rejection(VTEP_MAC, f"vxlan lease with an IPv6 subnet but no usable VtepMAC in "
                                    f"BackendV6Data ({raw!r})")
@@ -312,7 +313,7 @@ class PeerTracker:
         if a is None or a.backend_type != "vxlan":
             return None
         if self._config is not None and self._config.ipv6_only:
-            return vtep_mac(LeaseAttrs(a.public_ip, "vxlan", a.backend_v6_data))
+            return vtep_mac6(a)
         return vtep_mac(a)
 
     def _index(self, subnet: Slot, lease: Optional[Lease]) -> Set[Slot]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import os
 import re
 
 import pytest
@@ -322,3 +323,27 @@ def test_vxlan_ipv6_direct_routing_routes_same_link_peers_via_their_public_ipv6(
     lab.etcdctl("del", f"{PREFIX}/subnets/{key3}")
     for h in ("h1", "h2"):
         assert wait_for(lambda h=h: not _v6_route(lab, cluster.hosts[h], subnets["h3"]), 15, 0.2), h
+
+
+def test_ipv6_only_cloned_vtep_mac_is_noticed_and_replaced(lab6only):
+    """Two IPv6-only hosts start with one IPv6 VTEP MAC (cloned images): the conflict is found by
+    BackendV6Data's MAC and PublicIPv6 (every PublicIP is 0.0.0.0) and a new MAC is taken."""
+    lab = lab6only
+    cluster = Cluster(lab, VXLAN6)
+    cloned = "0a:00:00:c1:0e:66"
+    for h in ("h1", "h2"):
+        with open(os.path.join(cluster.host_dir(h), f"vxlan6-100-{cluster.hosts[h].ip6}.mac"), "w") as f:
+            f.write(cloned + "\n")
+    cluster.start("h1")
+    cluster.start("h3")
+    cluster.wait_subnet("h1")
+    cluster.wait_subnet("h3")
+    cluster.start("h2")
+    cluster.wait_all()
+
+    def macs():
+        return {k: json.loads(v)["BackendV6Data"]["VtepMAC"] for k, v in cluster.leases().items()}
+    assert wait_for(lambda: len(set(macs().values())) == 3, 15), (macs(), cluster.log("h2")[-2000:])
+    assert "announces this host's VTEP MAC " + cloned in cluster.log("h1") + cluster.log("h2")
+    cluster.add_containers()
+    _all_pairs_tcp(lab, cluster, nbytes=64 << 10)

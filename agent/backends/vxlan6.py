@@ -32,7 +32,7 @@ from .. import netlink, netlink6
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
-from ..lease import Lease, LeaseAttrs, Slot, vtep_mac
+from ..lease import Lease, LeaseAttrs, Slot, vtep_mac6
 from ..peers import network6_problem
 from .base import BackendOptions
 from .vxlan import VxlanBackend, _usable_mac, random_mac
@@ -86,6 +86,10 @@ class VxlanV6Device:
         except OSError:
             pass
         mac = random_mac()
+        self._save_mac(mac)
+        return mac
+
+    def _save_mac(self, mac: str) -> None:
         try:
             os.makedirs(self.v4.state_dir, mode=0o755, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.v4.state_dir, prefix=".vxlan6-mac-")
@@ -95,7 +99,26 @@ class VxlanV6Device:
             os.replace(tmp, self._mac_path())
         except OSError as e:
             log.warning("cannot persist the IPv6 VTEP MAC (%s); a restart will announce a new one", e)
-        return mac
+
+    def replace_mac(self) -> str:
+        """Take a new random VTEP MAC (another host announces ours), keep it, put it on the
+        device and re-program the peers (the kernel flushes a device's neighbours when its
+        address changes); returns the new MAC to announce."""
+        with self._lock:
+            old, mac = self.mac, random_mac()
+            while mac == old:
+                mac = random_mac()
+            self.mac = mac
+            self._save_mac(mac)
+            if self.own is not None and self._index() is not None:
+                try:
+                    netlink.link_set_address(self.dev, mac)
+                except netlink.NetlinkError as e:
+                    log.error("vxlan: cannot set the new IPv6 VTEP MAC %s on %s: %s", mac, self.dev, e)
+                self.ok = dict.fromkeys(self.peers, False)
+                self.check()
+            log.warning("vxlan: IPv6 VTEP MAC changed from %s to %s", old, mac)
+            return mac
 
     # -- device -----------------------------------------------------------------------------------
     def _index(self) -> Optional[int]:
@@ -156,7 +179,7 @@ class VxlanV6Device:
         if a is None or sn6 is None or a.public_ipv6 is None or a.backend_type != "vxlan" or sn6 == self.own:
             return None
         why = network6_problem(sn6, self.network6)
-        mac = vtep_mac(LeaseAttrs(a.public_ip, "vxlan", a.backend_v6_data))
+        mac = vtep_mac6(a)
         if why is not None or mac is None:
             log.warning("vxlan: refusing the IPv6 half of lease %s: %s", lease.key,
                         why or "no VtepMAC in BackendV6Data")

@@ -64,6 +64,12 @@ class Ipv6OnlyVxlan:
     def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         self.v6.setup(lease)
 
+    def replace_vtep_mac(self) -> LeaseAttrs:
+        """Another host announces our VTEP MAC (docs/architecture.md §"Lease admission"): a new
+        one on flannel-v6.<VNI>; returns the lease attrs to announce."""
+        self.v6.replace_mac()
+        return self.lease_attrs()
+
     def add_peer(self, lease: Lease) -> None:
         self.v6.add(lease)
 
