@@ -71,6 +71,12 @@ class NetworkConfig:
     ipv6_subnet_max: Optional[IPv6Address] = None
 
     @property
+    def ipv6_only(self) -> bool:
+        """EnableIPv4 false (EnableIPv6 then true): each host leases an IPv6 subnet alone, under
+        the IPv4 placeholder 0.0.0.0/0 (docs/flannel-compat.md §"IPv6-only")."""
+        return not self.enable_ipv4
+
+    @property
     def subnet_size(self) -> int:
         """Addresses per host subnet (flannel's subnetSize)."""
         return 1 << (32 - self.subnet_len)
@@ -103,8 +109,10 @@ class NetworkConfig:
                 and self.ipv6_subnet_min <= subnet6.network_address <= self.ipv6_subnet_max)
 
     def lease_compatible(self, subnet: IPv4Network, subnet6: Optional[IPv6Network]) -> bool:
-        """Both halves of a lease key fit the config (flannel reuses a lease only then)."""
-        return self.subnet_compatible(subnet) and self.ipv6_subnet_compatible(subnet6)
+        """Both halves of a lease key fit the config (flannel reuses a lease only then); an
+        IPv6-only lease's IPv4 half is the placeholder 0.0.0.0/0, whatever the IPv4 fields say."""
+        v4_ok = subnet == _NO_NETWORK if self.ipv6_only else self.subnet_compatible(subnet)
+        return v4_ok and self.ipv6_subnet_compatible(subnet6)
 
 
 def _parse_cidr(value: Any, fld: str) -> IPv4Network:
@@ -348,13 +356,9 @@ def parse_config(raw: Union[str, bytes]) -> NetworkConfig:
 def stack_problem(cfg: NetworkConfig) -> Optional[str]:
     """Why the daemon cannot run this (valid) config's IP families, or None (docs/flannel-compat.md
     §"Dual-stack")."""
-    if not cfg.enable_ipv4:
-        # flannel's etcd subnet manager always leases an IPv4 subnet: an IPv6-only host gets
-        # 0.0.0.0/0 with PublicIP 0.0.0.0, so the next IPv6-only host "reuses" its lease by
-        # PublicIP. Refused rather than copied.
-        return ("EnableIPv4: false (IPv6-only) is not supported with etcd: flannel leases every "
-                "IPv6-only host the IPv4 subnet 0.0.0.0/0 with PublicIP 0.0.0.0, so the hosts take "
-                "over each other's lease; run dual-stack (EnableIPv4: true) instead")
+    if cfg.ipv6_only and cfg.backend_type == "udp":
+        return ("EnableIPv4: false (IPv6-only): the udp backend carries IPv4 only (as flannel's); "
+                "use vxlan or host-gw")
     if cfg.enable_ipv6 and cfg.backend_type == "udp":
         return "EnableIPv6: the udp backend carries IPv4 only (as flannel's); use vxlan or host-gw"
     if cfg.enable_ipv6 and cfg.backend_type not in IPV6_BACKENDS:

@@ -24,7 +24,7 @@ from .backends.base import DEFAULT_STATE_DIR, Backend, BackendOptions
 from .config import NetworkConfig, parse_config, stack_problem
 from .errors import ConfigError, DaemonError, EtcdUnreachable, RegistryError
 from .flags import Options
-from .lease import Lease, LeaseEvent, vtep_mac
+from .lease import Lease, LeaseEvent, vtep_mac, vtep_mac6
 from .peers import PeerTracker
 from .registry_api import Registry
 from .subnetfile import parse_cidr, read_prev_ipv6_subnet, read_prev_subnet, read_subnet_env, write_subnet_file
@@ -33,6 +33,7 @@ from .subnets import LeaseKeeper, SubnetManager
 if TYPE_CHECKING:
     from .etcd_options import EtcdOptions
     from .healthz import HealthServer, StatusSocket
+    from .iface import ExternalInterface
     from .ipmasq import ForwardRules, IPMasq
 
 log = logging.getLogger("fastflannel")
@@ -116,30 +117,39 @@ class Daemon:
         cfg = self._get_config(registry)
         if cfg is None:
             return
-        from .iface import choose_external_interface
-        ext = choose_external_interface(list(opts.iface), list(opts.iface_regex), opts.public_ip or None,
-                                        opts.iface_can_reach or None, opts.public_ipv6 or None,
-                                        ipv6=cfg.enable_ipv6)
-        log.info("Using interface with name %s and address %s (public %s, mtu %d)",
-                 ext.name, ext.iface_addr, ext.ext_addr, ext.mtu)
-        if ext.iface_v6_addr is not None:
-            log.info("Using interface with name %s and v6 address %s (public %s)",
-                     ext.name, ext.iface_v6_addr, ext.ext_v6_addr)
+        ext = self._interface(cfg)
         backend = self.backend = new_backend(ext, cfg, backend_options(opts))
         mgr = SubnetManager(registry, cfg, ext.ext_addr, prev, renew_margin_s=opts.subnet_lease_renew_margin * 60,
-                            prev_ipv6_subnet=prev6)
+                            prev_ipv6_subnet=prev6, public_ipv6=ext.ext_v6_addr)
         lease = mgr.acquire(backend.lease_attrs())
-        log.info("Acquired lease %s (public %s)", lease.key, ext.ext_addr)
+        log.info("Acquired lease %s (public %s)", lease.key, mgr.host)
         self._mark("lease")
         backend.setup(lease, cfg)
         self._setup_rules(cfg, lease)
         ipv6 = (cfg.ipv6_network, lease.ipv6_subnet) if cfg.ipv6_network and lease.ipv6_subnet else None
-        write_subnet_file(opts.subnet_file, cfg.network, lease.subnet, backend.mtu(), opts.ip_masq, ipv6)
+        v4 = not cfg.ipv6_only                   # IPv6-only: no IPv4 lines, as flannel
+        write_subnet_file(opts.subnet_file, cfg.network if v4 else None, lease.subnet if v4 else None,
+                          backend.mtu(), opts.ip_masq, ipv6)
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)
-        tracker = PeerTracker(lease.subnet, lease.attrs, cfg)     # lease admission (agent/peers.py)
+        tracker = PeerTracker(lease.slot, lease.attrs, cfg)     # lease admission (agent/peers.py)
         self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), tracker))
+
+    def _interface(self, cfg: NetworkConfig) -> ExternalInterface:
+        """The external interface as flanneld picks it for the config's IP families."""
+        opts = self.opts
+        from .iface import choose_external_interface
+        ext = choose_external_interface(list(opts.iface), list(opts.iface_regex), opts.public_ip or None,
+                                        opts.iface_can_reach or None, opts.public_ipv6 or None,
+                                        ipv6=cfg.enable_ipv6, ipv4=cfg.enable_ipv4)
+        if cfg.enable_ipv4:
+            log.info("Using interface with name %s and address %s (public %s, mtu %d)",
+                     ext.name, ext.iface_addr, ext.ext_addr, ext.mtu)
+        if ext.iface_v6_addr is not None:
+            log.info("Using interface with name %s and v6 address %s (public %s, mtu %d)",
+                     ext.name, ext.iface_v6_addr, ext.ext_v6_addr, ext.mtu)
+        return ext
 
     def _run_peers(self, registry: Registry, run: _Running) -> None:
         """The peers as listed now, then the watch and the lease keeper in their threads."""
@@ -240,6 +250,13 @@ class Daemon:
             return None
 
     def _setup_rules(self, cfg: NetworkConfig, lease: Lease) -> None:
+        if cfg.enable_ipv4:
+            self._setup_rules4(cfg, lease)
+        if cfg.ipv6_network is not None and lease.ipv6_subnet is not None:
+            self._setup_rules6(cfg.ipv6_network, lease.ipv6_subnet)
+
+    def _setup_rules4(self, cfg: NetworkConfig, lease: Lease) -> None:
+        """flannel's MasqRules and forward rules with iptables (not in an IPv6-only network)."""
         from .ipmasq import ForwardRules, IPMasq, remove_old_masq_rules
         if self.opts.ip_masq:
             self._remove_stale_masq(cfg, lease, remove_old_masq_rules)
@@ -249,8 +266,6 @@ class Daemon:
         if self.opts.iptables_forward_rules:
             self.fwd_rules = ForwardRules(cfg.network)
             self.fwd_rules.ensure_rules()
-        if cfg.ipv6_network is not None and lease.ipv6_subnet is not None:
-            self._setup_rules6(cfg.ipv6_network, lease.ipv6_subnet)
 
     def _setup_rules6(self, net6, subnet6) -> None:
         """flannel's MasqIP6Rules and IPv6 forward rules, with ip6tables (docs/flannel-compat.md
@@ -297,13 +312,13 @@ class Daemon:
         self._threads.append(t)
 
     def _watch(self, registry: Registry, run: _Running, rev: int) -> None:
-        own = run.lease.subnet
+        own = run.lease.slot
         for batch in registry.watch_leases(rev, self.stop):
             t0 = time.monotonic()          # the events' arrival: LEASE_APPLY_SECONDS starts here
             if batch.snapshot is not None:
                 snapshot = batch.snapshot
                 # our key first: a dual-stack key and an IPv4-only one may share our subnet
-                mine = sorted((lease for lease in snapshot if lease.subnet == own),
+                mine = sorted((lease for lease in snapshot if lease.slot == own),
                               key=lambda lease: lease.key != run.lease.key)
                 run.keeper.on_event(LeaseEvent(LeaseEvent.ADDED, mine[0]) if mine else
                                     LeaseEvent(LeaseEvent.REMOVED, dataclasses.replace(run.lease, attrs=None)))
@@ -311,7 +326,7 @@ class Daemon:
                 self._apply("sync", lambda: run.backend.sync_peers(run.tracker.leases()), "peer sync", t0)
             others = []
             for ev in batch.events:
-                if ev.lease.subnet == own:
+                if ev.lease.slot == own:
                     run.keeper.on_event(ev)
                 else:
                     others.append(ev)
@@ -326,7 +341,7 @@ class Daemon:
             # One peer that cannot be programmed must not take the others down; the backend's
             # periodic check() retries it.
             fn = run.backend.add_peer if ev.kind == LeaseEvent.ADDED else run.backend.remove_peer
-            self._apply(ev.kind, functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.subnet}", t0)
+            self._apply(ev.kind, functools.partial(fn, ev.lease), f"{ev.kind} peer {ev.lease.slot}", t0)
 
     def _resolve_mac_conflicts(self, run: _Running) -> None:
         """Another host announces our VTEP MAC (a cloned VM, a shared state dir): the kernel
@@ -338,7 +353,7 @@ class Daemon:
             return
         for lease in conflicts:
             log.error("Host %s (lease %s) announces this host's VTEP MAC %s; taking a new MAC",
-                      lease.public_ip, lease.key, vtep_mac(lease.attrs))
+                      lease.public_address, lease.key, vtep_mac(lease.attrs) or vtep_mac6(lease.attrs))
         try:
             attrs = replace()
         except Exception as e:  # a bug: say so, keep running with the old MAC

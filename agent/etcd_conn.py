@@ -125,6 +125,9 @@ class EtcdConnection:
             if client is None:
                 _, host, port = parse_endpoint(url)
                 creds = self._credentials()
+                # grpc's target is host:port; an IPv6 literal needs its brackets back (an
+                # IPv6-only host reaches etcd at http://[fd00::1]:2379).
+                host = f"[{host}]" if ":" in host else host
                 ep = etcd3.Endpoint(host, port, secure=creds is not None, creds=creds, time_retry=0,
                                     opts=grpc_options(self.opts.timeout_s))
                 # Without user/password: etcd3 would authenticate in here (blocking) and send the

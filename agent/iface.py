@@ -130,12 +130,16 @@ def _default(public_ip: Optional[str]) -> ExternalInterface:
 
 def choose_external_interface(ifaces: Optional[Sequence[str]], iface_regexes: Optional[Sequence[str]],
                               public_ip: Optional[str], can_reach: Optional[str],
-                              public_ipv6: Optional[str] = None, ipv6: bool = False) -> ExternalInterface:
+                              public_ipv6: Optional[str] = None, ipv6: bool = False,
+                              ipv4: bool = True) -> ExternalInterface:
     """flanneld's selection: -iface entries in order, then -iface-regex, then -iface-can-reach;
     with none of them, the owner of -public-ip or the default-route interface. `ipv6`
-    (EnableIPv6): the IPv6 addresses on that interface too (agent/iface6.py)."""
+    (EnableIPv6): the IPv6 addresses on that interface too (agent/iface6.py); without `ipv4`
+    (an IPv6-only network) by IPv6 addresses alone, -public-ip unused."""
     from . import iface6
     ifaces, regexes = list(ifaces or []), list(iface_regexes or [])
+    if not ipv4:
+        return iface6.choose_ipv6_only(ifaces, regexes, can_reach, iface6.Want(public_ipv6))
     if public_ip is not None and _parse_ip(public_ip) is None:
         raise InterfaceError(f"invalid public IP address: {public_ip}")
     v6 = iface6.Want(public_ipv6) if ipv6 else None

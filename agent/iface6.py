@@ -145,3 +145,106 @@ def add_ipv6(ext: v4.ExternalInterface, want: Want, mode: str, spec: Optional[st
     if addr6 is None:
         addr6 = interface_ip6_addr(ext.name, spec if mode == "regex" else None)
     return dataclasses.replace(ext, iface_v6_addr=addr6, ext_v6_addr=want.ip or addr6)
+
+
+# -- IPv6-only (EnableIPv4 false): flannel's ipmatch with ipStack = ipv6Stack -----------------------
+
+def _v6_result(name: str, addr6: IPv6Address, want: Want) -> v4.ExternalInterface:
+    """An interface chosen for IPv6 alone: no IPv4 address is needed (PublicIP 0.0.0.0, as the
+    IPv6-only leases flannel writes), PublicIPv6 is -public-ipv6 when given, else `addr6`."""
+    info = netlink.link_info(name)
+    if not info["mtu"]:
+        raise InterfaceError(f"failed to determine MTU for {name} interface")
+    none = v4.IPv4Address(0)
+    return v4.ExternalInterface(name=name, index=info["index"], mtu=info["mtu"], iface_addr=none,
+                                ext_addr=none, iface_v6_addr=addr6, ext_v6_addr=want.ip or addr6)
+
+
+def _own_or_preferred(name: str, want: Want, pattern: Optional[str] = None) -> IPv6Address:
+    """-public-ipv6 when it is on `name`, else the interface's preferred IPv6 address."""
+    if want.ip is not None and owner6(want.ip) == name:
+        return want.ip
+    return interface_ip6_addr(name, pattern)
+
+
+def _v6_by_spec(spec: str, want: Want) -> v4.ExternalInterface:
+    """-iface for IPv6 only: an IPv6 address (its interface) or a name."""
+    ip6 = parse6(spec)
+    if ip6 is not None:
+        name = owner6(ip6)
+        if name is None:
+            raise InterfaceError(f"error looking up v6 interface {spec}: No interface with given IPv6 found")
+        return _v6_result(name, ip6, want)
+    if v4._parse_ip(spec) is not None:
+        raise InterfaceError(f"-iface {spec} is an IPv4 address; the network is IPv6-only")
+    if netlink.link_index(spec) is None:
+        raise InterfaceError(f"error looking up interface {spec}: no such network interface")
+    return _v6_result(spec, _own_or_preferred(spec, want), want)
+
+
+def _v6_by_regex(pattern: str, want: Want) -> v4.ExternalInterface:
+    """-iface-regex for IPv6 only: the first interface with an IPv6 address it matches, else the
+    first whose name it matches (flannel's ipv6Stack loop)."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise InterfaceError(f"unable to compile the regex {pattern!r}: {e}") from None
+    links = netlink.all_links()
+    for link in links:
+        try:
+            addrs = ip6_addrs(link["name"])
+        except InterfaceError:
+            continue
+        matched = [ip for ip in addrs if rx.search(str(ip))]
+        if matched:
+            return _v6_result(link["name"], matched[0], want)
+    for link in links:
+        if rx.search(link["name"]):
+            return _v6_result(link["name"], _own_or_preferred(link["name"], want), want)
+    names = ", ".join(link["name"] for link in links)
+    raise InterfaceError(f"Could not match pattern {pattern} to any of the available network interfaces ({names})")
+
+
+def _v6_by_can_reach(dst: str, want: Want) -> v4.ExternalInterface:
+    ip6 = parse6(dst)
+    if ip6 is None:
+        raise InterfaceError(f"-iface-can-reach {dst} is not an IPv6 address; the network is IPv6-only")
+    oif, src = netlink6.route_get6(ip6)
+    name = netlink.link_name(oif) if oif else None
+    if name is None:
+        raise InterfaceError(f"no interface reaches {dst}")
+    return _v6_result(name, src or interface_ip6_addr(name), want)
+
+
+def _v6_default(want: Want) -> v4.ExternalInterface:
+    """No -iface* options: the owner of -public-ipv6, else the IPv6 default-route interface."""
+    if want.ip is not None:
+        name = owner6(want.ip)
+        if name is None:
+            raise InterfaceError(f"error looking up v6 interface {want.text}: No interface with given IPv6 found")
+        return _v6_result(name, want.ip, want)
+    oif = netlink6.default_route6_oif()
+    name = netlink.link_name(oif) if oif else None
+    if name is None:
+        raise InterfaceError("failed to get default v6 interface: Unable to find default v6 route")
+    return _v6_result(name, interface_ip6_addr(name), want)
+
+
+def choose_ipv6_only(ifaces: list, regexes: list, can_reach: Optional[str],
+                     want: Want) -> v4.ExternalInterface:
+    """The interface for an IPv6-only network: the same order as choose_external_interface
+    (-iface entries, -iface-regex, -iface-can-reach, else the default), judged by IPv6
+    addresses alone, so an interface with no IPv4 address is fine."""
+    if not ifaces and not regexes and not can_reach:
+        try:
+            return _v6_default(want)
+        except (InterfaceError, netlink.NetlinkError) as e:
+            raise InterfaceError(f"Failed to find any valid interface to use: {e}") from None
+    attempts: list = ([(_v6_by_spec, s) for s in ifaces] + [(_v6_by_regex, r) for r in regexes]
+                      + ([(_v6_by_can_reach, can_reach)] if can_reach else []))
+    for fn, spec in attempts:
+        try:
+            return fn(spec, want)
+        except (InterfaceError, netlink.NetlinkError) as e:
+            v4.log.error("Could not find valid interface matching %s: %s", spec, e)
+    raise InterfaceError(v4.NOT_FOUND)

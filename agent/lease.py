@@ -16,7 +16,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .errors import LeaseFormatError
 
@@ -31,6 +31,11 @@ IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
 IPv6Network = ipaddress.IPv6Network
 IPv6Address = ipaddress.IPv6Address
+# The IPv4 half of an IPv6-only lease: flannel's zero IP4Net, so the key is `0.0.0.0-0&<ipv6>-<len>`
+# (docs/flannel-compat.md §"IPv6-only").
+NO_SUBNET = IPv4Network("0.0.0.0/0")
+# What tells a lease from the others: its IPv4 subnet, or an IPv6-only lease's IPv6 subnet.
+Slot = Union[IPv4Network, IPv6Network]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,33 @@ class Lease:
     @property
     def key(self) -> str:
         return subnet_key(self.subnet, self.ipv6_subnet)
+
+    @property
+    def slot(self) -> Slot:
+        """The subnet that identifies this lease among the others: the IPv4 one, or for an
+        IPv6-only lease (IPv4 half 0.0.0.0/0, the same for every such host) the IPv6 one."""
+        if self.subnet == NO_SUBNET and self.ipv6_subnet is not None:
+            return self.ipv6_subnet
+        return self.subnet
+
+
+    @property
+    def public_address(self) -> Optional[IPv4Address | IPv6Address]:
+        """The address the lease's host is known by: PublicIP, or an IPv6-only lease's
+        PublicIPv6 (its PublicIP is 0.0.0.0)."""
+        return self.public_ipv6 if self.slot.version == 6 else self.public_ip
+
+
+def slot_order(slot: Slot) -> tuple:
+    """A sort key for slots of both families (IPv4 first; Python cannot compare the two)."""
+    return slot.version, int(slot.network_address), slot.prefixlen
+
+
+def slot_key(slot: Slot) -> str:
+    """The lease key a slot stands for when no lease value is at hand."""
+    if isinstance(slot, IPv6Network):
+        return subnet_key(NO_SUBNET, slot)
+    return subnet_key(slot)
 
 
 def go_ip6_string(addr: IPv6Address) -> str:
@@ -291,6 +323,13 @@ def vtep_mac(attrs: Optional[LeaseAttrs]) -> Optional[str]:
         return None
     mac = mac.lower()
     return mac if valid_peer_mac(mac) else None
+
+
+def vtep_mac6(attrs: Optional[LeaseAttrs]) -> Optional[str]:
+    """The VtepMAC of a vxlan lease's IPv6 device (BackendV6Data), as vtep_mac does it."""
+    if attrs is None:
+        return None
+    return vtep_mac(LeaseAttrs(attrs.public_ip, "vxlan", attrs.backend_v6_data))
 
 
 @dataclass(frozen=True)

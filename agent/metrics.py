@@ -254,7 +254,7 @@ class _Collector:
             return
         info = GaugeMetricFamily("fastflannel_lease_info", "This host's lease.",
                                  labels=["subnet", "public_ip", "backend"])
-        info.add_metric([str(st.lease.subnet), str(st.lease.public_ip), st.backend_type], 1)
+        info.add_metric([str(st.lease.slot), str(st.lease.public_address), st.backend_type], 1)
         yield info
         if st.lease.expiration is not None:
             yield GaugeMetricFamily("fastflannel_lease_expiration_timestamp_seconds",

@@ -185,6 +185,17 @@ def route_get6(dst: IPv6Address) -> Tuple[Optional[int], Optional[IPv6Address]]:
     return None, None
 
 
+def route_get6_gateway(dst: IPv6Address) -> Optional[IPv6Address]:
+    """The gateway of `ip -6 route get dst`; None when dst is on a link of ours (flannel's
+    ip.DirectRouting)."""
+    body = _RTMSG.pack(AF_INET6, 128, 0, 0, 0, 0, 0, 0, 0) + _ATTR.pack(4 + 16, RTA_DST) + dst.packed
+    for mtype, buf, off, end in _exchange(RTM_GETROUTE, 0, body):
+        r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
+        if r is not None:
+            return r.gateway
+    return None
+
+
 def _route_body(dst: ipaddress.IPv6Network, gateway: Optional[IPv6Address], oif: int, onlink: bool) -> bytes:
     body = _RTMSG.pack(AF_INET6, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, 0, RTN_UNICAST,
                        RTNH_F_ONLINK if onlink else 0)

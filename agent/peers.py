@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
 from .lease import (
+    NO_SUBNET,
     IPv4Address,
     IPv4Network,
     IPv6Address,
@@ -40,9 +41,12 @@ from .lease import (
     Lease,
     LeaseAttrs,
     LeaseEvent,
+    Slot,
     json_key,
-    subnet_key,
+    slot_key,
+    slot_order,
     vtep_mac,
+    vtep_mac6,
 )
 
 if TYPE_CHECKING:
@@ -139,7 +143,7 @@ def ipv6_rejection(lease: Lease, cfg: Optional[NetworkConfig]) -> Optional[Rejec
     why = public_ipv6_problem(a.public_ipv6, cfg.ipv6_network)
     if why is not None:
         return Rejection(PUBLIC_IP, f"PublicIPv6 {a.public_ipv6} {why}")
-    if a.backend_type == "vxlan" and vtep_mac(LeaseAttrs(a.public_ip, "vxlan", a.backend_v6_data)) is None:
+    if a.backend_type == "vxlan" and vtep_mac6(a) is None:
         raw = json_key(a.backend_v6_data, "VtepMAC") if isinstance(a.backend_v6_data, dict) else None
         return Rejection(VTEP_MAC, f"vxlan lease with an IPv6 subnet but no usable VtepMAC in "
                                    f"BackendV6Data ({raw!r})")
@@ -147,22 +151,22 @@ def ipv6_rejection(lease: Lease, cfg: Optional[NetworkConfig]) -> Optional[Rejec
 
 
 class PeerTracker:
-    def __init__(self, own_subnet: IPv4Network, own_attrs: Optional[LeaseAttrs] = None,
+    def __init__(self, own_subnet: Slot, own_attrs: Optional[LeaseAttrs] = None,
                  config: Optional[NetworkConfig] = None):
         """`own_attrs` and `config` enable the rules that need them (our PublicIP and MAC, the
         network); without them only the rules of a lease alone apply."""
         self.own_subnet = own_subnet
         self._own = own_attrs
         self._config = config
-        self._seen: Dict[IPv4Network, Lease] = {}        # the latest value of every peer key
-        self._cand: Dict[IPv4Network, Lease] = {}        # the value that may be admitted per key
-        self._by_mac: Dict[str, Set[IPv4Network]] = {}   # VtepMAC -> keys whose candidate has it
-        self._admitted: Dict[IPv4Network, Lease] = {}    # what the backends were given
-        self._order: Dict[IPv4Network, int] = {}         # when each key was admitted
+        self._seen: Dict[Slot, Lease] = {}        # the latest value of every peer key
+        self._cand: Dict[Slot, Lease] = {}        # the value that may be admitted per key
+        self._by_mac: Dict[str, Set[Slot]] = {}   # VtepMAC -> keys whose candidate has it
+        self._admitted: Dict[Slot, Lease] = {}    # what the backends were given
+        self._order: Dict[Slot, int] = {}         # when each key was admitted
         self._seq = itertools.count()
-        self._rejected: Dict[IPv4Network, Rejection] = {}
+        self._rejected: Dict[Slot, Rejection] = {}
         self._counts: Dict[str, int] = dict.fromkeys(CODES, 0)
-        self._conflicts: Dict[IPv4Network, Lease] = {}
+        self._conflicts: Dict[Slot, Lease] = {}
         self._lock = threading.Lock()
 
     # -- reading --------------------------------------------------------------------------------
@@ -179,10 +183,10 @@ class PeerTracker:
         with self._lock:
             return {self._key_of(s): r.text for s, r in self._rejected.items()}
 
-    def _key_of(self, subnet: IPv4Network) -> str:
+    def _key_of(self, subnet: Slot) -> str:
         """The key of the latest value seen for `subnet` (dual-stack keys name the IPv6 half)."""
         seen = self._seen.get(subnet)
-        return seen.key if seen is not None else subnet_key(subnet)
+        return seen.key if seen is not None else slot_key(subnet)
 
     def rejection_counts(self) -> Dict[str, int]:
         """Rejection code -> how many times a lease value was refused (each logged once)."""
@@ -202,14 +206,14 @@ class PeerTracker:
         REMOVED events come first, so a backend never deletes a route it has just installed
         when a subnet was replaced by one of another size. A renewal alone (a new expiration)
         is no event."""
-        fresh: Dict[IPv4Network, Lease] = {}
+        fresh: Dict[Slot, Lease] = {}
         for lease in leases:
-            if lease.subnet == self.own_subnet:
+            if lease.slot == self.own_subnet:
                 continue
             if lease.attrs is None:
-                log.warning("Ignoring lease %s without attributes in a listing", lease.subnet)
+                log.warning("Ignoring lease %s without attributes in a listing", lease.slot)
                 continue
-            fresh[lease.subnet] = lease
+            fresh[lease.slot] = lease
         with self._lock:
             affected = set(self._seen) | set(fresh) | set(self._admitted)
             self._seen = fresh
@@ -221,7 +225,7 @@ class PeerTracker:
         out: List[LeaseEvent] = []
         with self._lock:
             for ev in events:
-                subnet = ev.lease.subnet
+                subnet = ev.lease.slot
                 if subnet == self.own_subnet:
                     continue
                 if ev.kind == LeaseEvent.ADDED:
@@ -252,6 +256,8 @@ class PeerTracker:
         a = lease.attrs
         assert a is not None
         cfg = self._config
+        if cfg is not None and cfg.ipv6_only:
+            return self._static6_only(lease, cfg)
         if cfg is not None:
             why = network_problem(lease.subnet, cfg.network)
             if why is not None:
@@ -270,7 +276,26 @@ class PeerTracker:
             return Rejection(VTEP_MAC, f"vxlan lease without a usable VtepMAC ({raw!r})")
         return ipv6_rejection(lease, cfg)
 
-    def _candidate(self, subnet: IPv4Network) -> Optional[Lease]:
+    def _static6_only(self, lease: Lease, cfg: NetworkConfig) -> Optional[Rejection]:
+        """An IPv6-only network: the IPv4 half must be the placeholder 0.0.0.0/0 (flannel's zero
+        IP4Net), an IPv6 half is required, PublicIP (0.0.0.0 there) is not looked at, and a
+        host is told by its PublicIPv6 (docs/flannel-compat.md §"IPv6-only")."""
+        if lease.subnet != NO_SUBNET:
+            return Rejection(OUTSIDE_NETWORK, f"IPv4 subnet {lease.subnet} in an IPv6-only network "
+                                              f"(EnableIPv4 false: only the placeholder {NO_SUBNET})")
+        if lease.ipv6_subnet is None:
+            return Rejection(OUTSIDE_NETWORK, "no IPv6 subnet in an IPv6-only network")
+        pub6 = lease.public_ipv6
+        if self._own is not None and pub6 is not None and pub6 == self._own.public_ipv6:
+            return Rejection(OWN_PUBLIC_IP, f"PublicIPv6 {pub6} is this host's, on another subnet "
+                                            f"than its lease {self.own_subnet}")
+        return ipv6_rejection(lease, cfg)
+
+    def _host(self, lease: Lease) -> object:
+        """The address that names a lease's host: PublicIPv6 in an IPv6-only network, else PublicIP."""
+        return lease.public_ipv6 if self._config is not None and self._config.ipv6_only else lease.public_ip
+
+    def _candidate(self, subnet: Slot) -> Optional[Lease]:
         """The value of `subnet` that may be admitted: the latest one if it passes, else the
         value admitted before (a refused value never replaces a good one), else none."""
         seen = self._seen.get(subnet)
@@ -281,11 +306,17 @@ class PeerTracker:
         old = self._admitted.get(subnet)
         return old if old is not None and self._static(old) is None else None
 
-    @staticmethod
-    def _mac(lease: Lease) -> Optional[str]:
-        return vtep_mac(lease.attrs) if lease.attrs is not None and lease.attrs.backend_type == "vxlan" else None
+    def _mac(self, lease: Optional[LeaseAttrs | Lease]) -> Optional[str]:
+        """The VTEP MAC whose FDB entry the lease needs: BackendData's, or in an IPv6-only
+        network BackendV6Data's (there is no IPv4 device)."""
+        a = lease.attrs if isinstance(lease, Lease) else lease
+        if a is None or a.backend_type != "vxlan":
+            return None
+        if self._config is not None and self._config.ipv6_only:
+            return vtep_mac6(a)
+        return vtep_mac(a)
 
-    def _index(self, subnet: IPv4Network, lease: Optional[Lease]) -> Set[IPv4Network]:
+    def _index(self, subnet: Slot, lease: Optional[Lease]) -> Set[Slot]:
         """Set the candidate of `subnet`; return the keys that share its old or new MAC."""
         touched = {subnet}
         old = self._cand.pop(subnet, None)
@@ -305,7 +336,7 @@ class PeerTracker:
             self._cand[subnet] = lease
         return touched
 
-    def _update_candidate(self, subnet: IPv4Network) -> Set[IPv4Network]:
+    def _update_candidate(self, subnet: Slot) -> Set[Slot]:
         return self._index(subnet, self._candidate(subnet))
 
     def _rebuild_candidates(self) -> None:
@@ -313,34 +344,34 @@ class PeerTracker:
         for subnet in self._seen:
             self._index(subnet, self._candidate(subnet))
 
-    def _relational(self, subnet: IPv4Network, cand: Lease) -> Optional[Rejection]:
+    def _relational(self, subnet: Slot, cand: Lease) -> Optional[Rejection]:
         """The rules between leases: one VTEP MAC, one host."""
         mac = self._mac(cand)
         if mac is None:
             return None
         own = self._own
-        if own is not None and vtep_mac(own) == mac:
+        if own is not None and self._mac(own) == mac:
             return Rejection(OWN_MAC, f"VtepMAC {mac} is this host's own VTEP MAC")
         group = self._by_mac.get(mac, set())
-        ips = {self._cand[s].public_ip for s in group}
+        ips = {self._host(self._cand[s]) for s in group}
         if len(ips) <= 1:
             return None
         owner = self._mac_owner(group)
-        if cand.public_ip == self._cand[owner].public_ip:
+        if self._host(cand) == self._host(self._cand[owner]):
             return None
-        return Rejection(MAC_CONFLICT, f"VtepMAC {mac} is also announced by {subnet_key(owner)} "
-                                       f"({self._cand[owner].public_ip}), admitted first")
+        return Rejection(MAC_CONFLICT, f"VtepMAC {mac} is also announced by {slot_key(owner)} "
+                                       f"({self._host(self._cand[owner])}), admitted first")
 
-    def _mac_owner(self, group: Set[IPv4Network]) -> IPv4Network:
+    def _mac_owner(self, group: Set[Slot]) -> Slot:
         """The key whose host keeps a shared MAC: the one admitted first with it, else the oldest
         write."""
         mac = self._mac(self._cand[next(iter(group))])
         admitted = [s for s in group if s in self._admitted and self._mac(self._admitted[s]) == mac]
         if admitted:
             return min(admitted, key=lambda s: self._order[s])
-        return min(group, key=lambda s: (self._cand[s].revision, subnet_key(s)))
+        return min(group, key=lambda s: (self._cand[s].revision, slot_key(s)))
 
-    def _decide(self, subnet: IPv4Network) -> Tuple[Optional[Lease], Optional[Rejection]]:
+    def _decide(self, subnet: Slot) -> Tuple[Optional[Lease], Optional[Rejection]]:
         """(the value to admit or None, why the latest value of the key is refused or None)."""
         seen = self._seen.get(subnet)
         if seen is None:
@@ -354,11 +385,11 @@ class PeerTracker:
             return None, static or rel
         return cand, static
 
-    def _commit(self, affected: Set[IPv4Network], attrs_only: bool) -> List[LeaseEvent]:
+    def _commit(self, affected: Set[Slot], attrs_only: bool) -> List[LeaseEvent]:
         """Decide every affected key; return REMOVED events first, then ADDED."""
         removed: List[LeaseEvent] = []
         added: List[LeaseEvent] = []
-        for subnet in sorted(affected):
+        for subnet in sorted(affected, key=slot_order):
             admit, why = self._decide(subnet)
             self._note(subnet, admit, why)
             old = self._admitted.get(subnet)
@@ -376,11 +407,11 @@ class PeerTracker:
                 added.append(LeaseEvent(LeaseEvent.ADDED, admit))
         return removed + added
 
-    def _note(self, subnet: IPv4Network, admit: Optional[Lease], why: Optional[Rejection]) -> None:
+    def _note(self, subnet: Slot, admit: Optional[Lease], why: Optional[Rejection]) -> None:
         """Log a refusal once (again only when the reason changes) and count it."""
         if why is None:
             if self._rejected.pop(subnet, None) is not None and admit is not None:
-                log.info("Lease %s is admitted now", subnet_key(subnet))
+                log.info("Lease %s is admitted now", slot_key(subnet))
             return
         if self._rejected.get(subnet) == why:
             return
@@ -389,7 +420,7 @@ class PeerTracker:
         seen = self._seen[subnet]
         kept = "; keeping its last good value" if admit is not None and admit is not seen else ""
         log.warning("Ignoring lease %s (PublicIP %s): %s%s", seen.key,
-                    seen.public_ip, why.text, kept)
+                    self._host(seen), why.text, kept)
         if why.code == OWN_MAC:
             self._conflicts[subnet] = seen
 

@@ -165,6 +165,7 @@ class EtcdRegistry:
                 ctx = ssl.create_default_context(cafile=self.opts.cafile) if scheme == "https" else None
                 if ctx is not None and self.opts.keyfile and self.opts.certfile:
                     ctx.load_cert_chain(self.opts.certfile, self.opts.keyfile)
+                host = f"[{host}]" if ":" in host else host          # an IPv6 literal
                 with urllib.request.urlopen(f"{scheme}://{host}:{port}{path}",
                                             timeout=V2_PROBE_TIMEOUT_S, context=ctx) as r:
                     node = json.load(r).get("node") if r.status == 200 else None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from . import __version__, metrics
 from .errors import StatusError
-from .lease import Lease
+from .lease import Lease, slot_order
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -89,9 +89,10 @@ def _peer_rows(st: State) -> List[Dict[str, Any]]:
                             "dst_foreign": cols["rx_dst_foreign"][i], "other": cols["rx_dropped"][i]},
                 "last_seen": now - (now_mono - last) / 1e9 if last else None}
     rows = []
-    for lease in sorted(st.peers, key=lambda x: int(x.subnet.network_address)):
-        subnet = str(lease.subnet)
-        row: Dict[str, Any] = {"subnet": subnet, "public_ip": str(lease.public_ip), "expiration": lease.expiration}
+    for lease in sorted(st.peers, key=lambda x: slot_order(x.slot)):
+        subnet = str(lease.slot)
+        row: Dict[str, Any] = {"subnet": subnet, "public_ip": str(lease.public_address),
+                               "expiration": lease.expiration}
         row.update(counted.get(subnet, ()))
         rows.append(row)
     return rows
@@ -112,7 +113,7 @@ def status_doc(st: State) -> Dict[str, Any]:
     return {
         "version": __version__, "ready": st.ready, "started": st.started,
         "lease": None if st.lease is None else {
-            "subnet": str(st.lease.subnet), "public_ip": str(st.lease.public_ip),
+            "subnet": str(st.lease.slot), "public_ip": str(st.lease.public_address),
             "expiration": st.lease.expiration},
         "network": st.network,
         "backend": dict(st.backend, type=st.backend_type) if st.backend_type else None,

@@ -3,9 +3,9 @@
 Format and write semantics follow flannel's WriteSubnetFile (docs/flannel-compat.md
 §"subnet.env"): the lines FLANNEL_NETWORK, FLANNEL_SUBNET (the lease's first host address with
 the lease prefix), dual-stack FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET (the same for the
-IPv6 lease), FLANNEL_MTU, FLANNEL_IPMASQ, each ending in "\\n"; written atomically (temp
-file in the same directory, fsync, rename) with mode 0644 whatever the umask, the directory
-created 0755.
+IPv6 lease), FLANNEL_MTU, FLANNEL_IPMASQ (IPv6-only: without the two IPv4 lines), each ending
+in "\\n"; written atomically (temp file in the same directory, fsync, rename) with mode 0644
+whatever the umask, the directory created 0755.
 """
 from __future__ import annotations
 
@@ -29,13 +29,15 @@ log = logging.getLogger("fastflannel.subnetfile")
 _CIDR_RE = re.compile(r"^([0-9.]+)/([0-9]+)$")
 
 
-def render_subnet_env(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool,
+def render_subnet_env(network: Optional[IPv4Network], subnet: Optional[IPv4Network], mtu: int, ip_masq: bool,
                       ipv6: Optional[Tuple[IPv6Network, IPv6Network]] = None) -> str:
     """The exact text flanneld writes; `ipv6` = (IPv6Network, the IPv6 lease) when EnableIPv6
-    (its two lines follow the IPv4 ones, in Go's IPv6 text)."""
-    first_host = subnet.network_address + 1
-    text = (f"FLANNEL_NETWORK={network}\n"
-            f"FLANNEL_SUBNET={first_host}/{subnet.prefixlen}\n")
+    (its two lines follow the IPv4 ones, in Go's IPv6 text). IPv6-only (EnableIPv4 false):
+    `network` and `subnet` None, no FLANNEL_NETWORK/FLANNEL_SUBNET lines, as flannel."""
+    text = ""
+    if network is not None and subnet is not None:
+        text = (f"FLANNEL_NETWORK={network}\n"
+                f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n")
     if ipv6 is not None:
         net6, subnet6 = ipv6
         text += (f"FLANNEL_IPV6_NETWORK={go_ip6_string(net6.network_address)}/{net6.prefixlen}\n"
@@ -57,7 +59,7 @@ def _makedirs(path: str) -> None:
     os.chmod(path, DIR_MODE)
 
 
-def write_subnet_file(path: str, network: IPv4Network, subnet: IPv4Network, mtu: int,
+def write_subnet_file(path: str, network: Optional[IPv4Network], subnet: Optional[IPv4Network], mtu: int,
                       ip_masq: bool, ipv6: Optional[Tuple[IPv6Network, IPv6Network]] = None) -> None:
     """Atomically replace `path`: readers see the old file or the new one, never a torn one."""
     path = os.fspath(path)

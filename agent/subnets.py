@@ -25,6 +25,11 @@ previous subnets of subnet.env are reused only as a pair; a new lease takes a fr
 family. Unlike flannel, an IPv4-only lease never blocks the IPv6 window (flannel v0.20.2 dereferences
 its missing IPv6 subnet), and the previous IPv6 subnet is refused when a lease overlaps it.
 
+IPv6-only (EnableIPv4 false, docs/flannel-compat.md §"IPv6-only"): only the IPv6 subnet is
+allocated, under the IPv4 placeholder 0.0.0.0/0 that every such lease shares; our lease is found
+by PublicIPv6 (flannel's match on PublicIP 0.0.0.0 takes another host's) and the previous
+FLANNEL_IPV6_SUBNET, and the keeper tells hosts apart by PublicIPv6 (`holds`).
+
 Lease admission (docs/architecture.md §"Lease admission"):
 * A lease that covers several subnets of the window (another prefix length, shorter than
   SubnetLen: `10.0.0.0/8`, a `/12` in a network of `/20`s) never blocks allocation, nor the
@@ -47,11 +52,22 @@ import math
 import random
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Callable, List, Optional, Sequence, Set, Tuple
 
 from .config import NetworkConfig
 from .errors import LeaseLost, OutOfSubnets, RegistryError, SubnetExists
-from .lease import IPv4Address, IPv4Network, IPv6Network, Lease, LeaseAttrs, LeaseEvent, subnet_key
+from .lease import (
+    NO_SUBNET,
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    Slot,
+    subnet_key,
+)
 from .registry_api import LeaseStore
 
 SUBNET_TTL_S = 86400        # flannel's hard-coded subnetTTL (24 h)
@@ -118,12 +134,14 @@ class SubnetManager:
     def __init__(self, registry: LeaseStore, config: NetworkConfig, public_ip: IPv4Address,
                  prev_subnet: Optional[IPv4Network] = None, renew_margin_s: int = 3600,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
-                 log: Optional[logging.Logger] = None, prev_ipv6_subnet: Optional[IPv6Network] = None):
+                 log: Optional[logging.Logger] = None, prev_ipv6_subnet: Optional[IPv6Network] = None,
+                 public_ipv6: Optional[IPv6Address] = None):
         self.registry = registry
         self.config = config
         self.public_ip = IPv4Address(public_ip)
         self.prev_subnet = prev_subnet
         self.prev_ipv6_subnet = prev_ipv6_subnet            # FLANNEL_IPV6_SUBNET of subnet.env
+        self.public_ipv6 = public_ipv6                      # our identity in an IPv6-only network
         self.renew_margin_s = renew_margin_s
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
@@ -132,7 +150,7 @@ class SubnetManager:
     # -- acquiring ------------------------------------------------------------------------------
     def acquire(self, attrs: LeaseAttrs) -> Lease:
         """Take a lease for this host; raise OutOfSubnets, RegistryError or other registry errors."""
-        lost: Set[IPv4Network] = set()         # subnets another host created first
+        lost: Set[Slot] = set()         # subnets another host created first (IPv6-only: IPv6 ones)
         for attempt in range(1, RACE_RETRIES + 1):
             try:
                 return self._try_acquire(attrs, lost)
@@ -142,49 +160,88 @@ class SubnetManager:
         raise RegistryError(f"max retries reached trying to acquire a subnet "
                             f"({RACE_RETRIES} races lost against other hosts)")
 
-    def _try_acquire(self, attrs: LeaseAttrs, lost: Set[IPv4Network]) -> Lease:
+    def _try_acquire(self, attrs: LeaseAttrs, lost: Set[Slot]) -> Lease:
         leases, _rev = self.registry.list_leases()
         mine = self._own_lease(leases)
         if mine is not None:
             if self.config.lease_compatible(mine.subnet, mine.ipv6_subnet):
                 return self._reuse(mine, attrs)
             self.log.info("Found lease (%s) for current IP (%s) but not compatible with current "
-                          "config, deleting", mine.key, self.public_ip)
+                          "config, deleting", mine.key, self.host)
             self.registry.delete_lease(mine.subnet, mine.ipv6_subnet)
             leases = [lease for lease in leases if lease.key != mine.key]
-        taken = _blocking(self.config, leases)
-        pair = self._previous_pair(taken, leases, lost)
-        subnet, subnet6 = pair if pair is not None else (self._allocate(taken, lost), self._allocate6(leases))
+        if self.config.ipv6_only:
+            subnet, subnet6 = NO_SUBNET, self._previous6(leases, lost) or self._allocate6(leases, lost)
+        else:
+            taken = _blocking(self.config, leases)
+            pair = self._previous_pair(taken, leases, lost)
+            subnet, subnet6 = pair if pair is not None else (self._allocate(taken, lost), self._allocate6(leases))
         try:
             lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S, subnet6)
         except SubnetExists:
-            lost.add(subnet)
+            lost.add(subnet6 if self.config.ipv6_only and subnet6 is not None else subnet)
             raise
-        self.log.info("Allocated lease %s for %s", subnet_key(subnet, subnet6), self.public_ip)
+        self.log.info("Allocated lease %s for %s", subnet_key(subnet, subnet6), self.host)
         return lease
+
+    @property
+    def host(self) -> str:
+        """This host's identity in logs: PublicIPv6 in an IPv6-only network, else PublicIP."""
+        return str(self.public_ipv6 if self.config.ipv6_only else self.public_ip)
+
+    def holds(self, lease: Lease) -> bool:
+        """The lease is this host's: it carries our PublicIP, or in an IPv6-only network (where
+        every lease has PublicIP 0.0.0.0) our PublicIPv6."""
+        if self.config.ipv6_only:
+            return self.public_ipv6 is not None and lease.public_ipv6 == self.public_ipv6
+        return lease.public_ip == self.public_ip
 
     def _own_lease(self, leases: Sequence[Lease]) -> Optional[Lease]:
         """flannel reuses the first lease with our PublicIP in key order; of several, ours is the
         one of the previous subnet, else the first that fits the config (a copy of our lease or a
-        reservation under another key must not move us)."""
-        mine = [lease for lease in leases if lease.public_ip == self.public_ip]
+        reservation under another key must not move us). IPv6-only: by PublicIPv6 and the
+        previous IPv6 subnet (flannel's match on PublicIP 0.0.0.0 would take another host's)."""
+        mine = [lease for lease in leases if self.holds(lease)]
         if len(mine) > 1:
-            self.log.warning("%d leases carry this host's PublicIP %s: %s", len(mine), self.public_ip,
-                             ", ".join(str(lease.subnet) for lease in mine))
+            self.log.warning("%d leases carry this host's address %s: %s", len(mine), self.host,
+                             ", ".join(lease.key for lease in mine))
         fitting = [lease for lease in mine if self.config.lease_compatible(lease.subnet, lease.ipv6_subnet)]
-        prev = [lease for lease in fitting if lease.subnet == self.prev_subnet]
+        if self.config.ipv6_only:
+            prev = [lease for lease in fitting if lease.ipv6_subnet == self.prev_ipv6_subnet]
+        else:
+            prev = [lease for lease in fitting if lease.subnet == self.prev_subnet]
         best = prev or fitting or mine
         return best[0] if best else None
+
+    def _previous6(self, leases: Sequence[Lease], lost: Set[Slot]) -> Optional[IPv6Network]:
+        """IPv6-only: the IPv6 subnet of subnet.env, if it fits the config and no lease's IPv6
+        subnet overlaps it (IPv6-only leases all share the IPv4 half 0.0.0.0/0, which blocks
+        nothing)."""
+        prev6 = self.prev_ipv6_subnet
+        if prev6 is None or prev6 in lost:
+            return None
+        if not self.config.ipv6_subnet_compatible(prev6):
+            self.log.error("Found previously leased IPv6 subnet (%s) that is not compatible with "
+                           "the network config, ignoring", prev6)
+            return None
+        holder = next((lease for lease in leases
+                       if lease.ipv6_subnet is not None and lease.ipv6_subnet.overlaps(prev6)), None)
+        if holder is not None:
+            self.log.error("Found lease (%s, held by %s) matching previously leased IPv6 subnet (%s), "
+                           "ignoring", holder.key, holder.public_ipv6, prev6)
+            return None
+        self.log.info("Found previously leased IPv6 subnet (%s), reusing", prev6)
+        return prev6
 
     def _reuse(self, mine: Lease, attrs: LeaseAttrs) -> Lease:
         reservation = mine.expiration is None
         self.log.info("Found %s (%s) for current IP (%s), reusing",
-                      "reservation" if reservation else "lease", mine.key, self.public_ip)
+                      "reservation" if reservation else "lease", mine.key, self.host)
         return self.registry.update_lease(mine.subnet, attrs, 0 if reservation else SUBNET_TTL_S,
                                           mine.ipv6_subnet)
 
     def _previous_pair(self, taken: Sequence[Lease], leases: Sequence[Lease],
-                       lost: Set[IPv4Network]) -> Optional[Tuple[IPv4Network, Optional[IPv6Network]]]:
+                       lost: Set[Slot]) -> Optional[Tuple[IPv4Network, Optional[IPv6Network]]]:
         """The subnets of subnet.env, reused only together: the IPv6 one must fit the config
         too (absent when EnableIPv6 is off, present when on) and be free."""
         prev = self._previous_subnet(taken, lost)
@@ -203,7 +260,7 @@ class SubnetManager:
             return None
         return prev, prev6
 
-    def _previous_subnet(self, taken: Sequence[Lease], lost: Set[IPv4Network]) -> Optional[IPv4Network]:
+    def _previous_subnet(self, taken: Sequence[Lease], lost: Set[Slot]) -> Optional[IPv4Network]:
         prev = self.prev_subnet
         if prev is None or prev in lost:
             return None
@@ -219,16 +276,17 @@ class SubnetManager:
         self.log.info("Found previously leased subnet (%s), reusing", prev)
         return prev
 
-    def _allocate(self, taken: Sequence[Lease], lost: Set[IPv4Network]) -> IPv4Network:
+    def _allocate(self, taken: Sequence[Lease], lost: Set[Slot]) -> IPv4Network:
         cfg = self.config
         self.log.info("Picking subnet in range %s ... %s", cfg.subnet_min, cfg.subnet_max)
-        free = _free_candidates(cfg, [lease.subnet for lease in taken] + sorted(lost), MAX_CANDIDATES)
+        lost4 = sorted(sn for sn in lost if isinstance(sn, IPv4Network))
+        free = _free_candidates(cfg, [lease.subnet for lease in taken] + lost4, MAX_CANDIDATES)
         if not free:
             raise OutOfSubnets(f"out of subnets: no free /{cfg.subnet_len} left in range "
                                f"{cfg.subnet_min} ... {cfg.subnet_max} ({len(taken)} leases)")
         return self.rng.choice(free)
 
-    def _allocate6(self, leases: Sequence[Lease]) -> Optional[IPv6Network]:
+    def _allocate6(self, leases: Sequence[Lease], lost: AbstractSet[Slot] = frozenset()) -> Optional[IPv6Network]:
         """A free IPv6 subnet when EnableIPv6 (flannel's allocateSubnet, IPv6 half), else None."""
         cfg = self.config
         if not cfg.enable_ipv6:
@@ -236,6 +294,7 @@ class SubnetManager:
         self.log.info("Picking ipv6 subnet in range %s ... %s", cfg.ipv6_subnet_min, cfg.ipv6_subnet_max)
         taken = [lease.ipv6_subnet for lease in leases
                  if lease.ipv6_subnet is not None and lease.ipv6_subnet.prefixlen >= cfg.ipv6_subnet_len]
+        taken += [sn for sn in lost if isinstance(sn, IPv6Network)]
         free = _free_ipv6_candidates(cfg, taken, MAX_CANDIDATES)
         if not free:
             raise OutOfSubnets(f"out of subnets: no free IPv6 /{cfg.ipv6_subnet_len} left in range "
@@ -309,14 +368,14 @@ class LeaseKeeper:
     # -- events from the watch thread -----------------------------------------------------------
     def on_event(self, ev: LeaseEvent) -> None:
         with self._lock:
-            subnet = self._lease.subnet
-            if ev.lease.subnet != subnet or self._lost is not None:
+            subnet = self._lease.slot
+            if ev.lease.slot != subnet or self._lost is not None:
                 return
             if ev.kind == LeaseEvent.ADDED:
                 if ev.lease.attrs is None:
                     self.log.warning("Ignoring added event without attributes for our subnet %s", subnet)
                     return
-                if (ev.lease.public_ip == self.manager.public_ip and ev.lease.attrs == self._attrs
+                if (self.manager.holds(ev.lease) and ev.lease.attrs == self._attrs
                         and ev.lease.ipv6_subnet == self._lease.ipv6_subnet):
                     # Our own renewal (or the admin touched it): take the new expiration.
                     self._lease = dataclasses.replace(self._lease, attrs=self._attrs,
@@ -337,8 +396,12 @@ class LeaseKeeper:
         self._wake.set()
 
     @staticmethod
-    def _lost_error(subnet: IPv4Network, holder) -> LeaseLost:
+    def _lost_error(subnet: Slot, holder) -> LeaseLost:
         return LeaseLost(f"subnet {subnet} is now held by {holder}; refusing to overwrite it")
+
+    def _holder(self, lease: Lease) -> object:
+        """The address naming the host that holds `lease` (PublicIPv6 when IPv6-only)."""
+        return lease.public_ipv6 if self.manager.config.ipv6_only else lease.public_ip
 
     # -- the renewal loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -391,7 +454,7 @@ class LeaseKeeper:
             if verify or removed:
                 self._next_verify = self.clock() + REANNOUNCE_MIN_S
             self._retry_at = None
-        self.log.info("Renewed lease %s (expires %s)", new.subnet,
+        self.log.info("Renewed lease %s (expires %s)", new.slot,
                       "never" if new.expiration is None else time.strftime(
                           "%Y-%m-%d %H:%M:%S", time.gmtime(new.expiration)))
 
@@ -403,8 +466,8 @@ class LeaseKeeper:
         current = reg.get_lease(lease.subnet, lease.ipv6_subnet)
         if current is None:
             return self._recreate(lease)
-        if current.public_ip != self.manager.public_ip:
-            raise self._lost_error(lease.subnet, current.public_ip)
+        if not self.manager.holds(current):
+            raise self._lost_error(lease.slot, self._holder(current))
         if verify or current.attrs != self._attrs:
             return self._put_back(current)
         return self.manager.renew(dataclasses.replace(lease, attrs=self._attrs))
@@ -412,7 +475,7 @@ class LeaseKeeper:
     def _put_back(self, current: Lease) -> Lease:
         """Our key holds our PublicIP: put our attrs there again (a reservation stays one), so
         peers that followed an event for another spelling of our key see our lease again."""
-        self.log.info("Announcing our lease %s again", current.subnet)
+        self.log.info("Announcing our lease %s again", current.slot)
         ttl = 0 if current.expiration is None else SUBNET_TTL_S
         return self.manager.registry.update_lease(current.subnet, self._attrs, ttl, current.ipv6_subnet)
 
@@ -423,18 +486,18 @@ class LeaseKeeper:
         for _ in range(RECREATE_RETRIES):
             try:
                 new = reg.create_lease(lease.subnet, self._attrs, SUBNET_TTL_S, lease.ipv6_subnet)
-                self.log.info("Re-created lease %s", lease.subnet)
+                self.log.info("Re-created lease %s", lease.slot)
                 return new
             except SubnetExists:
                 current = reg.get_lease(lease.subnet, lease.ipv6_subnet)
             if current is None:
                 continue                            # deleted again in between: try once more
-            if current.public_ip != self.manager.public_ip:
-                raise self._lost_error(lease.subnet, current.public_ip)
+            if not self.manager.holds(current):
+                raise self._lost_error(lease.slot, self._holder(current))
             # Our key is there: the DELETE was of another spelling of it, or we put it back
             # earlier. Peers dropped us on that DELETE; one PUT brings them back.
             return self._put_back(current)
-        raise RegistryError(f"subnet {lease.subnet} keeps appearing and disappearing in etcd")
+        raise RegistryError(f"subnet {lease.slot} keeps appearing and disappearing in etcd")
 
     def _default_wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -53,7 +53,7 @@ def cleanup_stale(prefix: str) -> None:
 class Host:
     name: str          # logical name, e.g. "h1"
     ns: str            # namespace name
-    ip: str            # underlay address on eth0
+    ip: str            # underlay address on eth0 ("" with Lab(ipv4=False))
     iface: str = "eth0"
     containers: List[str] = field(default_factory=list)
     ip6: str = ""      # IPv6 underlay address on eth0 (Lab(ipv6=True))
@@ -62,10 +62,13 @@ class Host:
 class Lab:
     """Context manager owning namespaces and processes; everything is torn down by close()."""
 
-    def __init__(self, prefix: Optional[str] = None, mtu: int = 1500, ipv6: bool = False):
+    def __init__(self, prefix: Optional[str] = None, mtu: int = 1500, ipv6: bool = False, ipv4: bool = True):
         self.prefix = prefix or f"ff{os.getpid() % 100000}"
         self.mtu = mtu
         self.ipv6 = ipv6            # give hosts an IPv6 underlay address too (set before add_host)
+        # False (with ipv6): hosts get no IPv4 underlay address at all and reach etcd over IPv6
+        # (an IPv6-only network, docs/flannel-compat.md §"IPv6-only"); set before start_etcd.
+        self.ipv4 = ipv4
         self.tmp = tempfile.mkdtemp(prefix=f"{self.prefix}-")
         self.namespaces: List[str] = []
         self.procs: List[subprocess.Popen] = []
@@ -153,9 +156,12 @@ class Lab:
         run(["ip", "link", "add", "eth0", "netns", ns, "mtu", str(self.mtu), "type", "veth",
              "peer", "name", peer, "netns", self.hub, "mtu", str(self.mtu)])
         self.sh(self.hub, f"ip link set {peer} master br0 up")
-        self.sh(ns, f"ip addr add {ip}/{UNDERLAY.prefixlen} dev eth0 && ip link set eth0 up && "
-                    f"ip route add default via {HUB_IP} && sysctl -qw net.ipv4.ip_forward=1")
-        host = Host(name=name, ns=ns, ip=ip)
+        if self.ipv4:
+            self.sh(ns, f"ip addr add {ip}/{UNDERLAY.prefixlen} dev eth0 && ip link set eth0 up && "
+                        f"ip route add default via {HUB_IP} && sysctl -qw net.ipv4.ip_forward=1")
+        else:
+            self.sh(ns, "ip link set eth0 up")
+        host = Host(name=name, ns=ns, ip=ip if self.ipv4 else "")
         if self.ipv6:
             host.ip6 = str(UNDERLAY6.network_address + self._next_host - 1)
             self.sh(ns, f"{_IPV6_ON} net.ipv6.conf.eth0.disable_ipv6=0 net.ipv6.conf.all.forwarding=1 && "
@@ -169,9 +175,10 @@ class Lab:
         """A real etcd v3 server in the hub namespace, reachable from every host at 192.0.2.1."""
         if not self.hub:
             self.make_underlay()
-        url = f"http://{HUB_IP}:{ETCD_PORT}"
+        hub = HUB_IP if self.ipv4 else f"[{HUB_IP6}]"
+        url = f"http://{hub}:{ETCD_PORT}"
         member = EtcdMember(name="lab", data_dir=os.path.join(self.tmp, "etcd-data"), client_url=url,
-                            peer_url=f"http://{HUB_IP}:{ETCD_PEER_PORT}", netns=self.hub,
+                            peer_url=f"http://{hub}:{ETCD_PEER_PORT}", netns=self.hub,
                             extra_args=tuple(extra_args), log_path=os.path.join(self.tmp, "etcd.log"))
         self.etcd = EtcdServer(member)
         self.etcd.start()
@@ -188,24 +195,29 @@ class Lab:
 
     # -- containers --------------------------------------------------------------------------
     def add_container(self, host: Host, subnet_env: Dict[str, str], bridge: str = "cni0") -> Container:
-        """A namespace behind `bridge` on `host`, addressed from subnet.env as Docker --bip does."""
-        sub = ipaddress.IPv4Interface(subnet_env["FLANNEL_SUBNET"])   # e.g. 10.10.16.1/20
+        """A namespace behind `bridge` on `host`, addressed from subnet.env as Docker --bip does
+        (an IPv6-only subnet.env, without FLANNEL_SUBNET: the IPv6 address alone)."""
+        sub = ipaddress.IPv4Interface(subnet_env["FLANNEL_SUBNET"]) if "FLANNEL_SUBNET" in subnet_env else None
         mtu = int(subnet_env["FLANNEL_MTU"])
         idx = len(host.containers) + 2
-        cip = f"{sub.network.network_address + idx}/{sub.network.prefixlen}"
         ns = self.add_ns(f"{host.name}c{idx}")
         host.containers.append(ns)
         have_bridge = self.sh(host.ns, f"ip link show {bridge}", check=False).returncode == 0
         if not have_bridge:
-            self.sh(host.ns, f"ip link add {bridge} type bridge && ip addr add {sub} dev {bridge} && "
-                             f"ip link set {bridge} mtu {mtu} up")
+            addr = f"ip addr add {sub} dev {bridge} && " if sub is not None else ""
+            self.sh(host.ns, f"ip link add {bridge} type bridge && {addr}ip link set {bridge} mtu {mtu} up")
         hv = f"veth{idx}"
         run(["ip", "link", "add", hv, "netns", host.ns, "mtu", str(mtu), "type", "veth",
              "peer", "name", "eth0", "netns", ns, "mtu", str(mtu)])
         self.sh(host.ns, f"ip link set {hv} master {bridge} up")
-        self.sh(ns, f"ip addr add {cip} dev eth0 && ip link set eth0 up && "
-                    f"ip route add default via {sub.ip}")
-        c = Container(ns=ns, ip=cip.split("/")[0], host=host)
+        cip = ""
+        if sub is not None:
+            cip = f"{sub.network.network_address + idx}"
+            self.sh(ns, f"ip addr add {cip}/{sub.network.prefixlen} dev eth0 && ip link set eth0 up && "
+                        f"ip route add default via {sub.ip}")
+        else:
+            self.sh(ns, "ip link set eth0 up")
+        c = Container(ns=ns, ip=cip, host=host)
         if "FLANNEL_IPV6_SUBNET" in subnet_env:
             c.ip6 = self._add_container_ipv6(host, ns, subnet_env["FLANNEL_IPV6_SUBNET"], idx, bridge,
                                              add_bridge_addr=not have_bridge)
@@ -227,7 +239,7 @@ class Lab:
 @dataclass
 class Container:
     ns: str
-    ip: str
+    ip: str            # from FLANNEL_SUBNET ("" in an IPv6-only network)
     host: Host
     ip6: str = ""      # from FLANNEL_IPV6_SUBNET when subnet.env has it
 

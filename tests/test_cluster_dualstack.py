@@ -1,12 +1,14 @@
-"""Dual-stack clusters end to end (docs/flannel-compat.md §"Dual-stack"): namespace hosts with
-an IPv4 and an IPv6 (ULA fd00:2::/64) underlay address, a real etcd, three daemons, containers
-addressed from subnet.env in both families, TCP over IPv4 and over IPv6 across every pair.
+"""Dual-stack and IPv6-only clusters end to end (docs/flannel-compat.md §"Dual-stack",
+§"IPv6-only"): namespace hosts with an IPv4 and an IPv6 (ULA fd00:2::/64) underlay address (or,
+IPv6-only, the IPv6 one alone, etcd reached over IPv6), a real etcd, three daemons, containers
+addressed from subnet.env in every family the network runs, TCP over each across every pair.
 Every address is inside the lab's own namespaces."""
 from __future__ import annotations
 
 import ipaddress
 import itertools
 import json
+import os
 import re
 
 import pytest
@@ -25,8 +27,14 @@ def dual_config(backend: dict) -> str:
                        "Backend": backend})
 
 
+def v6only_config(backend: dict) -> str:
+    return json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": NET6, "Backend": backend})
+
+
 HOSTGW = dual_config({"Type": "host-gw"})
 VXLAN = dual_config({"Type": "vxlan", "VNI": 100, "Port": 8472})
+HOSTGW6 = v6only_config({"Type": "host-gw"})
+VXLAN6 = v6only_config({"Type": "vxlan", "VNI": 100, "Port": 8472})
 
 
 @pytest.fixture
@@ -35,19 +43,29 @@ def lab6(lab):
     return lab
 
 
+@pytest.fixture
+def lab6only(lab):
+    """Hosts whose underlay has no IPv4 address at all; etcd at http://[fd00:2::1]:2379."""
+    lab.ipv6, lab.ipv4 = True, False
+    return lab
+
+
 def _subnets(env):
-    return (ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network,
-            ipaddress.ip_interface(env["FLANNEL_IPV6_SUBNET"]).network)
+    """(IPv4 subnet or None when IPv6-only, IPv6 subnet) of a subnet.env."""
+    v4 = ipaddress.ip_interface(env["FLANNEL_SUBNET"]).network if "FLANNEL_SUBNET" in env else None
+    return v4, ipaddress.ip_interface(env["FLANNEL_IPV6_SUBNET"]).network
 
 
 def _key(v4, v6):
+    """The lease key; IPv6-only leases have flannel's placeholder IPv4 half 0.0.0.0-0."""
+    v4 = v4 or ipaddress.IPv4Network("0.0.0.0/0")
     return f"{v4.network_address}-{v4.prefixlen}&{v6.network_address}-{v6.prefixlen}"
 
 
 def _all_pairs_tcp(lab, cluster, nbytes=256 << 10):
     for a, b in itertools.permutations(cluster.hosts, 2):
         ca, cb = cluster.containers[a], cluster.containers[b]
-        for dst in (cb.ip, cb.ip6):
+        for dst in (d for d in (cb.ip, cb.ip6) if d):
             ok = wait_for(lambda d=dst, ns=ca.ns: lab.sh(ns, f"ping -c1 -W1 {d}", check=False).returncode == 0,
                           15, 0.2)
             assert ok, f"{a} -> {b} {dst}\n{cluster.log(a)[-2000:]}"
@@ -60,15 +78,22 @@ def _v6_route(lab, host, sn6):
 
 
 def _expected_lease(cluster, h, value):
+    """flannel's JSON, field for field; an IPv6-only host writes PublicIP 0.0.0.0 (ip.IP4's zero
+    value) and no BackendData."""
     host = cluster.hosts[h]
+    ip = host.ip or "0.0.0.0"
     lease = json.loads(value)
     if lease["BackendType"] == "host-gw":
-        assert value == f'{{"PublicIP":"{host.ip}","PublicIPv6":"{host.ip6}","BackendType":"host-gw"}}'
+        assert value == f'{{"PublicIP":"{ip}","PublicIPv6":"{host.ip6}","BackendType":"host-gw"}}'
         return
-    assert list(lease) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]
-    assert (lease["PublicIP"], lease["PublicIPv6"]) == (host.ip, host.ip6)
+    v4_data = ["BackendData"] if host.ip else []
+    assert list(lease) == ["PublicIP", "PublicIPv6", "BackendType", *v4_data, "BackendV6Data"]
+    assert (lease["PublicIP"], lease["PublicIPv6"]) == (ip, host.ip6)
     assert list(lease["BackendV6Data"]) == ["VNI", "VtepMAC"] and lease["BackendV6Data"]["VNI"] == 100
-    assert lease["BackendV6Data"]["VtepMAC"] != lease["BackendData"]["VtepMAC"]
+    mac6 = lease["BackendV6Data"]["VtepMAC"]
+    assert value.endswith(f'"BackendV6Data":{{"VNI":100,"VtepMAC":"{mac6}"}}}}'), value
+    if host.ip:
+        assert mac6 != lease["BackendData"]["VtepMAC"]
 
 
 def _v6_peer_state_ok(lab, cluster, a, b, sn6, backend):
@@ -134,12 +159,14 @@ def test_dual_stack_three_hosts(lab6, config):
 
 
 def _state_of(lab, host, v4, v6, lease) -> list:
-    """What of a peer's kernel state (its lease `lease`) is still on `host`."""
-    left = [x for x in (lab.sh(host.ns, f"ip route show {v4}", check=False).stdout.strip(),
-                        _v6_route(lab, host, v6)) if x]
+    """What of a peer's kernel state (its lease `lease`) is still on `host` (v4 None: IPv6-only)."""
+    route4 = lab.sh(host.ns, f"ip route show {v4}", check=False).stdout.strip() if v4 else ""
+    left = [x for x in (route4, _v6_route(lab, host, v6)) if x]
     if lease["BackendType"] == "vxlan":
-        mac4, mac6 = lease["BackendData"]["VtepMAC"], lease["BackendV6Data"]["VtepMAC"]
-        for dev, ip, mac in (("flannel.100", v4.network_address, mac4), ("flannel-v6.100", v6.network_address, mac6)):
+        devs = [("flannel-v6.100", v6.network_address, lease["BackendV6Data"]["VtepMAC"])]
+        if v4 is not None:
+            devs.append(("flannel.100", v4.network_address, lease["BackendData"]["VtepMAC"]))
+        for dev, ip, mac in devs:
             neigh = lab.sh(host.ns, f"ip neigh show dev {dev}", check=False).stdout
             fdb = lab.sh(host.ns, f"bridge fdb show dev {dev}", check=False).stdout
             left += [line for line in neigh.splitlines() if line.startswith(f"{ip} ")]
@@ -194,8 +221,7 @@ def test_vxlan_v6_device_deleted_is_recreated_with_its_peers(lab6):
 
 @pytest.mark.parametrize("config, words", [
     (dual_config({"Type": "udp"}), "the udp backend carries IPv4 only"),
-    (json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": NET6, "Backend": {"Type": "vxlan"}}),
-     "IPv6-only) is not supported with etcd"),
+    (v6only_config({"Type": "udp"}), "IPv6-only): the udp backend carries IPv4 only"),
 ])
 def test_what_the_daemon_cannot_run_ends_it_with_one_clear_line(lab6, config, words):
     cluster = Cluster(lab6, config, hosts=("h1",))
@@ -217,3 +243,107 @@ def test_vxlan_v6_device_with_another_local_address_is_recreated(lab6):
     dev = lab6.sh(h1.ns, "ip -d link show flannel-v6.100").stdout
     assert f"local {h1.ip6} " in dev and "fd00:2::99" not in dev, dev
     assert "incompatible configuration: local fd00:2::99" in cluster.log("h1")
+
+
+def _restart_keeps(cluster, h, sn6, delete_lease=False):
+    """Restart h (after deleting its lease: the subnet then comes from subnet.env's
+    FLANNEL_IPV6_SUBNET, else the lease is found by PublicIPv6); it must get sn6 back."""
+    assert cluster.stop(h) == 0
+    if delete_lease:
+        cluster.lab.etcdctl("del", f"{PREFIX}/subnets/{_key(None, sn6)}")
+    cluster.start(h)
+    assert _subnets(cluster.wait_subnet(h))[1] == sn6, cluster.log(h)[-2000:]
+
+
+@pytest.mark.parametrize("config", [HOSTGW6, VXLAN6], ids=["host-gw", "vxlan"])
+def test_ipv6_only_three_hosts(lab6only, config):
+    """EnableIPv4 false: hosts with no IPv4 address anywhere, one IPv6 subnet each under flannel's
+    key `0.0.0.0-0&<ipv6>-64`, subnet.env without the IPv4 lines, only IPv6 kernel state."""
+    lab = lab6only
+    backend = json.loads(config)["Backend"]["Type"]
+    cluster = Cluster(lab, config, extra_flags=["-ip-masq"])
+    assert "[fd00:2::1]" in lab.etcd_endpoint
+    cluster.start_all()
+    envs = cluster.wait_all()
+    subnets = {h: _subnets(e)[1] for h, e in envs.items()}
+    assert len(set(subnets.values())) == 3, envs
+    leases = cluster.leases()
+    assert sorted(leases) == sorted(_key(None, sn6) for sn6 in subnets.values()), leases
+    mtu = "1430" if backend == "vxlan" else "1500"
+    for h, sn6 in subnets.items():
+        assert envs[h] == {"FLANNEL_IPV6_NETWORK": NET6, "FLANNEL_IPV6_SUBNET": f"{sn6.network_address + 1}/64",
+                           "FLANNEL_MTU": mtu, "FLANNEL_IPMASQ": "true"}
+        _expected_lease(cluster, h, leases[_key(None, sn6)])
+        host = cluster.hosts[h]
+        assert "inet " not in lab.sh(host.ns, "ip -4 addr show dev eth0").stdout     # no IPv4 underlay
+        assert "FLANNEL" not in lab.sh(host.ns, "iptables-save").stdout       # no IPv4 rules at all
+        assert f"! -s {NET6} -d {sn6} " in lab.sh(host.ns, "ip6tables-save -t nat").stdout
+        if backend == "vxlan":
+            assert lab.sh(host.ns, "ip link show flannel.100", check=False).returncode != 0
+            dev = lab.sh(host.ns, "ip -d link show flannel-v6.100").stdout
+            assert f"vxlan id 100 local {host.ip6} dev eth0" in dev, dev
+    cluster.add_containers()
+    assert all(c.ip == "" and c.ip6 for c in cluster.containers.values())
+    _all_pairs_tcp(lab, cluster)
+    for a, b in itertools.permutations(cluster.hosts, 2):
+        assert _v6_peer_state_ok(lab, cluster, a, b, subnets[b], backend), (a, b)
+
+    _restart_keeps(cluster, "h2", subnets["h2"])                       # by PublicIPv6
+    _restart_keeps(cluster, "h2", subnets["h2"], delete_lease=True)    # from subnet.env
+    _all_pairs_tcp(lab, cluster, nbytes=64 << 10)
+
+    # a deleted lease removes the peer's state on the others
+    assert cluster.stop("h3") == 0
+    lease3 = json.loads(cluster.leases()[_key(None, subnets["h3"])])
+    lab.etcdctl("del", f"{PREFIX}/subnets/{_key(None, subnets['h3'])}")
+    for h in ("h1", "h2"):
+        host = cluster.hosts[h]
+        gone = wait_for(lambda host=host: not _state_of(lab, host, None, subnets["h3"], lease3), 15, 0.2)
+        assert gone, (h, _state_of(lab, host, None, subnets["h3"], lease3))
+
+
+@pytest.mark.parametrize("v6only", [True, False], ids=["ipv6-only", "dual-stack"])
+def test_vxlan_ipv6_direct_routing_routes_same_link_peers_via_their_public_ipv6(lab, v6only):
+    """DirectRouting: a peer on our link gets `S6 via PublicIPv6 dev eth0` and no neighbour or FDB
+    entry on flannel-v6.<VNI> (flannel's v6DirectRoute); a deleted lease takes the route along."""
+    lab.ipv6, lab.ipv4 = True, not v6only
+    backend = {"Type": "vxlan", "VNI": 100, "Port": 8472, "DirectRouting": True}
+    cluster = Cluster(lab, v6only_config(backend) if v6only else dual_config(backend), hosts=("h1", "h2", "h3"))
+    cluster.start_all()
+    subnets = {h: _subnets(e)[1] for h, e in cluster.wait_all().items()}
+    cluster.add_containers()
+    _all_pairs_tcp(lab, cluster, nbytes=64 << 10)
+    for a, b in itertools.permutations(cluster.hosts, 2):
+        ha, hb = cluster.hosts[a], cluster.hosts[b]
+        assert f"via {hb.ip6} dev eth0" in _v6_route(lab, ha, subnets[b]), (a, b, _v6_route(lab, ha, subnets[b]))
+        neigh = lab.sh(ha.ns, "ip -6 neigh show dev flannel-v6.100").stdout
+        assert f"{subnets[b].network_address} " not in neigh, neigh
+    assert cluster.stop("h3") == 0
+    key3 = next(k for k in cluster.leases() if k.endswith(f"&{subnets['h3'].network_address}-64"))
+    lab.etcdctl("del", f"{PREFIX}/subnets/{key3}")
+    for h in ("h1", "h2"):
+        assert wait_for(lambda h=h: not _v6_route(lab, cluster.hosts[h], subnets["h3"]), 15, 0.2), h
+
+
+def test_ipv6_only_cloned_vtep_mac_is_noticed_and_replaced(lab6only):
+    """Two IPv6-only hosts start with one IPv6 VTEP MAC (cloned images): the conflict is found by
+    BackendV6Data's MAC and PublicIPv6 (every PublicIP is 0.0.0.0) and a new MAC is taken."""
+    lab = lab6only
+    cluster = Cluster(lab, VXLAN6)
+    cloned = "0a:00:00:c1:0e:66"
+    for h in ("h1", "h2"):
+        with open(os.path.join(cluster.host_dir(h), f"vxlan6-100-{cluster.hosts[h].ip6}.mac"), "w") as f:
+            f.write(cloned + "\n")
+    cluster.start("h1")
+    cluster.start("h3")
+    cluster.wait_subnet("h1")
+    cluster.wait_subnet("h3")
+    cluster.start("h2")
+    cluster.wait_all()
+
+    def macs():
+        return {k: json.loads(v)["BackendV6Data"]["VtepMAC"] for k, v in cluster.leases().items()}
+    assert wait_for(lambda: len(set(macs().values())) == 3, 15), (macs(), cluster.log("h2")[-2000:])
+    assert "announces this host's VTEP MAC " + cloned in cluster.log("h1") + cluster.log("h2")
+    cluster.add_containers()
+    _all_pairs_tcp(lab, cluster, nbytes=64 << 10)

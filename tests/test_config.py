@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
@@ -161,10 +162,36 @@ def test_ipv6_stacks_the_daemon_cannot_run_are_named():
     """Valid configs the daemon refuses with a clear message (config.stack_problem)."""
     m = stack_problem(cfg(Network="10.5.0.0/16", EnableIPv6=True, IPv6Network="fc00::/48"))
     assert m is not None and "udp backend carries IPv4 only" in m
+    m = stack_problem(cfg(EnableIPv4=False, EnableIPv6=True, IPv6Network="fc00::/48"))
+    assert m is not None and "IPv6-only" in m and "udp backend carries IPv4 only" in m
     m = stack_problem(cfg(EnableIPv4=False, EnableIPv6=True, IPv6Network="fc00::/48",
-                          Backend={"Type": "vxlan"}))
-    assert m is not None and "IPv6-only" in m and "0.0.0.0/0" in m
+                          Backend={"Type": "udp"}))
+    assert m is not None and "IPv6-only" in m
     assert stack_problem(cfg(Network="10.5.0.0/16")) is None
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
+def test_ipv6_only_runs_on_vxlan_and_host_gw(backend):
+    """EnableIPv4 false with an IPv6Network is an IPv6-only network the daemon runs
+    (docs/flannel-compat.md §"IPv6-only"); its IPv4 lease half is the placeholder 0.0.0.0/0."""
+    c = cfg(EnableIPv4=False, EnableIPv6=True, IPv6Network="fc00:5::/48", Backend={"Type": backend})
+    assert stack_problem(c) is None and c.ipv6_only
+    assert c.lease_compatible(ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("fc00:5:0:7::/64"))
+    assert not c.lease_compatible(ipaddress.IPv4Network("10.5.1.0/24"), ipaddress.IPv6Network("fc00:5:0:7::/64"))
+    assert not c.lease_compatible(ipaddress.IPv4Network("0.0.0.0/0"), None)
+    # IPv4 fields in the JSON change nothing: the placeholder is still the only IPv4 half.
+    c = cfg(EnableIPv4=False, EnableIPv6=True, Network="10.5.0.0/16", SubnetLen=24,
+            IPv6Network="fc00:5::/48", Backend={"Type": backend})
+    assert c.lease_compatible(ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("fc00:5:0:7::/64"))
+
+
+def test_ipv6_only_config_errors_are_flannels():
+    assert err({"EnableIPv4": False, "Backend": {"Type": "vxlan"}}) == \
+        "none defined stack: EnableIPv4 and EnableIPv6 are both false"
+    assert err({"EnableIPv4": False, "EnableIPv6": False, "IPv6Network": "fc00::/48"}) == \
+        "none defined stack: EnableIPv4 and EnableIPv6 are both false"
+    assert err({"EnableIPv4": False, "EnableIPv6": True, "Backend": {"Type": "vxlan"}}) == \
+        "please define a correct IPv6Network parameter in the flannel config"
 
 
 @pytest.mark.parametrize("raw", ["", "{", "[1]", "null", '"x"', "{'Network': 1}", '{"Network":NaN}',

@@ -115,3 +115,51 @@ def test_an_interface_without_ipv6_is_refused(lab, ns):
 def test_bad_public_ipv6(bad):
     with pytest.raises(InterfaceError, match=f"invalid public IPv6 address: {bad}"):
         pick(public_ipv6=bad)
+
+
+# -- IPv6-only networks (EnableIPv4 false): interfaces judged by their IPv6 addresses alone ----------
+
+@pytest.fixture
+def ns6only(lab):
+    """eth0 with fd00:2::10/64 and no IPv4 address at all (the IPv6 default route leaves by
+    it); eth1 with fd00:51::5/64 only; no IPv4 route anywhere."""
+    name = lab.add_ns("if6o")
+    lab.sh(name, "ip link add eth0 type veth peer name p0 && ip link add eth1 type veth peer name p1 && "
+                 "ip -6 addr add fd00:2::10/64 dev eth0 nodad && ip -6 addr add fd00:51::5/64 dev eth1 nodad && "
+                 "for l in eth0 eth1 p0 p1; do ip link set $l up; done && "
+                 "ip -6 route add default via fd00:2::1 dev eth0")
+    netlink.set_netns(name)
+    try:
+        yield name
+    finally:
+        netlink.set_netns(None)
+
+
+def pick6only(ifaces=(), regexes=(), can_reach=None, public_ipv6=None):
+    return choose_external_interface(list(ifaces), list(regexes), None, can_reach, public_ipv6,
+                                     ipv6=True, ipv4=False)
+
+
+@pytest.mark.parametrize("kw, name, addr6", [
+    ({}, "eth0", "fd00:2::10"),                                  # the IPv6 default route's
+    ({"ifaces": ["eth1"]}, "eth1", "fd00:51::5"),
+    ({"ifaces": ["fd00:51::5"]}, "eth1", "fd00:51::5"),
+    ({"regexes": ["^fd00:51:"]}, "eth1", "fd00:51::5"),
+    ({"can_reach": "fd00:51::99"}, "eth1", "fd00:51::5"),
+    ({"public_ipv6": "fd00:51::5"}, "eth1", "fd00:51::5"),
+])
+def test_ipv6_only_choice_needs_no_ipv4_address(ns6only, kw, name, addr6):
+    e = pick6only(**kw)
+    assert addrs(e) == (name, A("0.0.0.0"), A("0.0.0.0"), A(addr6), A(addr6))
+    assert e.mtu > 0 and e.index > 0
+
+
+def test_ipv6_only_choice_refuses_ipv4_specs(ns6only):
+    with pytest.raises(InterfaceError, match="Failed to find interface"):
+        pick6only(ifaces=["192.0.2.10"])
+
+
+def test_dual_stack_choice_fails_without_ipv4_where_ipv6_only_succeeds(ns6only):
+    with pytest.raises(InterfaceError):
+        pick(ifaces=["eth0"])
+    assert pick6only(ifaces=["eth0"]).name == "eth0"

@@ -136,3 +136,33 @@ def test_watch_carries_the_ipv6_half(registry):
     assert [(e.kind, e.lease.subnet, e.lease.ipv6_subnet) for e in evs] == [
         (LeaseEvent.ADDED, NET, NET6), (LeaseEvent.REMOVED, NET, NET6)]
     assert evs[0].lease.attrs == DS and evs[1].lease.attrs is None
+
+
+# -- IPv6-only keys (docs/flannel-compat.md §"IPv6-only") ------------------------------------------
+
+V6ONLY = LeaseAttrs(ipaddress.IPv4Address(0), "vxlan", None, ipaddress.IPv6Address("fd00:64::3"),
+                    {"VNI": 1, "VtepMAC": "7a:11:9c:00:2e:01"})
+NO_SUBNET = ipaddress.IPv4Network("0.0.0.0/0")
+
+
+def test_ipv6_only_keys_share_the_ipv4_half_and_are_distinct(registry):
+    """Every IPv6-only lease is `0.0.0.0-0&<ipv6>-<len>`: two of them are two keys, listed,
+    watched and deleted by their IPv6 half, with flannel's bytes in the value."""
+    other6 = ipaddress.IPv6Network("fc00:5:0:35::/64")
+    _, rev = registry.list_leases()
+    w = LeaseWatch(registry, rev)
+    try:
+        registry.create_lease(NO_SUBNET, V6ONLY, DAY_S, NET6)
+        registry.create_lease(NO_SUBNET, V6ONLY, DAY_S, other6)
+        with pytest.raises(SubnetExists):
+            registry.create_lease(NO_SUBNET, V6ONLY, DAY_S, NET6)
+        leases, _ = registry.list_leases()
+        assert sorted(lease.key for lease in leases) == ["0.0.0.0-0&fc00:5:0:34::-64", "0.0.0.0-0&fc00:5:0:35::-64"]
+        assert all(lease.attrs == V6ONLY and lease.slot in (NET6, other6) for lease in leases)
+        registry.delete_lease(NO_SUBNET, NET6)
+        evs = w.events(3, WAIT_S)
+    finally:
+        w.close()
+    assert [(e.kind, e.lease.slot) for e in evs] == [
+        (LeaseEvent.ADDED, NET6), (LeaseEvent.ADDED, other6), (LeaseEvent.REMOVED, NET6)]
+    assert registry.get_lease(NO_SUBNET, other6) is not None

@@ -104,3 +104,19 @@ def test_no_daemon_is_one_line_and_exit_1(tmp_path):
 def test_socket_beside_the_subnet_file():
     assert socket_path("/run/flannel/subnet.env") == "/run/flannel/fastflannel.sock"
     assert socket_path("subnet.env") == os.path.join(os.getcwd(), "fastflannel.sock")
+
+
+def test_an_ipv6_only_lease_shows_its_ipv6_subnet_and_public_ipv6():
+    """IPv6-only leases all have the IPv4 half 0.0.0.0/0 and PublicIP 0.0.0.0: the status names
+    them by their IPv6 subnet and PublicIPv6 (docs/flannel-compat.md §"IPv6-only")."""
+    def v6only(sn6, ip6):
+        return Lease(ipaddress.ip_network("0.0.0.0/0"), LeaseAttrs(ipaddress.ip_address("0.0.0.0"), "host-gw",
+                                                                   None, ipaddress.ip_address(ip6)),
+                     None, ipv6_subnet=ipaddress.ip_network(sn6))
+    st = State(ready=True, started=time.time(), lease=v6only("fc00:5:0:9::/64", "fd00:2::a"),
+               backend_type="host-gw", peers=[v6only("fc00:5:0:43::/64", "fd00:2::c"),
+                                              v6only("fc00:5:0:7::/64", "fd00:2::b")])
+    doc = status_doc(st)
+    assert (doc["lease"]["subnet"], doc["lease"]["public_ip"]) == ("fc00:5:0:9::/64", "fd00:2::a")
+    assert [(p["subnet"], p["public_ip"]) for p in doc["peers"]] == [("fc00:5:0:7::/64", "fd00:2::b"),
+                                                                    ("fc00:5:0:43::/64", "fd00:2::c")]

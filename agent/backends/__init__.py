@@ -25,6 +25,9 @@ def _udp(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Ba
 
 
 def _vxlan(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    if cfg.ipv6_only:
+        from .vxlan6only import Ipv6OnlyVxlan
+        return Ipv6OnlyVxlan(ext, cfg, opts)
     if cfg.enable_ipv6:
         from .vxlan6 import DualStackVxlan
         return DualStackVxlan(ext, cfg, opts)
@@ -33,6 +36,9 @@ def _vxlan(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> 
 
 
 def _hostgw(ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions) -> Backend:
+    if cfg.ipv6_only:
+        from .hostgw6 import Ipv6OnlyHostGw
+        return Ipv6OnlyHostGw(ext, cfg, opts)
     if cfg.enable_ipv6:
         from .hostgw6 import DualStackHostGw
         return DualStackHostGw(ext, cfg, opts)

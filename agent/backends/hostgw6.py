@@ -19,15 +19,15 @@ from typing import Dict, Iterable, Optional, Tuple
 
 from .. import netlink6
 from ..config import NetworkConfig
+from ..errors import BackendError
 from ..iface import ExternalInterface
-from ..lease import Lease, LeaseAttrs
+from ..lease import Lease, LeaseAttrs, Slot
 from ..peers import network6_problem
 from .base import BackendOptions
 from .hostgw import HostGwBackend
 
 log = logging.getLogger("fastflannel.hostgw")
 
-IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
 IPv6Address = ipaddress.IPv6Address
 Route = Tuple[IPv6Network, IPv6Address]          # (peer IPv6 subnet, its PublicIPv6)
@@ -37,7 +37,7 @@ class HostGwV6Routes:
     def __init__(self, ext: ExternalInterface, network6: IPv6Network):
         self.ext, self.network6 = ext, network6
         self.own: Optional[IPv6Network] = None
-        self.routes: Dict[IPv4Network, Route] = {}      # by the lease's IPv4 subnet (its slot)
+        self.routes: Dict[Slot, Route] = {}      # by the lease's slot (lease.Lease.slot)
         self._lock = threading.RLock()
 
     def wanted(self, lease: Lease) -> Optional[Route]:
@@ -53,17 +53,17 @@ class HostGwV6Routes:
     def add(self, lease: Lease) -> None:
         with self._lock:
             want = self.wanted(lease)
-            old = self.routes.get(lease.subnet)
+            old = self.routes.get(lease.slot)
             if old is not None and old != want:
                 self._delete(old)
-                del self.routes[lease.subnet]
+                del self.routes[lease.slot]
             if want is not None:
-                self.routes[lease.subnet] = want
+                self.routes[lease.slot] = want
                 self._ensure(want, self._table())
 
     def remove(self, lease: Lease) -> None:
         with self._lock:
-            route = self.routes.pop(lease.subnet, None)
+            route = self.routes.pop(lease.slot, None)
             if route is None and lease.attrs is not None:
                 route = self.wanted(lease)           # never seen (removed before we started)
             if route is not None:
@@ -71,7 +71,7 @@ class HostGwV6Routes:
 
     def sync(self, leases: Iterable[Lease]) -> None:
         with self._lock:
-            wanted = {lease.subnet: r for lease in leases if (r := self.wanted(lease)) is not None}
+            wanted = {lease.slot: r for lease in leases if (r := self.wanted(lease)) is not None}
             for sn in [s for s in self.routes if self.routes[s] != wanted.get(s)]:
                 self._delete(self.routes.pop(sn))
             self.routes.update(wanted)
@@ -153,3 +153,47 @@ class DualStackHostGw(HostGwBackend):
     def check(self) -> None:
         super().check()
         self.v6.check()
+
+
+class Ipv6OnlyHostGw:
+    """host-gw in an IPv6-only network (EnableIPv4 false): the IPv6 routes alone; the lease has
+    PublicIP 0.0.0.0 (docs/flannel-compat.md §"IPv6-only")."""
+    name = "host-gw"
+
+    def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
+        assert cfg.ipv6_network is not None
+        if ext.ext_v6_addr != ext.iface_v6_addr:
+            raise BackendError(f"host-gw requires the public IPv6 to be the interface's address (NAT?): "
+                               f"public IPv6 {ext.ext_v6_addr} is not {ext.name}'s address {ext.iface_v6_addr}")
+        self.ext = ext
+        self.v6 = HostGwV6Routes(ext, cfg.ipv6_network)
+
+    def mtu(self) -> int:
+        return self.ext.mtu
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(ipaddress.IPv4Address(0), "host-gw", None, self.ext.ext_v6_addr)
+
+    def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
+        self.v6.own = lease.ipv6_subnet
+
+    def add_peer(self, lease: Lease) -> None:
+        self.v6.add(lease)
+
+    def remove_peer(self, lease: Lease) -> None:
+        self.v6.remove(lease)
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        self.v6.sync(list(leases))
+
+    def check(self) -> None:
+        self.v6.check()
+
+    def stats(self) -> dict:
+        return {}
+
+    def describe(self) -> dict:
+        return {"device": self.ext.name}
+
+    def close(self) -> None:
+        pass          # flannel leaves its routes in place

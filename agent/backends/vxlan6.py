@@ -12,8 +12,10 @@ peer (IPv6 subnet S6, PublicIPv6 P6, BackendV6Data VtepMAC M6): a permanent neig
 
 `DualStackVxlan` wraps the IPv4 backend (agent/backends/vxlan.py, unchanged) and calls this after
 it for every lease event; check() recreates a deleted device and re-programs missing state,
-sync_peers() prunes the state of vanished peers. Not done for IPv6: DirectRouting (the IPv6
-peers always go through the overlay).
+sync_peers() prunes the state of vanished peers. With DirectRouting a peer whose PublicIPv6
+`ip -6 route get` reaches without a gateway (on our link) gets `S6 via P6 dev <ext iface>`
+instead of the three objects, as flannel's v6DirectRoute. The IPv6-only backend (no IPv4 device)
+is agent/backends/vxlan6only.py.
 """
 from __future__ import annotations
 
@@ -24,35 +26,47 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Protocol, Tuple
 
 from .. import netlink, netlink6
 from ..config import NetworkConfig
 from ..errors import BackendError
 from ..iface import ExternalInterface
-from ..lease import Lease, LeaseAttrs, vtep_mac
+from ..lease import Lease, LeaseAttrs, Slot, vtep_mac6
 from ..peers import network6_problem
 from .base import BackendOptions
 from .vxlan import VxlanBackend, _usable_mac, random_mac
 
 log = logging.getLogger("fastflannel.vxlan")
 
-IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
 IPv6Address = ipaddress.IPv6Address
 ENCAP_OVERHEAD6 = 70         # bytes: outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
-Peer6 = Tuple[IPv6Network, IPv6Address, str]      # (IPv6 subnet, PublicIPv6, VtepMAC of BackendV6Data)
+# (IPv6 subnet, PublicIPv6, VtepMAC of BackendV6Data, routed directly via PublicIPv6)
+Peer6 = Tuple[IPv6Network, IPv6Address, str, bool]
+
+
+class DeviceOptions(Protocol):
+    """What the device takes from the vxlan config (VxlanBackend has them, and
+    vxlan6only.VxlanParams)."""
+    vni: int
+    port: int
+    mtu_opt: int
+    gbp: bool
+    learning: bool
+    direct_routing: bool
+    state_dir: str
 
 
 class VxlanV6Device:
-    def __init__(self, v4: VxlanBackend, ext: ExternalInterface, network6: IPv6Network):
+    def __init__(self, v4: DeviceOptions, ext: ExternalInterface, network6: IPv6Network):
         if ext.iface_v6_addr is None or ext.ext_v6_addr is None:
             raise BackendError(f"vxlan: EnableIPv6 needs an IPv6 address on {ext.name}")
         self.v4, self.ext, self.network6 = v4, ext, network6
         self.dev = f"flannel-v6.{v4.vni}"
         self.own: Optional[IPv6Network] = None
-        self.peers: Dict[IPv4Network, Peer6] = {}           # by the lease's IPv4 subnet (its slot)
-        self.ok: Dict[IPv4Network, bool] = {}
+        self.peers: Dict[Slot, Peer6] = {}           # by the lease's slot (lease.Lease.slot)
+        self.ok: Dict[Slot, bool] = {}
         self.mac = self._load_mac()
         self._lock = threading.RLock()
 
@@ -72,6 +86,10 @@ class VxlanV6Device:
         except OSError:
             pass
         mac = random_mac()
+        self._save_mac(mac)
+        return mac
+
+    def _save_mac(self, mac: str) -> None:
         try:
             os.makedirs(self.v4.state_dir, mode=0o755, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.v4.state_dir, prefix=".vxlan6-mac-")
@@ -81,7 +99,26 @@ class VxlanV6Device:
             os.replace(tmp, self._mac_path())
         except OSError as e:
             log.warning("cannot persist the IPv6 VTEP MAC (%s); a restart will announce a new one", e)
-        return mac
+
+    def replace_mac(self) -> str:
+        """Take a new random VTEP MAC (another host announces ours), keep it, put it on the
+        device and re-program the peers (the kernel flushes a device's neighbours when its
+        address changes); returns the new MAC to announce."""
+        with self._lock:
+            old, mac = self.mac, random_mac()
+            while mac == old:
+                mac = random_mac()
+            self.mac = mac
+            self._save_mac(mac)
+            if self.own is not None and self._index() is not None:
+                try:
+                    netlink.link_set_address(self.dev, mac)
+                except netlink.NetlinkError as e:
+                    log.error("vxlan: cannot set the new IPv6 VTEP MAC %s on %s: %s", mac, self.dev, e)
+                self.ok = dict.fromkeys(self.peers, False)
+                self.check()
+            log.warning("vxlan: IPv6 VTEP MAC changed from %s to %s", old, mac)
+            return mac
 
     # -- device -----------------------------------------------------------------------------------
     def _index(self) -> Optional[int]:
@@ -142,34 +179,46 @@ class VxlanV6Device:
         if a is None or sn6 is None or a.public_ipv6 is None or a.backend_type != "vxlan" or sn6 == self.own:
             return None
         why = network6_problem(sn6, self.network6)
-        mac = vtep_mac(LeaseAttrs(a.public_ip, "vxlan", a.backend_v6_data))
+        mac = vtep_mac6(a)
         if why is not None or mac is None:
             log.warning("vxlan: refusing the IPv6 half of lease %s: %s", lease.key,
                         why or "no VtepMAC in BackendV6Data")
             return None
-        return sn6, a.public_ipv6, mac
+        return sn6, a.public_ipv6, mac, self._direct(a.public_ipv6)
+
+    def _direct(self, pub6: IPv6Address) -> bool:
+        """DirectRouting and `ip -6 route get PublicIPv6` shows no gateway: the peer is on our
+        link, so its subnet is routed via PublicIPv6 without VXLAN (flannel's v6DirectRoute)."""
+        if not self.v4.direct_routing:
+            return False
+        try:
+            return netlink6.route_get6_gateway(pub6) is None
+        except netlink.NetlinkError as e:
+            log.warning("route get %s failed (%s); using the overlay", pub6, e)
+            return False
 
     def add(self, lease: Lease) -> None:
         with self._lock:
-            want, old = self.wanted(lease), self.peers.get(lease.subnet)
+            slot = lease.slot
+            want, old = self.wanted(lease), self.peers.get(slot)
             if old is not None and old != want:
-                self._unprogram(old, lease.subnet)
-                del self.peers[lease.subnet]
-            if want is not None and (old != want or not self.ok.get(lease.subnet)):
-                self.peers[lease.subnet] = want
-                self.ok[lease.subnet] = self._program(want)
+                self._unprogram(old, slot)
+                del self.peers[slot]
+            if want is not None and (old != want or not self.ok.get(slot)):
+                self.peers[slot] = want
+                self.ok[slot] = self._program(want)
 
     def remove(self, lease: Lease) -> None:
         with self._lock:
-            peer = self.peers.pop(lease.subnet, None) or (self.wanted(lease) if lease.attrs else None)
-            self.ok.pop(lease.subnet, None)
+            peer = self.peers.pop(lease.slot, None) or (self.wanted(lease) if lease.attrs else None)
+            self.ok.pop(lease.slot, None)
             if peer is not None:
                 log.info("removing vxlan IPv6 peer %s", peer[0])
-                self._unprogram(peer, lease.subnet)
+                self._unprogram(peer, lease.slot)
 
     def sync(self, leases: Iterable[Lease]) -> None:
         with self._lock:
-            wanted = {lease.subnet: (lease, w) for lease in leases if (w := self.wanted(lease)) is not None}
+            wanted = {lease.slot: (lease, w) for lease in leases if (w := self.wanted(lease)) is not None}
             for sn in [s for s in self.peers if s not in wanted]:
                 self._unprogram(self.peers.pop(sn), sn)
                 self.ok.pop(sn, None)
@@ -178,9 +227,13 @@ class VxlanV6Device:
             self._prune()
 
     def _program(self, p: Peer6) -> bool:
-        sn6, pub6, mac = p
+        sn6, pub6, mac, direct = p
         index = self._index()
         try:
+            if direct:
+                netlink6.route6_replace(sn6, pub6, self.ext.index)
+                log.info("vxlan IPv6 peer %s: direct route via %s dev %s", sn6, pub6, self.ext.name)
+                return True
             if index is None:
                 raise netlink.NetlinkError(f"{self.dev} does not exist", errno.ENODEV)
             netlink6.neigh6_replace(index, sn6.network_address, mac)
@@ -192,14 +245,17 @@ class VxlanV6Device:
         log.info("vxlan IPv6 peer %s: %s at %s", sn6, mac, pub6)
         return True
 
-    def _unprogram(self, p: Peer6, slot: IPv4Network) -> None:
+    def _unprogram(self, p: Peer6, slot: Slot) -> None:
         """Delete p's route, and its neighbour and FDB entry unless another peer shares them;
         every step runs."""
-        sn6, pub6, mac = p
+        sn6, pub6, mac, direct = p
+        if direct:
+            self._quiet(netlink6.route6_delete, sn6, pub6, self.ext.index)
+            return
         index = self._index()
         if index is None:
             return
-        others = [q for s, q in self.peers.items() if s != slot]
+        others = [q for s, q in self.peers.items() if s != slot and not q[3]]
         self._quiet(netlink6.route6_delete, sn6, None, index)
         if not any(q[0].network_address == sn6.network_address for q in others):
             self._quiet(netlink6.neigh6_delete, index, sn6.network_address)
@@ -228,19 +284,24 @@ class VxlanV6Device:
             index = self._index()
             assert index is not None
             routes = {(r.dst, r.gateway) for r in netlink6.routes6(index)}
+            direct = {(r.dst, r.gateway) for r in netlink6.routes6(self.ext.index)} if self.v4.direct_routing else set()
             neigh = {(n.ip, n.mac) for n in netlink6.neigh6_list(index)}
             fdb = {(n.mac, n.ip) for n in netlink6.fdb6_list(index)}
-            for slot, (sn6, pub6, mac) in self.peers.items():
-                intact = ((sn6, sn6.network_address) in routes and (sn6.network_address, mac) in neigh
+            for slot, p in self.peers.items():
+                sn6, pub6, mac, is_direct = p
+                intact = ((sn6, pub6) in direct if is_direct else
+                          (sn6, sn6.network_address) in routes and (sn6.network_address, mac) in neigh
                           and (mac, pub6) in fdb)
                 if not (intact and self.ok.get(slot)):
-                    self.ok[slot] = self._program((sn6, pub6, mac))
+                    self.ok[slot] = self._program(p)
 
     def _prune(self) -> None:
         index = self._index()
         if index is None:
             return
-        live = set(self.peers.values())
+        live = {p for p in self.peers.values() if not p[3]}
+        if self.v4.direct_routing:
+            self._prune_direct()
         for r in netlink6.routes6(index):
             if r.gateway is not None and r.dst.subnet_of(self.network6) and not any(r.dst == p[0] for p in live):
                 log.info("pruning stale route %s dev %s", r.dst, self.dev)
@@ -252,6 +313,17 @@ class VxlanV6Device:
         for e in netlink6.fdb6_list(index):
             if e.ip is not None and e.mac and e.mac != "00:00:00:00:00:00" and not any(e.mac == p[2] for p in live):
                 self._quiet(netlink6.fdb6_delete, index, e.mac, e.ip)
+
+
+    def _prune_direct(self) -> None:
+        """Direct routes inside IPv6Network via the external interface that no live peer wants
+        (a peer that vanished while we were down)."""
+        live = {(p[0], p[1]) for p in self.peers.values() if p[3]}
+        for r in netlink6.routes6(self.ext.index):
+            if (r.gateway is not None and r.dst.subnet_of(self.network6) and r.dst != self.network6
+                    and r.dst != self.own and (r.dst, r.gateway) not in live):
+                log.info("pruning stale direct route %s via %s", r.dst, r.gateway)
+                self._quiet(netlink6.route6_delete, r.dst, r.gateway, self.ext.index)
 
 
 class DualStackVxlan(VxlanBackend):
@@ -286,3 +358,4 @@ class DualStackVxlan(VxlanBackend):
     def check(self) -> None:
         super().check()
         self.v6.check()
+
