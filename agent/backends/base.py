@@ -27,7 +27,7 @@ from ..lease import Lease, LeaseAttrs
 
 DEFAULT_STATE_DIR = "/var/lib/fastflannel"
 
-__all__ = ["DEFAULT_STATE_DIR", "Backend", "BackendError", "BackendOptions"]
+__all__ = ["DEFAULT_STATE_DIR", "Backend", "BackendError", "BackendOptions", "Ipv6OnlyPeers"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,37 @@ class Backend(Protocol):
     def stats(self) -> dict: ...
 
     def close(self) -> None: ...
+
+
+class V6Half(Protocol):
+    """The IPv6 half of a backend (vxlan6.VxlanV6Device, hostgw6.HostGwV6Routes)."""
+
+    def add(self, lease: Lease) -> None: ...
+
+    def remove(self, lease: Lease) -> None: ...
+
+    def sync(self, leases: Iterable[Lease]) -> None: ...
+
+    def check(self) -> None: ...
+
+
+class Ipv6OnlyPeers:
+    """The peer calls of an IPv6-only backend (EnableIPv4 false): every one is its IPv6 half's,
+    `self.v6`; the kernel forwards, so there are no counters of ours."""
+    v6: V6Half
+
+    def add_peer(self, lease: Lease) -> None:
+        self.v6.add(lease)
+
+    def remove_peer(self, lease: Lease) -> None:
+        self.v6.remove(lease)
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        self.v6.sync(list(leases))
+
+    def check(self) -> None:
+        self.v6.check()
+
+    def stats(self) -> dict:
+        return {}
+

@@ -23,7 +23,7 @@ from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, Slot
 from ..peers import network6_problem
-from .base import BackendOptions
+from .base import BackendOptions, Ipv6OnlyPeers
 from .hostgw import HostGwBackend
 
 log = logging.getLogger("fastflannel.hostgw")
@@ -155,10 +155,11 @@ class DualStackHostGw(HostGwBackend):
         self.v6.check()
 
 
-class Ipv6OnlyHostGw:
+class Ipv6OnlyHostGw(Ipv6OnlyPeers):
     """host-gw in an IPv6-only network (EnableIPv4 false): the IPv6 routes alone; the lease has
     PublicIP 0.0.0.0 (docs/flannel-compat.md §"IPv6-only")."""
     name = "host-gw"
+    v6: HostGwV6Routes
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         assert cfg.ipv6_network is not None
@@ -176,21 +177,6 @@ class Ipv6OnlyHostGw:
 
     def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         self.v6.own = lease.ipv6_subnet
-
-    def add_peer(self, lease: Lease) -> None:
-        self.v6.add(lease)
-
-    def remove_peer(self, lease: Lease) -> None:
-        self.v6.remove(lease)
-
-    def sync_peers(self, leases: Iterable[Lease]) -> None:
-        self.v6.sync(list(leases))
-
-    def check(self) -> None:
-        self.v6.check()
-
-    def stats(self) -> dict:
-        return {}
 
     def describe(self) -> dict:
         return {"device": self.ext.name}

@@ -67,11 +67,15 @@ def _int_opt(cfg: NetworkConfig, key: str, default: int, lo: int, hi: int) -> in
     return int(v)
 
 
-def random_mac() -> str:
-    """A random locally administered unicast MAC (flannel v0.15.1+ RandomHardwareAddr)."""
-    b = bytearray(secrets.token_bytes(6))
-    b[0] = (b[0] & 0xFE) | 0x02
-    return ":".join(f"{x:02x}" for x in b)
+def random_mac(other_than: Optional[str] = None) -> str:
+    """A random locally administered unicast MAC (flannel v0.15.1+ RandomHardwareAddr), never
+    `other_than` (the MAC another host turned out to announce too)."""
+    while True:
+        b = bytearray(secrets.token_bytes(6))
+        b[0] = (b[0] & 0xFE) | 0x02
+        mac = ":".join(f"{x:02x}" for x in b)
+        if mac != other_than:
+            return mac
 
 
 def _usable_mac(mac: Optional[str]) -> bool:
@@ -189,9 +193,8 @@ class VxlanBackend(PeerObjects):
         """Take a new random VTEP MAC (another host announces ours: the kernel cannot tell us
         apart), keep it and put it on the device; returns the lease attrs to announce."""
         with self._lock:
-            old, mac = self.mac, random_mac()
-            while mac == old:
-                mac = random_mac()
+            old = self.mac
+            mac = random_mac(other_than=old)
             self.mac = mac
             self._save_mac(mac)
             if self.lease is not None:

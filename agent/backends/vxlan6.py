@@ -105,9 +105,8 @@ class VxlanV6Device:
         device and re-program the peers (the kernel flushes a device's neighbours when its
         address changes); returns the new MAC to announce."""
         with self._lock:
-            old, mac = self.mac, random_mac()
-            while mac == old:
-                mac = random_mac()
+            old = self.mac
+            mac = random_mac(other_than=old)
             self.mac = mac
             self._save_mac(mac)
             if self.own is not None and self._index() is not None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-from typing import Iterable
 
 from .. import metrics, netlink
 from ..config import NetworkConfig
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
-from .base import BackendOptions
+from .base import BackendOptions, Ipv6OnlyPeers
 from .vxlan import DEFAULT_VNI, _int_opt
 from .vxlan6 import VxlanV6Device
 
@@ -41,12 +40,13 @@ class VxlanParams:
                    direct_routing=bool(cfg.backend_option("DirectRouting", False)), state_dir=opts.state_dir)
 
 
-class Ipv6OnlyVxlan:
+class Ipv6OnlyVxlan(Ipv6OnlyPeers):
     """vxlan in an IPv6-only network (EnableIPv4 false): `flannel-v6.<VNI>` alone, no
     `flannel.<VNI>`; the lease has PublicIP 0.0.0.0 and no BackendData, as flannel writes it
     (docs/flannel-compat.md §"IPv6-only"). FLANNEL_MTU is the v6 device's MTU (interface − 70):
     flannel writes interface − 50, more than an IPv6 underlay carries in one VXLAN packet."""
     name = "vxlan"
+    v6: VxlanV6Device
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         assert cfg.ipv6_network is not None
@@ -69,21 +69,6 @@ class Ipv6OnlyVxlan:
         one on flannel-v6.<VNI>; returns the lease attrs to announce."""
         self.v6.replace_mac()
         return self.lease_attrs()
-
-    def add_peer(self, lease: Lease) -> None:
-        self.v6.add(lease)
-
-    def remove_peer(self, lease: Lease) -> None:
-        self.v6.remove(lease)
-
-    def sync_peers(self, leases: Iterable[Lease]) -> None:
-        self.v6.sync(list(leases))
-
-    def check(self) -> None:
-        self.v6.check()
-
-    def stats(self) -> dict:
-        return {}     # the kernel forwards; it keeps no counters of ours
 
     def describe(self) -> dict:
         """The options `fastflannel status` shows."""
