@@ -2,39 +2,33 @@
 needs (an interface's IPv6 addresses, the IPv6 default route, `ip -6 route get`) and the routes
 the backends' IPv6 halves program (main table, replace/delete/list).
 
-Plain rtnetlink with `struct` (no pyroute2): one request, one reply or dump per call. Kept apart
-from agent/netlink.py, the IPv4 API the backends program through, on purpose: it needs none of
-its state and can be folded into it later without touching its callers (agent/iface.py).
+Plain rtnetlink with `struct` (no pyroute2): the messages are packed and parsed here, and sent
+over agent/netlink.py's socket (agent/rtnl.py's Requests: its lock, its namespace for tests, its
+errors as NetlinkError("<what>: <reason>")).
 """
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import os
-import socket
 import struct
-import threading
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from . import netlink
+from . import netlink, rtnl
 from .errors import NetlinkError
+from .rtnl import attr as _attr
+from .rtnl import attrs as _attrs
+from .rtnl import mac_bytes as _mac
 
 IPv6Address = ipaddress.IPv6Address
 
 AF_INET6 = 10
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x100, 0x400
+NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 20, 22, 24, 25, 26
 RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 3, 1, 4
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 RT_TABLE_MAIN = 254
 IFA_F_SECONDARY, IFA_F_DEPRECATED, IFA_F_PERMANENT = 0x01, 0x20, 0x80   # SECONDARY == TEMPORARY
-RECV_BYTES = 64 * 1024
-TIMEOUT_S = 5.0                 # a local kernel answers at once; this only bounds a bug
-
-_HDR = struct.Struct("=IHHII")          # nlmsghdr: len, type, flags, seq, pid
 _IFADDR = struct.Struct("=BBBBI")       # ifaddrmsg: family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")    # rtmsg: family, dst_len, src_len, tos, table, proto, scope, type, flags
 _ATTR = struct.Struct("=HH")
@@ -58,86 +52,36 @@ class Route6:
     prefsrc: Optional[IPv6Address]
 
 
-def _attrs(buf: bytes, off: int, end: int) -> Dict[int, bytes]:
-    out: Dict[int, bytes] = {}
-    while off + _ATTR.size <= end:
-        alen, kind = _ATTR.unpack_from(buf, off)
-        if alen < _ATTR.size:
-            break
-        out[kind & 0x3FFF] = buf[off + _ATTR.size:off + alen]
-        off += (alen + 3) & ~3
-    return out
-
-
 def _ip6(raw: Optional[bytes]) -> Optional[IPv6Address]:
     return IPv6Address(raw) if raw is not None and len(raw) == 16 else None
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:          # CLONE_NEWNET
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+Reply = Tuple[int, bytes, int, int]     # (message type, datagram, body offset, message end)
 
 
-def _socket() -> socket.socket:
-    """A NETLINK_ROUTE socket in the namespace agent/netlink.py sends to (`set_netns`, for
-    tests), else in our own; the thread switches in and back only to create it."""
-    def new() -> socket.socket:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-    ns = getattr(netlink, "_netns", None)
-    if ns is None:
-        return new()
-    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            return new()
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
+def _query(what: str, kind: int, dump: bool, body: bytes) -> List[Reply]:
+    """One get (its one reply) or dump (every reply) request."""
+    m = rtnl.msg(kind, 0, body)
+
+    def run(r: rtnl.Requests) -> List[Reply]:
+        replies = r.dump(m) if dump else [x for x in [r.get(m)] if x is not None]
+        return [(mtype, buf, off + 16, end) for buf, off, mtype, end in replies]
+    return netlink._call(what, run)
 
 
-def _exchange(kind: int, flags: int, body: bytes) -> Iterator[Tuple[int, bytes, int, int]]:
-    """Send one request; yield (type, buffer, body offset, message end) of each reply message."""
-    seq = int.from_bytes(os.urandom(4), "little") or 1
-    try:
-        sock = _socket()
-    except OSError as e:
-        raise NetlinkError(f"open rtnetlink socket for IPv6 queries: {e.strerror or e}", e.errno) from None
-    with sock as s:
-        s.settimeout(TIMEOUT_S)
-        s.sendto(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body, (0, 0))
-        while True:
-            try:
-                buf = s.recv(RECV_BYTES)
-            except OSError as e:
-                raise NetlinkError(f"rtnetlink IPv6 query: {e}") from None
-            off = 0
-            while off + _HDR.size <= len(buf):
-                mlen, mtype, _flags, mseq, _pid = _HDR.unpack_from(buf, off)
-                if mlen < _HDR.size or mseq != seq:
-                    break
-                if mtype == NLMSG_DONE:
-                    return
-                if mtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", buf, off + _HDR.size)[0]
-                    if code:
-                        raise NetlinkError(f"rtnetlink IPv6 query: {os.strerror(code)}", code)
-                    return
-                yield mtype, buf, off + _HDR.size, off + mlen
-                off += (mlen + 3) & ~3
-            if not flags & NLM_F_DUMP:
-                return
+def _ack(what: str, kind: int, flags: int, body: bytes) -> None:
+    netlink._call(what, lambda r: r.ack(rtnl.msg(kind, flags, body)))
+
+
+def _gone_ok(what: str, kind: int, body: bytes) -> bool:
+    """An acknowledged delete; False when there was nothing to delete (ENOENT, ESRCH)."""
+    return netlink._ignore((2, 3), what, lambda r: r.ack(rtnl.msg(kind, 0, body)))
 
 
 def addresses6(index: int = 0) -> List[Address6]:
     """The IPv6 addresses of interface `index` (0: of every interface), in the kernel's order."""
     out: List[Address6] = []
-    for mtype, buf, off, end in _exchange(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(AF_INET6, 0, 0, 0, 0)):
+    for mtype, buf, off, end in _query("list IPv6 addresses", RTM_GETADDR, True, _IFADDR.pack(AF_INET6, 0, 0, 0, 0)):
         if mtype != RTM_NEWADDR:
             continue
         family, plen, flags, _scope, idx = _IFADDR.unpack_from(buf, off)
@@ -168,7 +112,7 @@ def default_route6_oif() -> Optional[int]:
     """The interface index of the first IPv6 default route of the main table (flannel's
     GetDefaultV6GatewayInterface); None when there is none or it names no interface."""
     body = _RTMSG.pack(AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)
-    for mtype, buf, off, end in _exchange(RTM_GETROUTE, NLM_F_DUMP, body):
+    for mtype, buf, off, end in _query("list IPv6 routes", RTM_GETROUTE, True, body):
         r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
         if r is not None and r.dst_len == 0 and r.table == RT_TABLE_MAIN:
             return r.oif or None
@@ -178,7 +122,7 @@ def default_route6_oif() -> Optional[int]:
 def route_get6(dst: IPv6Address) -> Tuple[Optional[int], Optional[IPv6Address]]:
     """`ip -6 route get dst`: (output interface index, preferred source)."""
     body = _RTMSG.pack(AF_INET6, 128, 0, 0, 0, 0, 0, 0, 0) + _ATTR.pack(4 + 16, RTA_DST) + dst.packed
-    for mtype, buf, off, end in _exchange(RTM_GETROUTE, 0, body):
+    for mtype, buf, off, end in _query("IPv6 route get", RTM_GETROUTE, False, body):
         r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
         if r is not None:
             return r.oif or None, r.prefsrc
@@ -189,7 +133,7 @@ def route_get6_gateway(dst: IPv6Address) -> Optional[IPv6Address]:
     """The gateway of `ip -6 route get dst`; None when dst is on a link of ours (flannel's
     ip.DirectRouting)."""
     body = _RTMSG.pack(AF_INET6, 128, 0, 0, 0, 0, 0, 0, 0) + _ATTR.pack(4 + 16, RTA_DST) + dst.packed
-    for mtype, buf, off, end in _exchange(RTM_GETROUTE, 0, body):
+    for mtype, buf, off, end in _query("IPv6 route get", RTM_GETROUTE, False, body):
         r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
         if r is not None:
             return r.gateway
@@ -205,14 +149,6 @@ def _route_body(dst: ipaddress.IPv6Network, gateway: Optional[IPv6Address], oif:
     if oif:
         body += _ATTR.pack(8, RTA_OIF) + struct.pack("=I", oif)
     return body
-
-
-def _ack(what: str, kind: int, flags: int, body: bytes) -> None:
-    try:
-        for _ in _exchange(kind, flags | NLM_F_ACK, body):
-            pass
-    except NetlinkError as e:
-        raise NetlinkError(f"{what}: {e}", e.errno) from None
 
 
 def route6_replace(dst: ipaddress.IPv6Network, gateway: Optional[IPv6Address], oif: int,
@@ -237,7 +173,7 @@ def routes6(oif: int = 0) -> List[Route6]:
     """The IPv6 routes of the main table (through interface `oif` when given)."""
     body = _RTMSG.pack(AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)
     out = []
-    for mtype, buf, off, end in _exchange(RTM_GETROUTE, NLM_F_DUMP, body):
+    for mtype, buf, off, end in _query("list IPv6 routes", RTM_GETROUTE, True, body):
         r = _route(buf, off, end) if mtype == RTM_NEWROUTE else None
         if r is not None and r.table == RT_TABLE_MAIN and (not oif or r.oif == oif):
             out.append(r)
@@ -259,15 +195,6 @@ NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
 _IFINFO = struct.Struct("=BxHiII")      # ifinfomsg: family, type, index, flags, change
 _NDMSG = struct.Struct("=BxxxiHBB")     # ndmsg: family, ifindex, state, flags, type
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = _ATTR.pack(_ATTR.size + len(payload), kind) + payload
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _mac(mac: str) -> bytes:
-    return bytes(int(x, 16) for x in mac.split(":"))
 
 
 def vxlan6_create(name: str, vni: int, local6: IPv6Address, dev_index: int, port: int = 0,
@@ -332,16 +259,6 @@ def fdb6_replace(index: int, mac: str, dst: IPv6Address) -> None:
          _neigh_body(AF_BRIDGE, index, NUD_NOARP | NUD_PERMANENT, NTF_SELF, dst, mac))
 
 
-def _gone_ok(what: str, kind: int, body: bytes) -> bool:
-    try:
-        _ack(what, kind, 0, body)
-    except NetlinkError as e:
-        if e.errno in (2, 3):                   # ENOENT, ESRCH: nothing to delete
-            return False
-        raise
-    return True
-
-
 def neigh6_delete(index: int, ip: IPv6Address) -> bool:
     return _gone_ok(f"delete neighbour {ip}", RTM_DELNEIGH, _neigh_body(AF_INET6, index, 0, 0, ip, None))
 
@@ -353,7 +270,7 @@ def fdb6_delete(index: int, mac: str, dst: Optional[IPv6Address] = None) -> bool
 
 def _neigh_dump(family: int, index: int) -> List[Neigh6]:
     out = []
-    for mtype, buf, off, end in _exchange(RTM_GETNEIGH, NLM_F_DUMP, _NDMSG.pack(family, 0, 0, 0, 0)):
+    for mtype, buf, off, end in _query("list neighbours", RTM_GETNEIGH, True, _NDMSG.pack(family, 0, 0, 0, 0)):
         if mtype != RTM_NEWNEIGH:
             continue
         fam, idx, state, _flags, _type = _NDMSG.unpack_from(buf, off)
@@ -381,7 +298,7 @@ RTM_GETLINK = 18
 
 def vxlan6_local(index: int) -> Optional[IPv6Address]:
     """The IPv6 local address (IFLA_VXLAN_LOCAL6) of vxlan device `index`, None when it has none."""
-    for mtype, buf, off, end in _exchange(RTM_GETLINK, 0, _IFINFO.pack(0, 0, index, 0, 0)):
+    for mtype, buf, off, end in _query(f"get link {index}", RTM_GETLINK, False, _IFINFO.pack(0, 0, index, 0, 0)):
         if mtype != RTM_NEWLINK:
             continue
         link = _attrs(buf, off + _IFINFO.size, end).get(IFLA_LINKINFO)
