@@ -4,7 +4,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,7 +100,12 @@ void *ff_worker_main(void *arg)
         {.fd = fw->wake_fd, .events = POLLIN},
     };
     struct timespec backoff = {0, FF_ERROR_BACKOFF_NS};
+    char name[16];               /* the kernel's limit: 15 characters and the NUL */
 
+    /* "ff-tx<q>" / "ff-rx<q>": what top, perf and /proc/<pid>/task/<tid>/comm show, so a
+     * profile tells the workers apart (docs/fastpath.md §"Worker wake-ups") */
+    snprintf(name, sizeof(name), "ff-%s%u", w->tun_side ? "tx" : "rx", (unsigned)w->q);
+    (void)pthread_setname_np(pthread_self(), name);
     while (!stopping(fw)) {
         if (poll(pfd, 2, -1) < 0) {
             if (errno == EINTR)
