@@ -9,6 +9,7 @@ Each mode is a fresh two-host cluster running the fastflannel daemon (real etcd,
   udp          udp backend, batched recvmmsg/sendmmsg (tier 1)
   udp-offload  udp backend with TUN TSO/GRO + UDP GSO/GRO (tier 2, the daemon's default)
   udp-mq       tier 2 plus two multi-queue workers (tier 3)
+  udp-duplex   tier 2 with one thread for both directions (-fastpath-duplex)
 Per cluster: iperf3 with one and four TCP streams, ping RTT (`ping -i 0.002`, per-reply times:
 median and p99), and bench/udpblast.c (64-byte UDP packet rate from a sendmmsg sender, counted at
 the receiver); CPU seconds per Gbit/s from /proc/stat (all cores, so softirq work counts too).
@@ -40,6 +41,7 @@ MODES = {
     "udp": ("udp", ["-fastpath-offload=false"]),
     "udp-offload": ("udp", ["-fastpath-offload"]),
     "udp-mq": ("udp", ["-fastpath-offload", "-fastpath-workers=2"]),
+    "udp-duplex": ("udp", ["-fastpath-offload", "-fastpath-duplex"]),
 }
 DEFAULT_MODES = "vxlan,udp-offload"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
