@@ -6,6 +6,7 @@ address is a container of the namespace cluster the caller made.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -57,7 +58,7 @@ def parse_ping(text: str, warmup: int = PING_WARMUP) -> list:
 def percentile(vals: list, q: float) -> float:
     """The q-quantile (0..1) by nearest rank: a value that was measured."""
     s = sorted(vals)
-    return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
 def ping_rtt(lab, client_ns: str, server_ip: str, count: int = PING_COUNT) -> dict:
