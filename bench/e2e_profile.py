@@ -30,11 +30,11 @@ PERF = "/usr/bin/perf"
 # the threads that carry the traffic: the forwarder's workers (named in ff_loop.c), both iperf3
 # ends, softirq threads and the idle task (softirq work runs in whatever it interrupts); other
 # load on a shared machine (a neighbour's tests) is left out of the symbol table
-COMMS = "ff-tx0,ff-rx0,ff-tx1,ff-rx1,iperf3,swapper,ksoftirqd/0,ksoftirqd/1"
+COMMS = "ff-tx0,ff-rx0,ff-tx1,ff-rx1,ff-io0,ff-io1,iperf3,swapper,ksoftirqd/0,ksoftirqd/1"
 
 
 def report(data: str, sort: str, top: int, comms: str = "") -> str:
-    sel = ["--comms", comms] if comms else []
+    sel = ["--comms", comms, "--percentage", "relative"] if comms else []
     out = subprocess.run([PERF, "report", "-i", data, "--no-children", "--sort", sort, "--stdio",
                           "-g", "none", "--percent-limit", "0.5", *sel],
                          capture_output=True, text=True, timeout=300).stdout
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
         perf.wait(timeout=60)
     print(f"iperf3 x{args.streams}: {res}")
     print("== by command\n" + report(data, "comm", 15))
-    print("== top symbols (self; % of the samples of " + COMMS + ")\n" + report(data, "sym", 40, COMMS))
-    print("== workers by symbol\n" + report(data, "comm,sym", 30, "ff-tx0,ff-rx0,ff-tx1,ff-rx1"))
+    print("== top symbols (self; % of the samples of " + COMMS + " only)\n" + report(data, "sym", 40, COMMS))
+    print("== workers by symbol\n" + report(data, "comm,sym", 30, "ff-tx0,ff-rx0,ff-tx1,ff-rx1,ff-io0,ff-io1"))
     return 0
 
 
