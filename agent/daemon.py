@@ -48,6 +48,7 @@ def backend_options(opts: Options) -> BackendOptions:
     namespace host its own)."""
     return BackendOptions(state_dir=os.environ.get("FASTFLANNEL_STATE_DIR") or DEFAULT_STATE_DIR,
                           batch=opts.fastpath_batch, workers=opts.fastpath_workers,
+                          duplex=opts.fastpath_duplex,
                           offload=opts.fastpath_offload, disable=tuple(opts.fastpath_disable),
                           anti_spoof=opts.udp_anti_spoof)
 

@@ -67,6 +67,7 @@ class Options:
     # fastflannel's own
     fastpath_workers: int = 1
     fastpath_batch: int = 64                        # packets per recvmmsg/sendmmsg
+    fastpath_duplex: bool = False                   # one worker thread per queue, both directions
     # On by default: every part falls back by itself when the kernel refuses it (docs/fastpath.md).
     fastpath_offload: bool = True
     fastpath_disable: List[str] = field(default_factory=list)   # of OFFLOAD_PARTS
@@ -131,6 +132,8 @@ _FLAGS: Tuple[_Flag, ...] = (
     _Flag("log_backtrace_at", "str", "when logging hits line file:N, emit a stack trace (accepted, ignored)"),
     _Flag("fastpath-workers", "int", "fastflannel: udp fast-path worker threads per direction"),
     _Flag("fastpath-batch", "int", f"fastflannel: packets per batched syscall (1..{MAX_BATCH})"),
+    _Flag("fastpath-duplex", "bool", "fastflannel: one udp fast-path thread per queue for both "
+          "directions (fewer wake-ups on few cores)"),
     _Flag("fastpath-offload", "bool", "fastflannel: TUN/UDP segmentation offloads (default true; "
           "-fastpath-offload=false for the plain batched tier)"),
     _Flag("fastpath-disable", "csv", "fastflannel: offload parts to keep off with -fastpath-offload, "

@@ -13,7 +13,7 @@ from ff_fwd cimport (ff_fwd, ff_opts, ff_fwd_open, ff_fwd_tun_name, ff_fwd_port,
                      ff_peer_stats, ff_sender_stats, ff_peer_stat_names,
                      FF_PS__COUNT, FF_PEER_MAX, FF_UNKNOWN_SENDERS, FF_OFFLOAD_NPARTS,
                      ff_stat_names, FF_ST__COUNT, FF_ST_DROP_FIRST, FF_ST_DROP_LAST,
-                     FF_F_ANTI_SPOOF, FF_F_TUN_TSO, FF_F_UDP_GSO, FF_F_UDP_GRO, FF_F_TCP_GRO,
+                     FF_F_ANTI_SPOOF, FF_F_TUN_TSO, FF_F_UDP_GSO, FF_F_UDP_GRO, FF_F_TCP_GRO, FF_F_DUPLEX,
                      FF_MAX_BATCH, FF_MAX_WORKERS, FF_DEFAULT_BATCH, FF_DEFAULT_PORT)
 
 cdef extern from "<errno.h>":
@@ -87,6 +87,7 @@ cdef class Forwarder:
     cdef ff_fwd *_fw
     cdef _State _state
     cdef bint _running
+    cdef bint _duplex
     cdef int _inflight          # calls running in C without the GIL (protected by the GIL)
     cdef object _life           # serializes open/start/stop/close
 
@@ -117,7 +118,7 @@ cdef class Forwarder:
     def open(self, tun="flannel%d", *, tun_fd=None, bind_ip="0.0.0.0", port=DEFAULT_PORT,
              tun_ip="0.0.0.0", tun_prefix=0, mtu=1472, batch=DEFAULT_BATCH, anti_spoof=True, workers=1,
              offload=False, tun_tso=None, udp_gso=None, udp_gro=None, tcp_gro=None,
-             _refuse=()):
+             duplex=False, _refuse=()):
         """Create (or adopt, with tun_fd) the TUN device and bind the UDP socket(s); no threads yet.
 
         offload=True turns on every offload part; each part has its own switch (None = follow
@@ -129,6 +130,9 @@ cdef class Forwarder:
         workers=N > 1: the TUN gets IFF_MULTI_QUEUE with N queues, N SO_REUSEPORT receive
         sockets on port and N send sockets (one outer source port per worker); worker i serves
         queue i both ways, so one inner flow stays on one thread.
+
+        duplex=True: one thread per TUN queue runs both directions (else one thread each):
+        fewer threads and wake-ups where cores are few (docs/fastpath.md §"Worker wake-ups").
 
         tun_ip/tun_prefix is this host's lease (tun_ip its network address, the ICMP source).
         With anti_spoof a decapsulated packet is written into the TUN only when its destination
@@ -170,7 +174,7 @@ cdef class Forwarder:
         o.tun_ip = _ip(tun_ip)
         o.tun_prefix = tun_prefix
         o.batch = batch
-        o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | parts
+        o.flags = (FF_F_ANTI_SPOOF if anti_spoof else 0) | (FF_F_DUPLEX if duplex else 0) | parts
         o.workers = workers
         o.refuse = refuse
         cdef ff_fwd *fw = NULL
@@ -185,6 +189,7 @@ cdef class Forwarder:
                               "development build of the fast path (FASTFLANNEL_DEV=1)")
             _check(rc, "open forwarder")
             self._fw = fw
+            self._duplex = bool(duplex)
             self._state = OPEN
         return self
 
@@ -205,6 +210,12 @@ cdef class Forwarder:
         return ff_fwd_workers(self._fw)
 
     @property
+    def duplex(self):
+        """One thread per TUN queue for both directions (open(duplex=True))."""
+        self._alive()
+        return bool(self._duplex)
+
+    @property
     def features(self):
         """What is active now: {"tun_tso", "udp_gso", "udp_gro", "tcp_gro": bool, "workers": int}.
         A part asked for but refused by the kernel (at open, or later: EIO on a GSO send, EINVAL
@@ -220,7 +231,7 @@ cdef class Forwarder:
         return self._running
 
     def start(self):
-        """Start the worker threads (two per TUN queue)."""
+        """Start the worker threads (two per TUN queue, one with duplex)."""
         with self._life:
             self._alive()
             if self._running:

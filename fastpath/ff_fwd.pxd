@@ -10,6 +10,7 @@ cdef extern from "ff_fwd.h" nogil:
         FF_F_UDP_GSO
         FF_F_UDP_GRO
         FF_F_TCP_GRO
+        FF_F_DUPLEX
         FF_ST__COUNT
         FF_ST_DROP_FIRST
         FF_ST_DROP_LAST

@@ -34,9 +34,17 @@ def _backend(**kw) -> UdpBackend:
     return UdpBackend(SimpleNamespace(mtu=1500), cfg, BackendOptions(**kw))
 
 
+def test_duplex_flag():
+    assert Options().fastpath_duplex is False
+    assert parse_flags(["-fastpath-duplex"]).fastpath_duplex is True
+    assert parse_flags(["-fastpath-duplex=false"]).fastpath_duplex is False
+    assert parse_flags([], {"FLANNELD_FASTPATH_DUPLEX": "true"}).fastpath_duplex is True
+
+
 def test_backend_forwarder_options():
     assert _backend()._tier_options() == {}
     assert _backend(workers=2)._tier_options() == {"workers": 2}
+    assert _backend(duplex=True, workers=2)._tier_options() == {"workers": 2, "duplex": True}
     assert _backend(offload=True, disable=["udp-gso", "tun-tso"])._tier_options() == {
         "offload": True, "udp_gso": False, "tun_tso": False}
     assert _backend(offload=False, disable=["udp-gso"])._tier_options() == {}

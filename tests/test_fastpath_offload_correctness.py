@@ -163,17 +163,19 @@ def test_udp_sizes_cover_the_boundaries():
     assert (f(1444, 1472), f(1445, 1472), f(2892, 1472), f(2893, 1472), f(65507, 1472)) == (1, 2, 2, 3, 46)
 
 
-@pytest.mark.parametrize("offload, workers", [({"h1": True, "h2": True}, 1), ({"h1": True, "h2": True}, 2),
-                                              ({"h1": False, "h2": True}, 1)],
-                         ids=["offload", "offload-workers2", "plain-and-offload"])
-def test_udp_datagrams_byte_exact(lab, offload, workers):
+@pytest.mark.parametrize("offload, workers, duplex", [
+    ({"h1": True, "h2": True}, 1, False), ({"h1": True, "h2": True}, 2, False),
+    ({"h1": False, "h2": True}, 1, False), ({"h1": True, "h2": True}, 1, True),
+    ({"h1": True, "h2": True}, 2, True)],
+    ids=["offload", "offload-workers2", "plain-and-offload", "offload-duplex", "offload-workers2-duplex"])
+def test_udp_datagrams_byte_exact(lab, offload, workers, duplex):
     """2000 UDP datagrams of 1..65507 bytes (inner IP fragments above 1444) over two flows, in
     windows of 16 acked by the receiver: each arrives byte-exact and in order (see below for
     workers=2), none lost or extra, and every
     inner packet (fragment) is one datagram on the wire each way (exact counters). Both
     directions; with a plain node on one side this is UDP plain <-> offload (item 5; TCP
     plain <-> offload is test_fastpath_netns.py::test_offload_node_interoperates_with_plain_node)."""
-    ov = Overlay(lab, offload=offload, workers=workers)
+    ov = Overlay(lab, offload=offload, workers=workers, duplex=duplex)
     runs = [("h1", "h2", 31, 6001), ("h2", "h1", 32, 6011)]
     want = {"h1": dict.fromkeys(("udp_tx_packets", "udp_rx_packets", "tun_tx_packets"), 0)}
     want["h2"] = dict(want["h1"])
@@ -362,15 +364,16 @@ def _expected_drops(plain: list) -> dict:
     return want
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["workers1", "workers2"])
-def test_hostile_input_during_transfer(lab, workers):
+@pytest.mark.parametrize("workers, duplex", [(1, False), (2, False), (1, True)],
+                         ids=["workers1", "workers2", "workers1-duplex"])
+def test_hostile_input_during_transfer(lab, workers, duplex):
     """A third namespace floods h2 (offload) with random-length garbage and lying IPv4 headers
     from its own address, and forges datagrams from h1's address whose inner packets lie (bad
     TCP checksums on the running flow's 4-tuple, trailing bytes, fragments, options) while h1
     sends 12 MiB to h2. Every plain datagram is dropped and counted exactly as the reference
     validator classifies it; the forged ones are accepted (they pass every check a forwarder
     can make) and the kernel drops them; the transfer is byte-exact and the node stays up."""
-    ov = Pair(lab, cfg={"offload": True, "workers": workers})
+    ov = Pair(lab, cfg={"offload": True, "workers": workers, "duplex": duplex})
     attacker = lab.add_host("h3")
     before, before1 = ov.stats("h2"), ov.stats("h1")
     nbytes, seed, port, cport = 12 * MB, 71, 5071, 40071

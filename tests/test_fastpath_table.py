@@ -302,6 +302,46 @@ def test_forwarder_workers_adopt_a_multiqueue_tun(netns_required):
             os.close(fd)
 
 
+def _thread_names() -> list:
+    import os
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:            # a thread that just ended
+            pass
+    return names
+
+
+def test_forwarder_workers_are_named_by_direction_and_queue(netns_required):
+    """Each worker thread is named ff-tx<q> / ff-rx<q> (what perf and top show); stop ends them."""
+    with fp.Forwarder() as fw:
+        fw.open(tun="fftbl%d", bind_ip="127.0.0.1", port=0, workers=2)
+        fw.start()
+        deadline = time.monotonic() + 5
+        want = ["ff-rx0", "ff-rx1", "ff-tx0", "ff-tx1"]
+        while sorted(n for n in _thread_names() if n.startswith("ff-")) != want:
+            assert time.monotonic() < deadline, _thread_names()
+            time.sleep(0.01)
+        fw.stop()
+        assert not [n for n in _thread_names() if n.startswith("ff-")]
+
+
+def test_forwarder_duplex_runs_one_thread_per_queue(netns_required):
+    """duplex=True: one thread per TUN queue (ff-io<q>) serves both directions."""
+    with fp.Forwarder() as fw:
+        fw.open(tun="fftbl%d", bind_ip="127.0.0.1", port=0, workers=2, duplex=True)
+        assert fw.duplex
+        fw.start()
+        deadline = time.monotonic() + 5
+        while sorted(n for n in _thread_names() if n.startswith("ff-")) != ["ff-io0", "ff-io1"]:
+            assert time.monotonic() < deadline, _thread_names()
+            time.sleep(0.01)
+        fw.stop()
+        assert not [n for n in _thread_names() if n.startswith("ff-")]
+
+
 def test_forwarder_rejects_bad_options(netns_required):
     for kw in ({"batch": 0}, {"batch": 5000}, {"port": 70000}, {"workers": 0}, {"workers": 65},
                {"bind_ip": "not-an-ip"}, {"tun": "x" * 20}, {"_refuse": ("gro",)}):

@@ -38,6 +38,7 @@ class BackendOptions:
     state_dir: str = DEFAULT_STATE_DIR   # vxlan keeps its VTEP MAC here
     batch: int = 64                      # udp: packets per recvmmsg/sendmmsg (-fastpath-batch)
     workers: int = 1                     # udp: fast-path worker threads (-fastpath-workers)
+    duplex: bool = False                 # udp: one thread per queue, both directions (-fastpath-duplex)
     offload: bool = False                # udp: segmentation offloads (-fastpath-offload)
     disable: Tuple[str, ...] = ()        # udp: offload parts kept off (-fastpath-disable)
     anti_spoof: bool = True              # udp: accept only known peers' inner sources (-udp-anti-spoof)

@@ -75,7 +75,7 @@ class UdpBackend:
         if not 0 < self.port < 65536:
             raise BackendError(f"udp backend: Port {self.port} out of range")
         self.batch, self.anti_spoof = opts.batch, opts.anti_spoof
-        self.workers, self.offload = opts.workers, opts.offload
+        self.workers, self.offload, self.duplex = opts.workers, opts.offload, opts.duplex
         # offload parts kept off (-fastpath-disable: "udp-gso", ...), as Forwarder.open keywords
         self.disable = tuple(p.replace("-", "_") for p in opts.disable)
         unknown = [p for p in self.disable if p not in OFFLOAD_PARTS]
@@ -156,6 +156,8 @@ class UdpBackend:
         opts = {}
         if self.workers != 1:
             opts["workers"] = self.workers
+        if self.duplex:
+            opts["duplex"] = True
         if self.offload:
             opts["offload"] = True
             opts.update({part: False for part in self.disable})

@@ -296,6 +296,7 @@ int ff_fwd_open(struct ff_fwd **out, const struct ff_opts *o)
     fw->refuse = o->refuse & FF_F_OFFLOAD;
 #endif
     fw->vnet = (fw->feat & FF_F_TUN_TSO) != 0;
+    fw->duplex = (o->flags & FF_F_DUPLEX) != 0;
     pthread_mutex_init(&fw->wlock, NULL);
     if (posix_memalign((void **)&fw->w, 64, sizeof(*fw->w) * 2 * nq)) {
         free(fw);
@@ -344,7 +345,8 @@ int ff_fwd_start(struct ff_fwd *fw)
     /* workers block all signals so they are delivered to the embedding (Python) main thread */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    for (uint32_t i = 0; i < fw->nw && rc == 0; i++) {
+    /* duplex: the thread of w[2q] (tun->udp) also runs w[2q+1] (udp->tun) */
+    for (uint32_t i = 0; i < fw->nw && rc == 0; i += fw->duplex ? 2 : 1) {
         rc = -pthread_create(&fw->w[i].thread, NULL, ff_worker_main, &fw->w[i]);
         fw->w[i].started = rc == 0;
     }

@@ -44,6 +44,9 @@
 #define FF_F_UDP_GRO 0x10u
 #define FF_F_TCP_GRO 0x20u
 #define FF_F_OFFLOAD (FF_F_TUN_TSO | FF_F_UDP_GSO | FF_F_UDP_GRO | FF_F_TCP_GRO)
+/* One thread per TUN queue runs both directions (tun->udp and udp->tun) instead of one thread
+ * each: fewer threads and wake-ups where cores are few (docs/fastpath.md §"Worker wake-ups"). */
+#define FF_F_DUPLEX 0x40u
 
 /* Counters (docs/fastpath.md §"Counters"); keep in sync with ff_stat_names. */
 enum ff_stat {

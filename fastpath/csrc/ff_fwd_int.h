@@ -161,6 +161,7 @@ struct ff_fwd {
     uint32_t refuse;             /* FF_F_* parts to refuse once (atomic) */
 #endif
     int vnet;                    /* TUN has IFF_VNET_HDR: every read/write carries one */
+    int duplex;                  /* one thread per queue runs both its workers (FF_F_DUPLEX) */
     char tun_name[IFNAMSIZ];
     /* counter indices in use (bit 0, the shared row of routes without one, always); writer only */
     uint64_t peer_used[FF_PEER_MAX / 64];

@@ -4,7 +4,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,12 +74,21 @@ int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retrie
  * thread, e.g. the TCP endpoints, and returns at once when there is none). Sleeping in poll
  * after every drain cost a wakeup (on a VM, a halt/IPI round trip) per burst: docs/fastpath.md
  * §"Worker wake-ups". Returns the units handled. */
-static uint32_t drain(struct ff_worker *w)
+/* A queue's two workers served by one thread: w is the tun->udp worker, w + 1 its udp->tun
+ * peer. Each batch call uses its own worker's state (epoch, counters, buffers). */
+static uint32_t batch_once(struct ff_worker *w, int pair)
+{
+    if (pair)
+        return ff_tx_batch(w) + ff_rx_batch(w + 1);
+    return w->tun_side ? ff_tx_batch(w) : ff_rx_batch(w);
+}
+
+static uint32_t drain(struct ff_worker *w, int pair)
 {
     uint32_t n = 0, got;
 
     for (int idle = 0; !stopping(w->fw);) {
-        if ((got = w->tun_side ? ff_tx_batch(w) : ff_rx_batch(w)) > 0) {
+        if ((got = batch_once(w, pair)) > 0) {
             n += got;
             idle = 0;
         } else if (idle++ < FF_IDLE_SPINS) {
@@ -93,23 +104,31 @@ void *ff_worker_main(void *arg)
 {
     struct ff_worker *w = arg;
     struct ff_fwd *fw = w->fw;
-    struct pollfd pfd[2] = {
-        {.fd = w->tun_side ? w->tun_fd : w->sock_fd, .events = POLLIN},
+    int pair = fw->duplex;       /* one thread for both directions of this queue */
+    struct pollfd pfd[3] = {
         {.fd = fw->wake_fd, .events = POLLIN},
+        {.fd = w->tun_side ? w->tun_fd : w->sock_fd, .events = POLLIN},
+        {.fd = pair ? (w + 1)->sock_fd : -1, .events = POLLIN},   /* -1: ignored by poll */
     };
     struct timespec backoff = {0, FF_ERROR_BACKOFF_NS};
+    char name[16];               /* the kernel's limit: 15 characters and the NUL */
 
+    /* "ff-tx<q>" / "ff-rx<q>": what top, perf and /proc/<pid>/task/<tid>/comm show, so a
+     * profile tells the workers apart (docs/fastpath.md §"Worker wake-ups") */
+    snprintf(name, sizeof(name), "ff-%s%u", pair ? "io" : w->tun_side ? "tx" : "rx", (unsigned)w->q);
+    (void)pthread_setname_np(pthread_self(), name);
     while (!stopping(fw)) {
-        if (poll(pfd, 2, -1) < 0) {
+        if (poll(pfd, 3, -1) < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
-        if (pfd[1].revents)
+        if (pfd[0].revents)
             break;
         /* a persistent error condition (e.g. a detached TUN) keeps poll returning at once with
          * nothing to read: back off instead of spinning on a core */
-        if (drain(w) == 0 && (pfd[0].revents & (POLLERR | POLLHUP | POLLNVAL)))
+        if (drain(w, pair) == 0 &&
+            ((pfd[1].revents | pfd[2].revents) & (POLLERR | POLLHUP | POLLNVAL)))
             nanosleep(&backoff, NULL);
     }
     return NULL;

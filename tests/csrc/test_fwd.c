@@ -1,7 +1,8 @@
 /* Forwarder loop under the sanitizers: malformed, unknown-sender and spoofed datagrams are
  * counted, and route tables are replaced many times while datagrams flow (reclamation); once
  * plain and with FF_F_OFFLOAD (vnet-header TUN, received packets through ff_gro), with one and
- * several workers (multi-queue TUN, SO_REUSEPORT group), and with offload parts refused at open.
+ * several workers (multi-queue TUN, SO_REUSEPORT group), with offload parts refused at open, and
+ * duplex (one thread per queue for both directions).
  * Needs a TUN device (root); exits 77 (skipped, see CMakeLists.txt) when it cannot make one. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -172,5 +173,9 @@ int main(void)
     /* open-time fallbacks: TUNSETOFFLOAD and UDP_GRO refused */
     run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD, 1, FF_F_TUN_TSO | FF_F_UDP_GRO);
     run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD, 2, FF_F_UDP_GRO);
+    /* duplex: one thread per queue runs both directions (the receive checks and the epochs
+     * of table replacement under load, as above) */
+    run(FF_F_ANTI_SPOOF | FF_F_DUPLEX, 1, 0);
+    run(FF_F_ANTI_SPOOF | FF_F_OFFLOAD | FF_F_DUPLEX, 2, 0);
     CHECK_DONE();
 }

@@ -31,7 +31,7 @@ from fastflannel.fastpath import ROUTE_DTYPE, Forwarder
 # retransmit; docs/fastpath.md §"What the control plane must do"); 5000 removed every drop in
 # bench/bench_fastpath_iperf.py.
 DEFAULTS = {"port": 8285, "tun_prefix": 0, "mtu": 1472, "txqueuelen": 5000, "network": "10.0.0.0/8", "anti_spoof": True,
-            "batch": 64, "offload": False,
+            "batch": 64, "offload": False, "duplex": False,
             "workers": 1, "tun_tso": None, "udp_gso": None, "udp_gro": None, "tcp_gro": None, "refuse": [],
             "routes": [], "churn": False, "churn_interval": 0.005}
 CHURN_ROUTES = 10_000
@@ -48,7 +48,8 @@ class Node:
         c, fw = self.cfg, self.fw
         fw.open(tun="flannel%d", bind_ip=c["bind_ip"], port=c["port"], tun_ip=c["tun_ip"],
                 tun_prefix=c["tun_prefix"], mtu=c["mtu"], batch=c["batch"], anti_spoof=c["anti_spoof"],
-                offload=c["offload"], workers=c["workers"], tun_tso=c["tun_tso"], udp_gso=c["udp_gso"],
+                offload=c["offload"], workers=c["workers"], duplex=c["duplex"], tun_tso=c["tun_tso"],
+                udp_gso=c["udp_gso"],
                 udp_gro=c["udp_gro"], tcp_gro=c["tcp_gro"], _refuse=tuple(c["refuse"]))
         dev = fw.tun_name
         # flannel's udp backend is IPv4 only. Left on, the kernel's own IPv6 chatter on the TUN
