@@ -92,10 +92,18 @@ def _peer_rows(st: State) -> List[Dict[str, Any]]:
     for lease in sorted(st.peers, key=lambda x: slot_order(x.slot)):
         subnet = str(lease.slot)
         row: Dict[str, Any] = {"subnet": subnet, "public_ip": str(lease.public_address),
-                               "expiration": lease.expiration}
+                               **_ipv6_half(lease), "expiration": lease.expiration}
         row.update(counted.get(subnet, ()))
         rows.append(row)
     return rows
+
+
+def _ipv6_half(lease: Lease) -> Dict[str, Optional[str]]:
+    """A dual-stack lease's IPv6 subnet and PublicIPv6 (None for an IPv4-only lease, and for an
+    IPv6-only one, whose "subnet" and "public_ip" are those already)."""
+    dual = lease.ipv6_subnet is not None and lease.slot.version == 4
+    return {"ipv6_subnet": str(lease.ipv6_subnet) if dual else None,
+            "public_ipv6": str(lease.public_ipv6) if dual and lease.public_ipv6 is not None else None}
 
 
 def _ip(n: int) -> str:
@@ -114,7 +122,7 @@ def status_doc(st: State) -> Dict[str, Any]:
         "version": __version__, "ready": st.ready, "started": st.started,
         "lease": None if st.lease is None else {
             "subnet": str(st.lease.slot), "public_ip": str(st.lease.public_address),
-            "expiration": st.lease.expiration},
+            **_ipv6_half(st.lease), "expiration": st.lease.expiration},
         "network": st.network,
         "backend": dict(st.backend, type=st.backend_type) if st.backend_type else None,
         "etcd": st.etcd,
@@ -236,7 +244,9 @@ def format_status(doc: Dict[str, Any], now: Optional[float] = None) -> str:
         when = "never expires" if exp is None else (
             f"expires in {_duration(exp - now)} ({time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(exp))})"
             if exp > now else "EXPIRED")
-        lines.append(f"lease     {lease['subnet']}  public IP {lease['public_ip']}  {when}")
+        v6 = (f"  IPv6 {lease['ipv6_subnet']}  public IPv6 {lease.get('public_ipv6') or '-'}"
+              if lease.get("ipv6_subnet") else "")
+        lines.append(f"lease     {lease['subnet']}  public IP {lease['public_ip']}{v6}  {when}")
     else:
         lines.append("lease     none yet")
     if doc.get("network"):
@@ -278,11 +288,14 @@ def _peer_lines(doc: Dict[str, Any], now: float) -> List[str]:
     if not peers:
         return ["no peers"]
     counted = doc.get("per_peer_counters")
-    head = ["PEER SUBNET", "PUBLIC IP"] + (["TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPPED",
-                                             "LAST SEEN"] if counted else ["LEASE EXPIRES"])
+    dual = any(p.get("ipv6_subnet") for p in peers)
+    head = ["PEER SUBNET", "PUBLIC IP"] + (["IPV6 SUBNET", "PUBLIC IPV6"] if dual else []) + (
+        ["TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPPED", "LAST SEEN"] if counted
+        else ["LEASE EXPIRES"])
     rows = [head]
     for p in peers:
-        row = [p["subnet"], p["public_ip"]]
+        row = [p["subnet"], p["public_ip"]] + ([p.get("ipv6_subnet") or "-", p.get("public_ipv6") or "-"]
+                                               if dual else [])
         if counted:
             dropped = sum((p.get("dropped") or {}).values()) if "dropped" in p else None
             row += [_count(p.get("tx_packets")), _bytes(p.get("tx_bytes")), _count(p.get("rx_packets")),

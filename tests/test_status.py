@@ -120,3 +120,31 @@ def test_an_ipv6_only_lease_shows_its_ipv6_subnet_and_public_ipv6():
     assert (doc["lease"]["subnet"], doc["lease"]["public_ip"]) == ("fc00:5:0:9::/64", "fd00:2::a")
     assert [(p["subnet"], p["public_ip"]) for p in doc["peers"]] == [("fc00:5:0:7::/64", "fd00:2::b"),
                                                                     ("fc00:5:0:43::/64", "fd00:2::c")]
+
+
+def test_a_dual_stack_lease_shows_both_halves():
+    """A dual-stack lease keeps its IPv4 name and adds its IPv6 subnet and PublicIPv6, in the
+    JSON and in the table (a peer without an IPv6 half shows "-")."""
+    def dual(sn, ip, sn6, ip6):
+        return Lease(ipaddress.ip_network(sn), LeaseAttrs(ipaddress.ip_address(ip), "vxlan", None,
+                                                          ipaddress.ip_address(ip6)),
+                     None, ipv6_subnet=ipaddress.ip_network(sn6))
+    own = dual("10.10.16.0/20", "192.0.2.10", "fc00:10:0:1::/64", "fd00:2::a")
+    peers = [dual("10.10.32.0/20", "192.0.2.11", "fc00:10:0:2::/64", "fd00:2::b"),
+             _lease("10.10.48.0/20", "192.0.2.12")]
+    st = State(ready=True, started=time.time(), lease=own, backend_type="vxlan", peers=peers)
+    doc = status_doc(st)
+    assert {k: doc["lease"][k] for k in ("subnet", "public_ip", "ipv6_subnet", "public_ipv6")} == \
+        {"subnet": "10.10.16.0/20", "public_ip": "192.0.2.10", "ipv6_subnet": "fc00:10:0:1::/64",
+         "public_ipv6": "fd00:2::a"}
+    assert [(p["subnet"], p["ipv6_subnet"], p["public_ipv6"]) for p in doc["peers"]] == \
+        [("10.10.32.0/20", "fc00:10:0:2::/64", "fd00:2::b"), ("10.10.48.0/20", None, None)]
+    text = format_status(doc)
+    assert "lease     10.10.16.0/20  public IP 192.0.2.10  IPv6 fc00:10:0:1::/64  public IPv6 fd00:2::a" in text
+    rows = [line.split() for line in text.splitlines()]
+    assert ["PEER", "SUBNET", "PUBLIC", "IP", "IPV6", "SUBNET", "PUBLIC", "IPV6", "LEASE", "EXPIRES"] in rows
+    assert ["10.10.32.0/20", "192.0.2.11", "fc00:10:0:2::/64", "fd00:2::b", "never"] in rows
+    assert ["10.10.48.0/20", "192.0.2.12", "-", "-", "never"] in rows
+    # an IPv4-only cluster's table is as before: no IPv6 columns
+    assert "IPV6" not in format_status(status_doc(_state(False)))
+
