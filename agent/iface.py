@@ -89,11 +89,16 @@ def _by_name_or_ip(spec: str, public_ip: Optional[str]) -> ExternalInterface:
     return _result(spec, interface_ip4_addr(spec), public_ip)
 
 
-def _by_regex(pattern: str, public_ip: Optional[str]) -> ExternalInterface:
+def compile_regex(pattern: str) -> re.Pattern:
+    """An -iface-regex pattern; InterfaceError with flannel's words when it is not one."""
     try:
-        rx = re.compile(pattern)
+        return re.compile(pattern)
     except re.error as e:
         raise InterfaceError(f"unable to compile the regex {pattern!r}: {e}") from None
+
+
+def _by_regex(pattern: str, public_ip: Optional[str]) -> ExternalInterface:
+    rx = compile_regex(pattern)
     links = netlink.all_links()
     # Go's MatchString is a search, unanchored: re.search. Addresses first, in ifindex order.
     for link in links:

@@ -185,10 +185,7 @@ def _v6_by_spec(spec: str, want: Want) -> v4.ExternalInterface:
 def _v6_by_regex(pattern: str, want: Want) -> v4.ExternalInterface:
     """-iface-regex for IPv6 only: the first interface with an IPv6 address it matches, else the
     first whose name it matches (flannel's ipv6Stack loop)."""
-    try:
-        rx = re.compile(pattern)
-    except re.error as e:
-        raise InterfaceError(f"unable to compile the regex {pattern!r}: {e}") from None
+    rx = v4.compile_regex(pattern)
     links = netlink.all_links()
     for link in links:
         try:
