@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from typing import Callable, Optional
 
 from . import iface as v4
@@ -73,7 +72,8 @@ def interface_ip6_addr(name: str, pattern: Optional[str] = None) -> IPv6Address:
     if not addrs:
         raise InterfaceError(f"failed to find IPv6 address for interface {name}")
     if pattern is not None:
-        matched = [ip for ip in addrs if re.search(pattern, str(ip))]
+        rx = v4.compile_regex(pattern)
+        matched = [ip for ip in addrs if rx.search(str(ip))]
         return matched[0] if matched else addrs[0]
     return addrs[0]
 
