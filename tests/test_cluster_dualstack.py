@@ -255,6 +255,27 @@ def _restart_keeps(cluster, h, sn6, delete_lease=False):
     assert _subnets(cluster.wait_subnet(h))[1] == sn6, cluster.log(h)[-2000:]
 
 
+def test_ipv6_only_on_the_etcd_v2_store(lab6only):
+    """IPv6-only vxlan on the v2 store (`-etcd-api=v2`, flannel v0.6-v0.13's layout): the same key
+    and JSON under /v2/keys, TCP over IPv6 across every pair, a restart keeps the subnet."""
+    lab = lab6only
+    lab.start_etcd(["--enable-v2=true"])
+    lab.etcdctl("set", f"{PREFIX}/config", VXLAN6, api="2")
+    cluster = Cluster(lab, None, extra_flags=["-etcd-api=v2"])
+    cluster.start_all()
+    subnets = {h: _subnets(e)[1] for h, e in cluster.wait_all().items()}
+    keys = lab.etcdctl("ls", f"{PREFIX}/subnets", api="2").stdout.split()
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == sorted(_key(None, sn6) for sn6 in subnets.values())
+    for h, sn6 in subnets.items():
+        value = lab.etcdctl("get", f"{PREFIX}/subnets/{_key(None, sn6)}", api="2").stdout.strip()
+        _expected_lease(cluster, h, value)
+    cluster.add_containers()
+    _all_pairs_tcp(lab, cluster, nbytes=64 << 10)
+    assert cluster.stop("h2") == 0
+    cluster.start("h2")
+    assert _subnets(cluster.wait_subnet("h2"))[1] == subnets["h2"], cluster.log("h2")[-2000:]
+
+
 @pytest.mark.parametrize("config", [HOSTGW6, VXLAN6], ids=["host-gw", "vxlan"])
 def test_ipv6_only_three_hosts(lab6only, config):
     """EnableIPv4 false: hosts with no IPv4 address anywhere, one IPv6 subnet each under flannel's
