@@ -30,7 +30,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from .lease import (
     NO_SUBNET,
@@ -84,20 +84,25 @@ class Rejection:
     text: str           # for the operator, e.g. "outside the network 10.0.0.0/8"
 
 
-def network_problem(subnet: IPv4Network, network: IPv4Network) -> Optional[str]:
+Net = TypeVar("Net", IPv4Network, IPv6Network)
+Addr = TypeVar("Addr", IPv4Address, IPv6Address)
+
+
+def network_problem(subnet: Net, network: Net, name: str = "network") -> Optional[str]:
     """Why `subnet` cannot be a host's subnet in `network` (None: it can, size aside). The
-    backends use it too, so no lease outside Network is programmed whoever calls them."""
+    backends use it too, so no lease outside Network is programmed whoever calls them. `name`
+    is what the message calls the network ("IPv6Network" for the IPv6 half)."""
     if subnet.prefixlen > network.prefixlen and subnet.subnet_of(network):
         return None
     if subnet == network:
-        return f"is the whole network {network}"
+        return f"is the whole {name} {network}"
     if network.subnet_of(subnet):
-        return f"covers the whole network {network}"
-    return f"is outside the network {network}"
+        return f"covers the whole {name} {network}"
+    return f"is outside the {name} {network}"
 
 
-def public_ip_problem(ip: IPv4Address, network: Optional[IPv4Network]) -> Optional[str]:
-    for net, why in _NOT_A_HOST:
+def _address_problem(ip: Addr, network: Optional[Net], not_a_host: Sequence[Tuple[Any, str]]) -> Optional[str]:
+    for net, why in not_a_host:
         if ip in net:
             return why
     if network is not None and ip in network:
@@ -105,24 +110,18 @@ def public_ip_problem(ip: IPv4Address, network: Optional[IPv4Network]) -> Option
     return None
 
 
+def public_ip_problem(ip: IPv4Address, network: Optional[IPv4Network]) -> Optional[str]:
+    return _address_problem(ip, network, _NOT_A_HOST)
+
+
 def network6_problem(subnet6: IPv6Network, network6: IPv6Network) -> Optional[str]:
-    """network_problem for the IPv6 half of a lease (IPv6Network)."""
-    if subnet6.prefixlen > network6.prefixlen and subnet6.subnet_of(network6):
-        return None
-    if subnet6 == network6:
-        return f"IPv6 subnet {subnet6} is the whole IPv6Network"
-    if network6.subnet_of(subnet6):
-        return f"IPv6 subnet {subnet6} covers the whole IPv6Network {network6}"
-    return f"IPv6 subnet {subnet6} is outside the IPv6Network {network6}"
+    """network_problem for the IPv6 half of a lease."""
+    why = network_problem(subnet6, network6, "IPv6Network")
+    return None if why is None else f"IPv6 subnet {subnet6} {why}"
 
 
 def public_ipv6_problem(ip: IPv6Address, network6: Optional[IPv6Network]) -> Optional[str]:
-    for net, why in _NOT_A_HOST6:
-        if ip in net:
-            return why
-    if network6 is not None and ip in network6:
-        return f"is inside the overlay network {network6} (the tunnel would carry itself)"
-    return None
+    return _address_problem(ip, network6, _NOT_A_HOST6)
 
 
 def ipv6_rejection(lease: Lease, cfg: Optional[NetworkConfig]) -> Optional[Rejection]:

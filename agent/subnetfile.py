@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .lease import go_ip6_string
 
@@ -138,24 +138,29 @@ def parse_cidr(text: str) -> IPv4Network:
     return ipaddress.IPv4Network((addr, int(m.group(2))), strict=False)
 
 
-def read_prev_subnet(path: str) -> Optional[IPv4Network]:
-    """FLANNEL_SUBNET from a previous run's subnet file, as a network; None if absent or unusable."""
+def _read_prev(path: str, key: str, parse: Callable[[str], Any], what: str) -> Any:
+    """`key` of a previous run's subnet file, parsed; None (logged) when the file cannot be read
+    or the value is absent or unusable."""
     try:
-        env = read_subnet_env(path)
+        text = read_subnet_env(path).get(key)
     except OSError as e:
         log.warning("Could not read previous subnet file %s: %s", path, e)
         return None
-    text = env.get("FLANNEL_SUBNET")
     if text is None:
-        log.info("No previous subnet found in %s", path)
+        log.info("No previous %s found in %s", what, path)
         return None
     try:
-        subnet = parse_cidr(text)
+        subnet = parse(text)
     except ValueError:
-        log.warning("Ignoring unparsable FLANNEL_SUBNET=%r in %s", text, path)
+        log.warning("Ignoring unparsable %s=%r in %s", key, text, path)
         return None
-    log.info("Found previous subnet %s in %s", subnet, path)
+    log.info("Found previous %s %s in %s", what, subnet, path)
     return subnet
+
+
+def read_prev_subnet(path: str) -> Optional[IPv4Network]:
+    """FLANNEL_SUBNET from a previous run's subnet file, as a network; None if absent or unusable."""
+    return _read_prev(path, "FLANNEL_SUBNET", parse_cidr, "subnet")
 
 
 def parse_cidr6(text: str) -> IPv6Network:
@@ -170,17 +175,4 @@ def parse_cidr6(text: str) -> IPv6Network:
 def read_prev_ipv6_subnet(path: str) -> Optional[IPv6Network]:
     """FLANNEL_IPV6_SUBNET from a previous run's subnet file (flannel's
     ReadIP6CIDRFromSubnetFile), as a network; None if absent or unusable."""
-    try:
-        text = read_subnet_env(path).get("FLANNEL_IPV6_SUBNET")
-    except OSError as e:
-        log.warning("Could not read previous subnet file %s: %s", path, e)
-        return None
-    if text is None:
-        return None
-    try:
-        subnet = parse_cidr6(text)
-    except ValueError:
-        log.warning("Ignoring unparsable FLANNEL_IPV6_SUBNET=%r in %s", text, path)
-        return None
-    log.info("Found previous IPv6 subnet %s in %s", subnet, path)
-    return subnet
+    return _read_prev(path, "FLANNEL_IPV6_SUBNET", parse_cidr6, "IPv6 subnet")

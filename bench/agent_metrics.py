@@ -19,16 +19,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from scale import rss_mib  # noqa: E402  (bench/scale.py, beside this script)
+
 from fastflannel.lab import Lab, cleanup_stale, read_subnet_env, wait_for  # noqa: E402
 from fastflannel.lab.cluster import PREFIX, Cluster, seed_config  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,8 @@ from ..lease import Lease, LeaseAttrs
 
 DEFAULT_STATE_DIR = "/var/lib/fastflannel"
 
-__all__ = ["DEFAULT_STATE_DIR", "Backend", "BackendError", "BackendOptions", "Ipv6OnlyPeers"]
+__all__ = ["DEFAULT_STATE_DIR", "Backend", "BackendError", "BackendOptions", "DualStackPeers", "Ipv6OnlyPeers",
+           "PeerCalls"]
 
 
 @dataclass(frozen=True)
@@ -99,4 +100,44 @@ class Ipv6OnlyPeers:
 
     def stats(self) -> dict:
         return {}
+
+
+class PeerCalls:
+    """The peer calls as a base class: the IPv4 backends (host-gw, vxlan) derive from it so that
+    DualStackPeers, put before them, reaches theirs through super()."""
+
+    def add_peer(self, lease: Lease) -> None:
+        raise NotImplementedError
+
+    def remove_peer(self, lease: Lease) -> None:
+        raise NotImplementedError
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+
+class DualStackPeers(PeerCalls):
+    """The peer calls of a dual-stack backend, `class X(DualStackPeers, <IPv4 backend>)`: the
+    IPv4 backend's call, then its IPv6 half's (`self.v6`)."""
+    v6: V6Half
+
+    def add_peer(self, lease: Lease) -> None:
+        super().add_peer(lease)
+        self.v6.add(lease)
+
+    def remove_peer(self, lease: Lease) -> None:
+        super().remove_peer(lease)
+        self.v6.remove(lease)
+
+    def sync_peers(self, leases: Iterable[Lease]) -> None:
+        leases = list(leases)
+        super().sync_peers(leases)
+        self.v6.sync(leases)
+
+    def check(self) -> None:
+        super().check()
+        self.v6.check()
 

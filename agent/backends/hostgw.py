@@ -32,7 +32,7 @@ from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
 from ..peers import network_problem
-from .base import BackendOptions
+from .base import BackendOptions, PeerCalls
 
 if TYPE_CHECKING:
     from ..kernelwatch import Changes, KernelWatch
@@ -44,7 +44,7 @@ IPv4Network = ipaddress.IPv4Network
 Step = Tuple[str, Callable[[], bytes]]      # what (for the log), how to build its request
 
 
-class HostGwBackend:
+class HostGwBackend(PeerCalls):
     name = "host-gw"
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):

@@ -23,7 +23,7 @@ from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, Slot
 from ..peers import network6_problem
-from .base import BackendOptions, Ipv6OnlyPeers
+from .base import BackendOptions, DualStackPeers, Ipv6OnlyPeers
 from .hostgw import HostGwBackend
 
 log = logging.getLogger("fastflannel.hostgw")
@@ -122,8 +122,9 @@ class HostGwV6Routes:
                 self._delete((r.dst, r.gateway))
 
 
-class DualStackHostGw(HostGwBackend):
+class DualStackHostGw(DualStackPeers, HostGwBackend):
     """host-gw with EnableIPv6: the IPv4 backend, then the IPv6 routes."""
+    v6: HostGwV6Routes
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         super().__init__(ext, cfg, opts)
@@ -136,23 +137,6 @@ class DualStackHostGw(HostGwBackend):
     def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         super().setup(lease, cfg)
         self.v6.own = lease.ipv6_subnet
-
-    def add_peer(self, lease: Lease) -> None:
-        super().add_peer(lease)
-        self.v6.add(lease)
-
-    def remove_peer(self, lease: Lease) -> None:
-        super().remove_peer(lease)
-        self.v6.remove(lease)
-
-    def sync_peers(self, leases: Iterable[Lease]) -> None:
-        leases = list(leases)
-        super().sync_peers(leases)
-        self.v6.sync(leases)
-
-    def check(self) -> None:
-        super().check()
-        self.v6.check()
 
 
 class Ipv6OnlyHostGw(Ipv6OnlyPeers):

@@ -44,7 +44,7 @@ from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, valid_peer_mac, vtep_mac
 from ..peers import network_problem
-from .base import BackendOptions
+from .base import BackendOptions, PeerCalls
 from .vxlan_peers import PeerObjects, _Peer
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _usable_mac(mac: Optional[str]) -> bool:
     return valid_peer_mac(mac) and bool(int(str(mac)[:2], 16) & 0x02)
 
 
-class VxlanBackend(PeerObjects):
+class VxlanBackend(PeerObjects, PeerCalls):
     name = "vxlan"
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):

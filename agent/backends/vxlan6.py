@@ -34,7 +34,7 @@ from ..errors import BackendError
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, Slot, vtep_mac6
 from ..peers import network6_problem
-from .base import BackendOptions
+from .base import BackendOptions, DualStackPeers
 from .vxlan import VxlanBackend, _usable_mac, random_mac
 
 log = logging.getLogger("fastflannel.vxlan")
@@ -325,8 +325,9 @@ class VxlanV6Device:
                 self._quiet(netlink6.route6_delete, r.dst, r.gateway, self.ext.index)
 
 
-class DualStackVxlan(VxlanBackend):
+class DualStackVxlan(DualStackPeers, VxlanBackend):
     """vxlan with EnableIPv6: the IPv4 backend, then the IPv6 device and peers."""
+    v6: VxlanV6Device
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         super().__init__(ext, cfg, opts)
@@ -341,20 +342,4 @@ class DualStackVxlan(VxlanBackend):
         super().setup(lease, cfg)
         self.v6.setup(lease)
 
-    def add_peer(self, lease: Lease) -> None:
-        super().add_peer(lease)
-        self.v6.add(lease)
-
-    def remove_peer(self, lease: Lease) -> None:
-        super().remove_peer(lease)
-        self.v6.remove(lease)
-
-    def sync_peers(self, leases: Iterable[Lease]) -> None:
-        leases = list(leases)
-        super().sync_peers(leases)
-        self.v6.sync(leases)
-
-    def check(self) -> None:
-        super().check()
-        self.v6.check()
 
