@@ -60,6 +60,9 @@ class Lease:
     expiration: Optional[float] = None
     revision: int = field(default=0, compare=False)
     ipv6_subnet: Optional[IPv6Network] = None   # the IPv6 half of a dual-stack key
+    # The store revision that created the key (etcd v3 create_revision, v2 createdIndex): of two
+    # leases that claim one subnet, the earlier-created keeps it (subnets.SubnetManager).
+    created: int = field(default=0, compare=False)
 
     @property
     def public_ip(self) -> Optional[IPv4Address]:

@@ -198,7 +198,8 @@ class EtcdRegistry:
         except LeaseFormatError as e:
             log.warning("Ignoring bad subnet node %s: %s", key, e)
             return None
-        return Lease(subnet, attrs, self._expiration(client, kv.lease, cache), kv.mod_revision, subnet6)
+        return Lease(subnet, attrs, self._expiration(client, kv.lease, cache), kv.mod_revision, subnet6,
+                     kv.create_revision)
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """Every lease under `<prefix>/subnets/` (etcd key order) and the revision of the read."""
@@ -242,7 +243,7 @@ class EtcdRegistry:
                 self._revoke(grant.id)
             raise SubnetExists(f"subnet already exists: {subnet_key(subnet, ipv6_subnet)}")
         rev = responses[0].response_put.header.revision if responses else 0
-        return Lease(subnet, attrs, time.time() + grant.ttl if grant else None, rev, ipv6_subnet)
+        return Lease(subnet, attrs, time.time() + grant.ttl if grant else None, rev, ipv6_subnet, rev)
 
     def _revoke(self, lease_id: int) -> None:
         try:

@@ -222,7 +222,8 @@ class EtcdV2Registry:
         except LeaseFormatError as e:
             log.warning("Ignoring bad subnet node %s: %s", key, e)
             return None
-        return Lease(subnet, attrs, node_expiration(node, now), _int(node.get("modifiedIndex")), subnet6)
+        return Lease(subnet, attrs, node_expiration(node, now), _int(node.get("modifiedIndex")), subnet6,
+                     _int(node.get("createdIndex")))
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """Every lease under `<prefix>/subnets/` (key order) and the etcd index of the read."""
@@ -257,7 +258,7 @@ class EtcdV2Registry:
                  attrs: LeaseAttrs) -> Lease:
         node = self._node(r, what)
         return Lease(subnet, attrs, node_expiration(node, time.time()), _int(node.get("modifiedIndex")),
-                     subnet6)
+                     subnet6, _int(node.get("createdIndex")))
 
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl_s: int,
                      ipv6_subnet: IPv6Network | None = None) -> Lease:

@@ -124,6 +124,20 @@ def test_a_dual_stack_key_is_its_own_key(registry):
     assert registry.get_lease(NET, NET6) is None and registry.get_lease(NET) is not None
 
 
+def test_created_orders_leases_by_creation_and_survives_a_renewal(registry):
+    """`Lease.created` (v3 create_revision, v2 createdIndex) tells the lease policy which of two
+    keys sharing a subnet came first: it grows with each create and a renewal keeps it."""
+    a = registry.create_lease(NET, DS, DAY_S, NET6)
+    b = registry.create_lease(NET, UDP, DAY_S)
+    listed = {lease.key: lease.created for lease in registry.list_leases()[0]}
+    assert 0 < a.created < b.created and listed == {a.key: a.created, b.key: b.created}
+    registry.update_lease(NET, UDP, DAY_S, NET6)
+    registry.update_lease(NET, DS, DAY_S)
+    got = registry.get_lease(NET, NET6)
+    assert got is not None and got.created == a.created and got.revision > b.created
+    assert {lease.key: lease.created for lease in registry.list_leases()[0]} == listed
+
+
 def test_watch_carries_the_ipv6_half(registry):
     _, rev = registry.list_leases()
     w = LeaseWatch(registry, rev)

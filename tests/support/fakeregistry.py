@@ -39,6 +39,7 @@ class _Entry:
     attrs: LeaseAttrs
     expiration: Optional[float]
     mod_revision: int
+    create_revision: int
 
 
 class FakeClock:
@@ -177,7 +178,9 @@ class FakeRegistry:
 
     def _store(self, key: Key, attrs: LeaseAttrs, ttl_s: int) -> None:
         exp = self.clock() + ttl_s if ttl_s else None
-        self._kv[key] = _Entry(attrs, exp, self.revision + 1)
+        old = self._kv.get(key)
+        rev = self.revision + 1
+        self._kv[key] = _Entry(attrs, exp, rev, old.create_revision if old else rev)
         self._changed_to(LeaseEvent(LeaseEvent.ADDED, self._lease(key)))
 
     def _expire(self) -> None:
@@ -190,7 +193,7 @@ class FakeRegistry:
         if isinstance(key, IPv4Network):        # tests name an IPv4-only lease by its subnet
             key = (key, None)
         e = self._kv[key]
-        return Lease(key[0], e.attrs, e.expiration, e.mod_revision, key[1])
+        return Lease(key[0], e.attrs, e.expiration, e.mod_revision, key[1], e.create_revision)
 
 
 if TYPE_CHECKING:
