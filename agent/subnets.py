@@ -22,8 +22,10 @@ subnet under one key; both must fit the config for a lease to be reused (flannel
 isSubnetConfigCompat and isIPv6SubnetConfigCompat, so a v4-only lease is not reused by a
 dual-stack host, nor a dual-stack one by a v4-only host: it is deleted and a new one taken); the
 previous subnets of subnet.env are reused only as a pair; a new lease takes a free subnet of each
-family. Unlike flannel, an IPv4-only lease never blocks the IPv6 window (flannel v0.20.2 dereferences
-its missing IPv6 subnet), and the previous IPv6 subnet is refused when a lease overlaps it.
+family. Unlike flannel, a create is checked afterwards for an earlier key sharing either half
+(`v4&v6` keys are unique only as pairs; the later-created gives its key up), an IPv4-only lease
+never blocks the IPv6 window (flannel v0.20.2 dereferences its missing IPv6 subnet), and the
+previous IPv6 subnet is refused when a lease overlaps it.
 
 IPv6-only (EnableIPv4 false, docs/flannel-compat.md §"IPv6-only"): only the IPv6 subnet is
 allocated, under the IPv4 placeholder 0.0.0.0/0 that every such lease shares; our lease is found
@@ -175,14 +177,44 @@ class SubnetManager:
         else:
             taken = _blocking(self.config, leases)
             pair = self._previous_pair(taken, leases, lost)
-            subnet, subnet6 = pair if pair is not None else (self._allocate(taken, lost), self._allocate6(leases))
+            subnet, subnet6 = pair if pair is not None else (self._allocate(taken, lost),
+                                                             self._allocate6(leases, lost))
         try:
             lease = self.registry.create_lease(subnet, attrs, SUBNET_TTL_S, subnet6)
         except SubnetExists:
             lost.add(subnet6 if self.config.ipv6_only and subnet6 is not None else subnet)
             raise
+        if subnet6 is not None:
+            self._keep_if_first(lease, lost)
         self.log.info("Allocated lease %s for %s", subnet_key(subnet, subnet6), self.host)
         return lease
+
+    def _keep_if_first(self, lease: Lease, lost: Set[Slot]) -> None:
+        """A key with an IPv6 half is unique only as a pair: etcd's create-if-absent lets two
+        hosts that picked one IPv4 subnet with different IPv6 ones (or the reverse) both
+        succeed, and flannel stops there. We read the leases again after our create; of two that
+        share a subnet the earlier-created keeps it, so the later one (which reads after both
+        creates) always sees the clash: it deletes its key and has lost the race."""
+        leases, _rev = self.registry.list_leases()
+        ours = next((x for x in leases if x.key == lease.key), lease)
+        for other in leases:
+            if other.key == lease.key or (other.created, other.key) > (ours.created, ours.key):
+                continue
+            clash4 = (lease.subnet != NO_SUBNET and other.subnet.prefixlen >= self.config.subnet_len
+                      and other.subnet.overlaps(lease.subnet))
+            clash6 = (lease.ipv6_subnet is not None and other.ipv6_subnet is not None
+                      and other.ipv6_subnet.prefixlen >= self.config.ipv6_subnet_len
+                      and other.ipv6_subnet.overlaps(lease.ipv6_subnet))
+            if not (clash4 or clash6):
+                continue
+            self.log.info("Lease %s (created first, by %s) shares a subnet with ours (%s); "
+                          "giving ours up", other.key, other.public_ip, lease.key)
+            self.registry.delete_lease(lease.subnet, lease.ipv6_subnet)
+            if clash4:
+                lost.add(lease.subnet)
+            if clash6 and lease.ipv6_subnet is not None:
+                lost.add(lease.ipv6_subnet)
+            raise SubnetExists(f"subnet already leased by an earlier key: {other.key}")
 
     @property
     def host(self) -> str:
@@ -248,6 +280,8 @@ class SubnetManager:
         if prev is None:
             return None
         prev6 = self.prev_ipv6_subnet if self.config.enable_ipv6 else None
+        if prev6 is not None and prev6 in lost:
+            return None
         if not self.config.ipv6_subnet_compatible(prev6):
             self.log.error("Found previously leased IPv6 subnet (%s) that is not compatible with "
                            "the network config, ignoring the previous subnets", prev6)

@@ -18,6 +18,7 @@ from fastflannel.agent.config import parse_config
 from fastflannel.agent.errors import OutOfSubnets
 from fastflannel.agent.subnets import SUBNET_TTL_S, LeaseKeeper, SubnetManager
 from support.fakeregistry import FakeRegistry, attrs
+from support.picks import Pick
 
 ME, ME6 = "192.0.2.10", "fd00:2::10"
 OTHER = "192.0.2.12"
@@ -161,3 +162,43 @@ def test_keeper_renews_and_recreates_under_the_dual_stack_key():
     assert reg.keys() == [key]
     assert keeper.lease.ipv6_subnet == lease.ipv6_subnet
     assert reg.get_lease(*key).attrs == MY_ATTRS
+
+
+@pytest.mark.parametrize("shared", ["ipv4", "ipv6"])
+def test_two_hosts_racing_for_one_half_of_a_key_leave_one_holder_per_subnet(shared):
+    """etcd's create-if-absent compares the whole key `v4&v6`: two hosts that picked one IPv4
+    subnet with different IPv6 ones (or the reverse) both create theirs, and flannel stops
+    there, so both route one subnet. The later-created one must give its key up and pick again."""
+    reg = FakeRegistry()
+    first = SubnetManager(reg, parse_config(DUAL), A(OTHER), rng=Pick(0, 1 if shared == "ipv4" else 0),
+                          clock=reg.clock)
+    theirs = []
+
+    def race(method, _arg):
+        if method == "create_lease":           # the other host creates between our list and create
+            reg.before = None
+            theirs.append(first.acquire(dataclasses.replace(attrs(OTHER, "host-gw"),
+                                                            public_ipv6=A6("fd00:2::12"))))
+    reg.before = race
+    ours = manager(reg, rng=Pick(0, 0 if shared == "ipv4" else 1)).acquire(MY_ATTRS)
+    other = theirs[0]
+    assert other.subnet != ours.subnet and other.ipv6_subnet != ours.ipv6_subnet
+    assert set(reg.keys()) == {(other.subnet, other.ipv6_subnet), (ours.subnet, ours.ipv6_subnet)}
+    assert reg.names().count("delete_lease") == 1                     # ours, the later one
+    held = reg.get_lease(other.subnet, other.ipv6_subnet)
+    assert held is not None and held.public_ip == A(OTHER)
+
+
+def test_an_earlier_ipv4_only_lease_on_our_ipv4_subnet_makes_us_pick_again():
+    """A v4-only host (key `10.5.1.0-24`) that created its lease after our list and before our
+    create holds the IPv4 subnet first; our dual-stack key beside it is given up."""
+    reg = FakeRegistry()
+    raced = []
+
+    def race(method, _arg):
+        if method == "create_lease" and not raced:
+            raced.append(reg.put("10.5.1.0/24", OTHER))
+    reg.before = race
+    lease = manager(reg, rng=PickFirst()).acquire(MY_ATTRS)
+    assert raced and lease.subnet == N("10.5.2.0/24")
+    assert reg.keys() == [(N("10.5.1.0/24"), None), (lease.subnet, lease.ipv6_subnet)]
