@@ -134,7 +134,7 @@ class Daemon:
         self.ready = True
         self._mark("subnet_file")
         log.info("Wrote %s; running backend %s", opts.subnet_file, cfg.backend_type)
-        tracker = PeerTracker(lease.slot, lease.attrs, cfg)     # lease admission (agent/peers.py)
+        tracker = PeerTracker(lease.slot, lease.attrs, cfg, lease.ipv6_subnet)   # admission (agent/peers.py)
         self._run_peers(registry, _Running(backend, lease, LeaseKeeper(mgr, lease), tracker))
 
     def _interface(self, cfg: NetworkConfig) -> ExternalInterface:

@@ -20,7 +20,11 @@ lease with an IPv6 subnet but no usable VtepMAC in BackendV6Data), names an addr
 have as its PublicIP, carries this host's PublicIP, or is a vxlan lease without a usable
 VtepMAC; and, between leases, when its VtepMAC is also announced by another host (one FDB entry
 per MAC: the host admitted first keeps it) or by this host (the daemon then takes a new MAC,
-`take_mac_conflicts()`). A refused lease is logged once, never replaces the admitted value of
+`take_mac_conflicts()`); and when its IPv6 subnet is this host's or also leased by a key
+created earlier. Two keys of one subnet (`10.5.1.0-24&fc00:5:0:1::-64` and
+`10.5.1.0-24&fc00:5:0:2::-64`: a `v4&v6` key is unique only as a pair, docs/flannel-compat.md
+§"Dual-stack") are one peer, the earlier-created key's; the other is never programmed, and its
+DELETE leaves the first in place. A refused lease is logged once, never replaces the admitted value of
 its key (the last good value stays programmed until a DELETE), and is admitted as soon as what
 made it refused goes away. `rejected()` and `rejection_counts()` are what monitoring reads.
 """
@@ -30,7 +34,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from .lease import (
     NO_SUBNET,
@@ -62,7 +66,9 @@ OWN_PUBLIC_IP = "own-public-ip"         # our PublicIP on another subnet: a copy
 VTEP_MAC = "vtep-mac"                   # a vxlan lease without a usable VtepMAC
 MAC_CONFLICT = "mac-conflict"           # its VtepMAC is another host's, admitted first
 OWN_MAC = "own-mac"                     # its VtepMAC is ours
-CODES = (OUTSIDE_NETWORK, PREFIX_LENGTH, PUBLIC_IP, OWN_PUBLIC_IP, VTEP_MAC, MAC_CONFLICT, OWN_MAC)
+SUBNET_CONFLICT = "subnet-conflict"     # its IPv6 subnet is ours, or another key's, created first
+CODES = (OUTSIDE_NETWORK, PREFIX_LENGTH, PUBLIC_IP, OWN_PUBLIC_IP, VTEP_MAC, MAC_CONFLICT, OWN_MAC,
+         SUBNET_CONFLICT)
 
 # Addresses that are never a host's unicast address (RFC 1122 §3.2.1.3, RFC 5771, RFC 1112 §4).
 _NOT_A_HOST = ((IPv4Network("0.0.0.0/8"), "is not a host address (0.0.0.0/8)"),
@@ -151,15 +157,20 @@ def ipv6_rejection(lease: Lease, cfg: Optional[NetworkConfig]) -> Optional[Rejec
 
 class PeerTracker:
     def __init__(self, own_subnet: Slot, own_attrs: Optional[LeaseAttrs] = None,
-                 config: Optional[NetworkConfig] = None):
-        """`own_attrs` and `config` enable the rules that need them (our PublicIP and MAC, the
-        network); without them only the rules of a lease alone apply."""
+                 config: Optional[NetworkConfig] = None, own_ipv6_subnet: Optional[IPv6Network] = None):
+        """`own_attrs`, `config` and `own_ipv6_subnet` enable the rules that need them (our
+        PublicIP, MAC and IPv6 subnet, the network); without them only the rules of a lease
+        alone apply."""
         self.own_subnet = own_subnet
         self._own = own_attrs
         self._config = config
-        self._seen: Dict[Slot, Lease] = {}        # the latest value of every peer key
+        self._own6 = own_ipv6_subnet
+        self._seen: Dict[Slot, Lease] = {}        # per subnet, the earliest-created key's value
+        # subnets with several live keys (key -> latest value); rare, so kept apart from _seen
+        self._shared: Dict[Slot, Dict[str, Lease]] = {}
         self._cand: Dict[Slot, Lease] = {}        # the value that may be admitted per key
         self._by_mac: Dict[str, Set[Slot]] = {}   # VtepMAC -> keys whose candidate has it
+        self._by_v6: Dict[IPv6Network, Set[Slot]] = {}  # IPv6 subnet -> keys whose candidate has it
         self._admitted: Dict[Slot, Lease] = {}    # what the backends were given
         self._order: Dict[Slot, int] = {}         # when each key was admitted
         self._seq = itertools.count()
@@ -206,16 +217,22 @@ class PeerTracker:
         when a subnet was replaced by one of another size. A renewal alone (a new expiration)
         is no event."""
         fresh: Dict[Slot, Lease] = {}
+        shared: Dict[Slot, Dict[str, Lease]] = {}
         for lease in leases:
             if lease.slot == self.own_subnet:
                 continue
             if lease.attrs is None:
                 log.warning("Ignoring lease %s without attributes in a listing", lease.slot)
                 continue
+            prev = fresh.get(lease.slot)
+            if prev is not None and not _same_key(prev, lease):
+                keys = shared.setdefault(lease.slot, {prev.key: prev})
+                keys[lease.key] = lease
+                lease = _first(lease.slot, keys, self._host)
             fresh[lease.slot] = lease
         with self._lock:
             affected = set(self._seen) | set(fresh) | set(self._admitted)
-            self._seen = fresh
+            self._seen, self._shared = fresh, shared
             self._rebuild_candidates()
             return self._commit(affected, attrs_only=True)
 
@@ -231,9 +248,9 @@ class PeerTracker:
                     if ev.lease.attrs is None:
                         log.warning("Ignoring added subnet %s without attributes", subnet)
                         continue
-                    self._seen[subnet] = ev.lease
+                    self._put(subnet, ev.lease)
                 elif ev.kind == LeaseEvent.REMOVED:
-                    if self._seen.pop(subnet, None) is None:
+                    if not self._drop(subnet, ev.lease):
                         log.info("Removed subnet (%s) was not found", subnet)
                         continue
                 else:
@@ -248,6 +265,35 @@ class PeerTracker:
             self._own = attrs
             self._rebuild_candidates()
             return self._commit(set(self._seen) | set(self._admitted), attrs_only=True)
+
+    def _put(self, subnet: Slot, lease: Lease) -> None:
+        """A key's new value; of several keys of one subnet the earliest-created is the peer."""
+        seen = self._seen.get(subnet)
+        keys = self._shared.get(subnet)
+        if keys is None and (seen is None or _same_key(seen, lease)):
+            self._seen[subnet] = lease
+            return
+        if keys is None:
+            assert seen is not None
+            keys = self._shared[subnet] = {seen.key: seen}
+        keys[lease.key] = lease
+        self._seen[subnet] = _first(subnet, keys, self._host)
+
+    def _drop(self, subnet: Slot, gone: Lease) -> bool:
+        """A key is gone (False: it was not known); another key of the subnet may take over."""
+        keys = self._shared.get(subnet)
+        if keys is None:
+            seen = self._seen.get(subnet)
+            if seen is None or not _same_key(seen, gone):
+                return False
+            del self._seen[subnet]
+            return True
+        if keys.pop(gone.key, None) is None:
+            return False
+        if len(keys) == 1:
+            del self._shared[subnet]
+        self._seen[subnet] = _first(subnet, keys, self._host)
+        return True
 
     # -- admission ------------------------------------------------------------------------------
     def _static(self, lease: Lease) -> Optional[Rejection]:
@@ -315,22 +361,24 @@ class PeerTracker:
             return vtep_mac6(a)
         return vtep_mac(a)
 
+    def _v6(self, lease: Lease) -> Optional[IPv6Network]:
+        """The IPv6 subnet the lease needs routed here: only dual-stack (an IPv4-only host
+        programs no IPv6 half; IPv6-only keys are their IPv6 subnet, so one per subnet already)."""
+        cfg = self._config
+        if cfg is None or not cfg.enable_ipv6 or cfg.ipv6_only:
+            return None
+        return lease.ipv6_subnet
+
     def _index(self, subnet: Slot, lease: Optional[Lease]) -> Set[Slot]:
-        """Set the candidate of `subnet`; return the keys that share its old or new MAC."""
+        """Set the candidate of `subnet`; return the keys that share its old or new MAC or IPv6
+        subnet."""
         touched = {subnet}
         old = self._cand.pop(subnet, None)
         for adding, cand in ((False, old), (True, lease)):
-            mac = self._mac(cand) if cand is not None else None
-            if mac is None:
+            if cand is None:
                 continue
-            group = self._by_mac.setdefault(mac, set())
-            if adding:
-                group.add(subnet)
-            else:
-                group.discard(subnet)
-            touched |= group
-            if not group:
-                del self._by_mac[mac]
+            touched |= _regroup(self._by_mac, self._mac(cand), subnet, adding)
+            touched |= _regroup(self._by_v6, self._v6(cand), subnet, adding)
         if lease is not None:
             self._cand[subnet] = lease
         return touched
@@ -339,12 +387,22 @@ class PeerTracker:
         return self._index(subnet, self._candidate(subnet))
 
     def _rebuild_candidates(self) -> None:
-        self._cand, self._by_mac = {}, {}
+        self._cand, self._by_mac, self._by_v6 = {}, {}, {}
         for subnet in self._seen:
             self._index(subnet, self._candidate(subnet))
 
     def _relational(self, subnet: Slot, cand: Lease) -> Optional[Rejection]:
-        """The rules between leases: one VTEP MAC, one host."""
+        """The rules between leases: one IPv6 subnet, one VTEP MAC, one host."""
+        sn6 = self._v6(cand)
+        if sn6 is not None and sn6 == self._own6:
+            return Rejection(SUBNET_CONFLICT, f"IPv6 subnet {sn6} is this host's")
+        group6 = self._by_v6.get(sn6, set()) if sn6 is not None else set()
+        if len(group6) > 1:
+            first = min(group6, key=lambda s: (self._cand[s].created, self._cand[s].key))
+            if first != subnet:
+                holder = self._cand[first]
+                return Rejection(SUBNET_CONFLICT, f"IPv6 subnet {sn6} is also leased by {holder.key} "
+                                                  f"({self._host(holder)}), created first")
         mac = self._mac(cand)
         if mac is None:
             return None
@@ -401,7 +459,10 @@ class PeerTracker:
             self._admitted[subnet] = admit
             if old is None:
                 self._order[subnet] = next(self._seq)
-            changed = old is None or (old.attrs != admit.attrs if attrs_only else old != admit)
+            elif old.key != admit.key:          # another key of the subnet (its IPv6 half differs)
+                removed.append(LeaseEvent(LeaseEvent.REMOVED, old))
+            changed = old is None or old.key != admit.key or (
+                old.attrs != admit.attrs if attrs_only else old != admit)
             if changed:
                 added.append(LeaseEvent(LeaseEvent.ADDED, admit))
         return removed + added
@@ -422,6 +483,38 @@ class PeerTracker:
                     self._host(seen), why.text, kept)
         if why.code == OWN_MAC:
             self._conflicts[subnet] = seen
+
+
+K = TypeVar("K")
+
+
+def _same_key(a: Lease, b: Lease) -> bool:
+    """One etcd key (compared by its halves: cheaper than rendering `Lease.key`)."""
+    return a.subnet == b.subnet and a.ipv6_subnet == b.ipv6_subnet
+
+
+def _first(subnet: Slot, keys: Dict[str, Lease], host: Callable[[Lease], object]) -> Lease:
+    """The value of the subnet's earliest-created key; the others are logged, never used."""
+    first = min(keys.values(), key=lambda x: (x.created, x.key))
+    if len(keys) > 1:
+        others = ", ".join(k for k in sorted(keys) if k != first.key)
+        log.warning("Ignoring lease %s: its subnet %s is also leased by %s (PublicIP %s), created first",
+                    others, slot_key(subnet), first.key, host(first))
+    return first
+
+
+def _regroup(index: Dict[K, Set[Slot]], value: Optional[K], subnet: Slot, adding: bool) -> Set[Slot]:
+    """Add `subnet` to (or drop it from) the group of keys sharing `value`; return the group."""
+    if value is None:
+        return set()
+    group = index.setdefault(value, set())
+    if adding:
+        group.add(subnet)
+    else:
+        group.discard(subnet)
+    if not group:
+        del index[value]
+    return set(group)
 
 
 __all__ = ["CODES", "PeerTracker", "Rejection", "ipv6_rejection", "network6_problem", "network_problem",

@@ -129,7 +129,7 @@ def test_dual_stack_three_hosts(lab6, config):
                                  "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"]
         assert envs[h]["FLANNEL_IPV6_NETWORK"] == NET6
         _expected_lease(cluster, h, leases[_key(v4, v6)])
-    assert len({v6 for _, v6 in subnets.values()}) == 3
+    assert len({v4 for v4, _ in subnets.values()}) == 3 and len({v6 for _, v6 in subnets.values()}) == 3
     cluster.add_containers()
     _all_pairs_tcp(lab, cluster)
     for a, b in itertools.permutations(cluster.hosts, 2):
@@ -156,6 +156,28 @@ def test_dual_stack_three_hosts(lab6, config):
         host = cluster.hosts[h]
         gone = wait_for(lambda host=host: not _state_of(lab, host, v4, v6, lease3), 15, 0.2)
         assert gone, (h, _state_of(lab, host, v4, v6, lease3))
+
+
+def test_three_hosts_starting_together_on_three_ipv4_subnets_each_hold_their_own(lab6):
+    """A window of three IPv4 subnets and 100 IPv6 candidates: hosts starting together often
+    pick one IPv4 subnet with different IPv6 ones, and both creates of a `v4&v6` key succeed.
+    The later key must be given up (agent/subnets.py) and never programmed by the others
+    (agent/peers.py): at the end, three leases, one per subnet of each family, each host routing
+    the other two by their own PublicIP and PublicIPv6."""
+    lab = lab6
+    cfg = json.loads(HOSTGW)
+    cfg["SubnetMax"] = "10.10.32.0"                   # 10.10.0.0/20, 10.10.16.0/20, 10.10.32.0/20
+    cluster = Cluster(lab, json.dumps(cfg))
+    cluster.start_all()
+    subnets = {h: _subnets(e) for h, e in cluster.wait_all().items()}
+    assert len({v4 for v4, _ in subnets.values()}) == 3 and len({v6 for _, v6 in subnets.values()}) == 3
+    assert sorted(cluster.leases()) == sorted(_key(v4, v6) for v4, v6 in subnets.values())
+    for a, b in itertools.permutations(cluster.hosts, 2):
+        ha, hb = cluster.hosts[a], cluster.hosts[b]
+        v4, v6 = subnets[b]
+        ok = wait_for(lambda ha=ha, hb=hb, v4=v4, v6=v6: f"via {hb.ip} dev eth0" in lab.sh(
+            ha.ns, f"ip route show {v4}").stdout and f"via {hb.ip6} dev eth0" in _v6_route(lab, ha, v6), 15, 0.2)
+        assert ok, (a, b, lab.sh(ha.ns, "ip route; ip -6 route").stdout, cluster.log(a)[-2000:])
 
 
 def _state_of(lab, host, v4, v6, lease) -> list:

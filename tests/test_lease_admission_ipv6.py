@@ -89,3 +89,59 @@ def test_an_ipv4_only_host_ignores_the_ipv6_half():
     t = tracker(V4)
     odd = dual("10.10.32.0/20", "192.0.2.12", "fc00:99:0:1::/64", ip6=None, mac6=None)
     assert [e.lease.key for e in add(t, GOOD, odd)] == [GOOD.key, odd.key]
+
+
+REMOVED = LeaseEvent.REMOVED
+
+
+def created(lease, n):
+    return dataclasses.replace(lease, created=n)
+
+
+def test_two_keys_of_one_ipv4_subnet_are_one_peer_the_earlier_created():
+    """`v4&v6` keys are unique only as pairs (docs/flannel-compat.md §"Dual-stack"): a host that
+    lost the race for 10.10.16.0/20 creates, then deletes, a second key of it. The earlier key
+    stays the peer throughout; the later one's DELETE takes nothing away."""
+    t = tracker()
+    first = created(GOOD, 5)
+    later = created(dual("10.10.16.0/20", "192.0.2.12", "fc00:10:0:2::/64", ip6="fd00:2::12"), 7)
+    assert add(t, first) == [LeaseEvent(ADDED, first)]
+    assert add(t, later) == []                                   # the earlier keeps the subnet
+    assert t.apply([LeaseEvent(REMOVED, Lease(later.subnet, None, ipv6_subnet=later.ipv6_subnet))]) == []
+    assert [x.key for x in t.leases()] == [first.key]
+    t.reset([later, first])                                      # a listing seeing both: the same
+    assert [x.key for x in t.leases()] == [first.key]
+    assert t.apply([LeaseEvent(REMOVED, Lease(first.subnet, None, ipv6_subnet=first.ipv6_subnet))]) == [
+        LeaseEvent(REMOVED, first), LeaseEvent(ADDED, later)]    # the first gone: the other is the peer
+
+
+def test_an_ipv6_subnet_leased_twice_is_programmed_for_the_earlier_key_only():
+    t = tracker()
+    first = created(GOOD, 5)
+    later = created(dual("10.10.32.0/20", "192.0.2.12", "fc00:10:0:1::/64", ip6="fd00:2::12",
+                         mac6="0a:00:00:00:66:12"), 7)
+    add(t, first)
+    assert add(t, later) == []
+    assert t.rejected() == {later.key: f"IPv6 subnet fc00:10:0:1::/64 is also leased by {first.key} "
+                                       f"(192.0.2.11), created first"}
+    assert t.rejection_counts()["subnet-conflict"] == 1
+    assert t.apply([LeaseEvent(REMOVED, Lease(later.subnet, None, ipv6_subnet=later.ipv6_subnet))]) == []
+    assert [x.key for x in t.leases()] == [first.key] and t.rejected() == {}
+    add(t, later)                                               # back, and then the first goes
+    assert t.apply([LeaseEvent(REMOVED, Lease(first.subnet, None, ipv6_subnet=first.ipv6_subnet))]) == [
+        LeaseEvent(REMOVED, first), LeaseEvent(ADDED, later)]
+
+
+def test_a_peer_with_our_own_ipv6_subnet_is_refused():
+    own6 = N6("fc00:10:0:9::/64")
+    t = PeerTracker(OWN, attrs("192.0.2.10", "vxlan", {"VNI": 100, "VtepMAC": "0a:00:00:00:00:10"}), DUAL, own6)
+    assert add(t, dual("10.10.32.0/20", "192.0.2.12", str(own6), ip6="fd00:2::12")) == []
+    assert list(t.rejected().values()) == ["IPv6 subnet fc00:10:0:9::/64 is this host's"]
+
+
+def test_an_ipv4_only_host_ignores_a_shared_ipv6_half():
+    t = tracker(V4)
+    first = created(GOOD, 5)
+    later = created(dual("10.10.32.0/20", "192.0.2.12", "fc00:10:0:1::/64", ip6="fd00:2::12"), 7)
+    add(t, first, later)
+    assert [x.key for x in t.leases()] == [first.key, later.key] and t.rejected() == {}
