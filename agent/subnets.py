@@ -15,7 +15,8 @@ Deliberate differences from flannel v0.18+ (each fixes a fault of flannel's):
 * `LeaseKeeper` checks the PublicIP of its own key: if another host holds our subnet (it expired
   during a partition and was re-allocated, #1343/#1289), we stop with LeaseLost instead of
   treating the other host's lease as our renewal and overwriting it later. A deleted own key is
-  re-created with a create-if-absent transaction instead of shutting the daemon down (#904).
+  re-created with a create-if-absent transaction instead of shutting the daemon down (#904);
+  a re-created dual-stack key that an earlier key shares a half with is given up (LeaseLost).
 
 Dual-stack (EnableIPv6, docs/flannel-compat.md §"Dual-stack"): a lease holds an IPv4 and an IPv6
 subnet under one key; both must fit the config for a lease to be reused (flannel's
@@ -184,37 +185,46 @@ class SubnetManager:
         except SubnetExists:
             lost.add(subnet6 if self.config.ipv6_only and subnet6 is not None else subnet)
             raise
-        if subnet6 is not None:
-            self._keep_if_first(lease, lost)
+        earlier = self.earlier_holder(lease)
+        if earlier is not None:
+            self.log.info("Lease %s (created first, by %s) shares a subnet with ours (%s); "
+                          "giving ours up", earlier.key, earlier.public_ip, lease.key)
+            self.registry.delete_lease(lease.subnet, lease.ipv6_subnet)
+            lost.update(self._shared_halves(earlier, lease))
+            raise SubnetExists(f"subnet already leased by an earlier key: {earlier.key}")
         self.log.info("Allocated lease %s for %s", subnet_key(subnet, subnet6), self.host)
         return lease
 
-    def _keep_if_first(self, lease: Lease, lost: Set[Slot]) -> None:
-        """A key with an IPv6 half is unique only as a pair: etcd's create-if-absent lets two
-        hosts that picked one IPv4 subnet with different IPv6 ones (or the reverse) both
-        succeed, and flannel stops there. We read the leases again after our create; of two that
-        share a subnet the earlier-created keeps it, so the later one (which reads after both
-        creates) always sees the clash: it deletes its key and has lost the race."""
+    def earlier_holder(self, lease: Lease) -> Optional[Lease]:
+        """A key created before our just-created `lease` that shares one of its subnets, else None.
+
+        A key with an IPv6 half is unique only as a pair: etcd's create-if-absent lets two hosts
+        that picked one IPv4 subnet with different IPv6 ones (or the reverse) both succeed, and
+        flannel stops there. Of two such keys the earlier-created keeps the subnets; the later
+        host reads after both creates, so it always sees the other. IPv4-only keys are unique
+        by their subnet already: no read."""
+        if lease.ipv6_subnet is None:
+            return None
         leases, _rev = self.registry.list_leases()
         ours = next((x for x in leases if x.key == lease.key), lease)
         for other in leases:
-            if other.key == lease.key or (other.created, other.key) > (ours.created, ours.key):
-                continue
-            clash4 = (lease.subnet != NO_SUBNET and other.subnet.prefixlen >= self.config.subnet_len
-                      and other.subnet.overlaps(lease.subnet))
-            clash6 = (lease.ipv6_subnet is not None and other.ipv6_subnet is not None
-                      and other.ipv6_subnet.prefixlen >= self.config.ipv6_subnet_len
-                      and other.ipv6_subnet.overlaps(lease.ipv6_subnet))
-            if not (clash4 or clash6):
-                continue
-            self.log.info("Lease %s (created first, by %s) shares a subnet with ours (%s); "
-                          "giving ours up", other.key, other.public_ip, lease.key)
-            self.registry.delete_lease(lease.subnet, lease.ipv6_subnet)
-            if clash4:
-                lost.add(lease.subnet)
-            if clash6 and lease.ipv6_subnet is not None:
-                lost.add(lease.ipv6_subnet)
-            raise SubnetExists(f"subnet already leased by an earlier key: {other.key}")
+            if (other.key != lease.key and (other.created, other.key) < (ours.created, ours.key)
+                    and self._shared_halves(other, lease)):
+                return other
+        return None
+
+    def _shared_halves(self, other: Lease, lease: Lease) -> List[Slot]:
+        """The subnets of `lease` that `other` (a lease of SubnetLen or longer) also covers."""
+        cfg = self.config
+        out: List[Slot] = []
+        if (lease.subnet != NO_SUBNET and other.subnet.prefixlen >= cfg.subnet_len
+                and other.subnet.overlaps(lease.subnet)):
+            out.append(lease.subnet)
+        if (lease.ipv6_subnet is not None and other.ipv6_subnet is not None
+                and other.ipv6_subnet.prefixlen >= cfg.ipv6_subnet_len
+                and other.ipv6_subnet.overlaps(lease.ipv6_subnet)):
+            out.append(lease.ipv6_subnet)
+        return out
 
     @property
     def host(self) -> str:
@@ -520,6 +530,10 @@ class LeaseKeeper:
         for _ in range(RECREATE_RETRIES):
             try:
                 new = reg.create_lease(lease.subnet, self._attrs, SUBNET_TTL_S, lease.ipv6_subnet)
+                earlier = self.manager.earlier_holder(new)
+                if earlier is not None:             # our key expired and another host took a half
+                    reg.delete_lease(new.subnet, new.ipv6_subnet)
+                    raise self._lost_error(lease.slot, f"{self._holder(earlier)} (key {earlier.key})")
                 self.log.info("Re-created lease %s", lease.slot)
                 return new
             except SubnetExists:

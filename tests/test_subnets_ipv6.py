@@ -15,7 +15,7 @@ from ipaddress import IPv6Network as N6
 import pytest
 
 from fastflannel.agent.config import parse_config
-from fastflannel.agent.errors import OutOfSubnets
+from fastflannel.agent.errors import LeaseLost, OutOfSubnets
 from fastflannel.agent.subnets import SUBNET_TTL_S, LeaseKeeper, SubnetManager
 from support.fakeregistry import FakeRegistry, attrs
 from support.picks import Pick
@@ -158,7 +158,8 @@ def test_keeper_renews_and_recreates_under_the_dual_stack_key():
     key = (lease.subnet, lease.ipv6_subnet)
     reg.calls.clear()
     keeper = _keeper(reg, lease, 3, {1: lambda: reg.delete_lease(*key)})
-    assert reg.names() == ["get_lease", "update_lease", "delete_lease", "get_lease", "create_lease"]
+    assert reg.names() == ["get_lease", "update_lease", "delete_lease", "get_lease", "create_lease",
+                           "list_leases"]          # the look for an earlier key sharing a half
     assert reg.keys() == [key]
     assert keeper.lease.ipv6_subnet == lease.ipv6_subnet
     assert reg.get_lease(*key).attrs == MY_ATTRS
@@ -202,3 +203,19 @@ def test_an_earlier_ipv4_only_lease_on_our_ipv4_subnet_makes_us_pick_again():
     lease = manager(reg, rng=PickFirst()).acquire(MY_ATTRS)
     assert raced and lease.subnet == N("10.5.2.0/24")
     assert reg.keys() == [(N("10.5.1.0/24"), None), (lease.subnet, lease.ipv6_subnet)]
+
+
+def test_keeper_does_not_recreate_a_key_whose_ipv4_half_another_host_took_meanwhile():
+    """Our key expired (a partition) and another host took our IPv4 subnet with another IPv6 one:
+    the keeper's create-if-absent of our own key succeeds, so it must look for an earlier key
+    sharing a half, give its key up and stop with LeaseLost rather than route a subnet twice."""
+    reg = FakeRegistry()
+    lease = manager(reg).acquire(MY_ATTRS)
+    key = (lease.subnet, lease.ipv6_subnet)
+
+    def taken():
+        reg.delete_lease(*key)
+        reg.put(lease.subnet, OTHER, ipv6_subnet="fc00:5:0:77::/64", public_ipv6="fd00:2::12")
+    with pytest.raises(LeaseLost, match=f"held by {OTHER}"):
+        _keeper(reg, lease, 3, {1: taken})
+    assert reg.keys() == [(lease.subnet, N6("fc00:5:0:77::/64"))]
