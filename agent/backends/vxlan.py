@@ -29,6 +29,7 @@ agent/backends/vxlan_peers.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -67,6 +68,27 @@ def _int_opt(cfg: NetworkConfig, key: str, default: int, lo: int, hi: int) -> in
     return int(v)
 
 
+@dataclasses.dataclass(frozen=True)
+class VxlanParams:
+    """The vxlan backend's options from the config (flannel's names and defaults), read once for
+    the IPv4 device, the IPv6 one (agent/backends/vxlan6.py) and IPv6-only vxlan
+    (agent/backends/vxlan6only.py)."""
+    vni: int
+    port: int
+    mtu_opt: int
+    gbp: bool
+    learning: bool
+    direct_routing: bool
+    state_dir: str
+
+    @classmethod
+    def from_config(cls, cfg: NetworkConfig, opts: BackendOptions) -> VxlanParams:
+        return cls(vni=_int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1), port=_int_opt(cfg, "Port", 0, 0, 65535),
+                   mtu_opt=_int_opt(cfg, "MTU", 0, 0, 65535), gbp=bool(cfg.backend_option("GBP", False)),
+                   learning=bool(cfg.backend_option("Learning", False)),
+                   direct_routing=bool(cfg.backend_option("DirectRouting", False)), state_dir=opts.state_dir)
+
+
 def random_mac(other_than: Optional[str] = None) -> str:
     """A random locally administered unicast MAC (flannel v0.15.1+ RandomHardwareAddr), never
     `other_than` (the MAC another host turned out to announce too)."""
@@ -88,14 +110,8 @@ class VxlanBackend(PeerObjects, PeerCalls):
 
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         self.ext = ext
-        self.vni = _int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1)
-        self.port = _int_opt(cfg, "Port", 0, 0, 65535)
-        self.mtu_opt = _int_opt(cfg, "MTU", 0, 0, 65535)
-        self.gbp = bool(cfg.backend_option("GBP", False))
-        self.learning = bool(cfg.backend_option("Learning", False))
-        self.direct_routing = bool(cfg.backend_option("DirectRouting", False))
-        self.dev = f"flannel.{self.vni}"
-        self.state_dir = opts.state_dir
+        self.params = VxlanParams.from_config(cfg, opts)
+        self.dev = f"flannel.{self.params.vni}"
         self.mac = self._load_mac()
         self.lease: Optional[Lease] = None
         self.network: Optional[IPv4Network] = None
@@ -110,10 +126,10 @@ class VxlanBackend(PeerObjects, PeerCalls):
 
     # -- contract --------------------------------------------------------------------------------
     def mtu(self) -> int:
-        return (self.mtu_opt or self.ext.mtu) - ENCAP_OVERHEAD
+        return (self.params.mtu_opt or self.ext.mtu) - ENCAP_OVERHEAD
 
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.ext.ext_addr, "vxlan", {"VNI": self.vni, "VtepMAC": self.mac})
+        return LeaseAttrs(self.ext.ext_addr, "vxlan", {"VNI": self.params.vni, "VtepMAC": self.mac})
 
     def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         with self._lock:
@@ -219,9 +235,9 @@ class VxlanBackend(PeerObjects, PeerCalls):
 
     def describe(self) -> dict:
         """The options `fastflannel status` shows."""
-        return {"device": self.dev, "vni": self.vni, "port": self.port or netlink.VXLAN_DEFAULT_PORT,
-                "mtu": self.mtu(), "vtep_mac": self.mac, "gbp": self.gbp, "learning": self.learning,
-                "direct_routing": self.direct_routing}
+        return {"device": self.dev, "vni": self.params.vni, "port": self.params.port or netlink.VXLAN_DEFAULT_PORT,
+                "mtu": self.mtu(), "vtep_mac": self.mac, "gbp": self.params.gbp, "learning": self.params.learning,
+                "direct_routing": self.params.direct_routing}
 
     def observe(self) -> metrics.DataPlane:
         """The device's link statistics, read now: the kernel keeps no per-peer counters."""
@@ -239,7 +255,7 @@ class VxlanBackend(PeerObjects, PeerCalls):
 
     # -- MAC persistence --------------------------------------------------------------------------
     def _mac_path(self) -> str:
-        return os.path.join(self.state_dir, f"vxlan-{self.vni}-{self.ext.ext_addr}.mac")
+        return os.path.join(self.params.state_dir, f"vxlan-{self.params.vni}-{self.ext.ext_addr}.mac")
 
     def _load_mac(self) -> str:
         path = self._mac_path()
@@ -266,14 +282,14 @@ class VxlanBackend(PeerObjects, PeerCalls):
         except netlink.NetlinkError:
             return None
         vx = info["vxlan"]
-        if info["kind"] == "vxlan" and vx and vx["id"] == self.vni and _usable_mac(info["address"]):
+        if info["kind"] == "vxlan" and vx and vx["id"] == self.params.vni and _usable_mac(info["address"]):
             return info["address"]
         return None
 
     def _save_mac(self, mac: str) -> None:
         try:
-            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".vxlan-mac-")
+            os.makedirs(self.params.state_dir, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.params.state_dir, prefix=".vxlan-mac-")
             with os.fdopen(fd, "w") as f:
                 f.write(mac + "\n")
             os.chmod(tmp, 0o644)
@@ -288,9 +304,9 @@ class VxlanBackend(PeerObjects, PeerCalls):
         if info["kind"] != "vxlan" or info["vxlan"] is None:
             return f"kind {info['kind']}"
         v = info["vxlan"]
-        want = {"id": self.vni, "link": self.ext.index, "local": IPv4Address(str(self.ext.ext_addr)),
-                "group": None, "l2miss": False, "port": self.port or netlink.VXLAN_DEFAULT_PORT,
-                "gbp": self.gbp, "learning": self.learning}
+        want = {"id": self.params.vni, "link": self.ext.index, "local": IPv4Address(str(self.ext.ext_addr)),
+                "group": None, "l2miss": False, "port": self.params.port or netlink.VXLAN_DEFAULT_PORT,
+                "gbp": self.params.gbp, "learning": self.params.learning}
         diffs = [f"{k} {v.get(k)} != {w}" for k, w in want.items() if v.get(k) != w]
         return ", ".join(diffs) or None
 
@@ -307,8 +323,8 @@ class VxlanBackend(PeerObjects, PeerCalls):
                 return
             log.warning("%s already exists with incompatible configuration: %s; recreating device", self.dev, why)
             netlink.link_delete(self.dev)
-        netlink.vxlan_create(self.dev, self.vni, self.ext.ext_addr, self.ext.index, self.port,
-                             self.learning, self.gbp, self.mac, self.mtu())
+        netlink.vxlan_create(self.dev, self.params.vni, self.ext.ext_addr, self.ext.index, self.params.port,
+                             self.params.learning, self.params.gbp, self.mac, self.mtu())
 
     def _configure_device(self, lease: Lease, network: IPv4Network) -> None:
         try:
@@ -351,7 +367,7 @@ class VxlanBackend(PeerObjects, PeerCalls):
 
     def _direct(self, public_ip: IPv4Address) -> bool:
         """DirectRouting and `ip route get PublicIP` shows no gateway: the peer is on our link."""
-        if not self.direct_routing:
+        if not self.params.direct_routing:
             return False
         try:
             _oif, gw, _src = netlink.route_get(public_ip)
@@ -402,7 +418,7 @@ class VxlanBackend(PeerObjects, PeerCalls):
                 return
             # Never seen (e.g. removed before we started): clean up what its attrs describe.
             p = _Peer(lease, lease.attrs.public_ip, vtep_mac(lease.attrs), False)
-            if self.direct_routing:
+            if self.params.direct_routing:
                 self._unprogram(_Peer(lease, lease.attrs.public_ip, None, True))
         log.info("removing vxlan peer %s (%s)", lease.subnet, lease.attrs.public_ip if lease.attrs else "?")
         self._unprogram(p)

@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Dict, Iterable, Optional, Protocol, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from .. import netlink, netlink6
 from ..config import NetworkConfig
@@ -35,7 +35,7 @@ from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs, Slot, vtep_mac6
 from ..peers import network6_problem
 from .base import BackendOptions, DualStackPeers
-from .vxlan import VxlanBackend, _usable_mac, random_mac
+from .vxlan import VxlanBackend, VxlanParams, _usable_mac, random_mac
 
 log = logging.getLogger("fastflannel.vxlan")
 
@@ -46,24 +46,12 @@ ENCAP_OVERHEAD6 = 70         # bytes: outer IPv6 40 + UDP 8 + VXLAN 8 + inner Et
 Peer6 = Tuple[IPv6Network, IPv6Address, str, bool]
 
 
-class DeviceOptions(Protocol):
-    """What the device takes from the vxlan config (VxlanBackend has them, and
-    vxlan6only.VxlanParams)."""
-    vni: int
-    port: int
-    mtu_opt: int
-    gbp: bool
-    learning: bool
-    direct_routing: bool
-    state_dir: str
-
-
 class VxlanV6Device:
-    def __init__(self, v4: DeviceOptions, ext: ExternalInterface, network6: IPv6Network):
+    def __init__(self, params: VxlanParams, ext: ExternalInterface, network6: IPv6Network):
         if ext.iface_v6_addr is None or ext.ext_v6_addr is None:
             raise BackendError(f"vxlan: EnableIPv6 needs an IPv6 address on {ext.name}")
-        self.v4, self.ext, self.network6 = v4, ext, network6
-        self.dev = f"flannel-v6.{v4.vni}"
+        self.params, self.ext, self.network6 = params, ext, network6
+        self.dev = f"flannel-v6.{params.vni}"
         self.own: Optional[IPv6Network] = None
         self.peers: Dict[Slot, Peer6] = {}           # by the lease's slot (lease.Lease.slot)
         self.ok: Dict[Slot, bool] = {}
@@ -71,11 +59,11 @@ class VxlanV6Device:
         self._lock = threading.RLock()
 
     def mtu(self) -> int:
-        return (self.v4.mtu_opt or self.ext.mtu) - ENCAP_OVERHEAD6
+        return (self.params.mtu_opt or self.ext.mtu) - ENCAP_OVERHEAD6
 
     # -- MAC --------------------------------------------------------------------------------------
     def _mac_path(self) -> str:
-        return os.path.join(self.v4.state_dir, f"vxlan6-{self.v4.vni}-{self.ext.ext_v6_addr}.mac")
+        return os.path.join(self.params.state_dir, f"vxlan6-{self.params.vni}-{self.ext.ext_v6_addr}.mac")
 
     def _load_mac(self) -> str:
         try:
@@ -91,8 +79,8 @@ class VxlanV6Device:
 
     def _save_mac(self, mac: str) -> None:
         try:
-            os.makedirs(self.v4.state_dir, mode=0o755, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.v4.state_dir, prefix=".vxlan6-mac-")
+            os.makedirs(self.params.state_dir, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.params.state_dir, prefix=".vxlan6-mac-")
             with os.fdopen(fd, "w") as f:
                 f.write(mac + "\n")
             os.chmod(tmp, 0o644)
@@ -146,8 +134,8 @@ class VxlanV6Device:
             netlink.link_delete(self.dev)
             info = None
         if info is None:
-            netlink6.vxlan6_create(self.dev, self.v4.vni, local, self.ext.index, self.v4.port,
-                                   self.v4.learning, self.v4.gbp, self.mac, self.mtu())
+            netlink6.vxlan6_create(self.dev, self.params.vni, local, self.ext.index, self.params.port,
+                                   self.params.learning, self.params.gbp, self.mac, self.mtu())
         index = self._index()
         assert index is not None
         if netlink.link_info(self.dev)["address"] != self.mac:
@@ -164,8 +152,8 @@ class VxlanV6Device:
         vx = info.get("vxlan")
         if info["kind"] != "vxlan" or not vx:
             return f"kind {info['kind']}"
-        want = {"id": self.v4.vni, "link": self.ext.index, "port": self.v4.port or netlink.VXLAN_DEFAULT_PORT,
-                "gbp": self.v4.gbp, "learning": self.v4.learning}
+        want = {"id": self.params.vni, "link": self.ext.index, "port": self.params.port or netlink.VXLAN_DEFAULT_PORT,
+                "gbp": self.params.gbp, "learning": self.params.learning}
         diffs = [f"{k} {vx.get(k)} != {w}" for k, w in want.items() if vx.get(k) != w]
         local = netlink6.vxlan6_local(info["index"])
         if local != self.ext.iface_v6_addr:
@@ -188,7 +176,7 @@ class VxlanV6Device:
     def _direct(self, pub6: IPv6Address) -> bool:
         """DirectRouting and `ip -6 route get PublicIPv6` shows no gateway: the peer is on our
         link, so its subnet is routed via PublicIPv6 without VXLAN (flannel's v6DirectRoute)."""
-        if not self.v4.direct_routing:
+        if not self.params.direct_routing:
             return False
         try:
             return netlink6.route_get6_gateway(pub6) is None
@@ -283,7 +271,8 @@ class VxlanV6Device:
             index = self._index()
             assert index is not None
             routes = {(r.dst, r.gateway) for r in netlink6.routes6(index)}
-            direct = {(r.dst, r.gateway) for r in netlink6.routes6(self.ext.index)} if self.v4.direct_routing else set()
+            direct = ({(r.dst, r.gateway) for r in netlink6.routes6(self.ext.index)}
+                      if self.params.direct_routing else set())
             neigh = {(n.ip, n.mac) for n in netlink6.neigh6_list(index)}
             fdb = {(n.mac, n.ip) for n in netlink6.fdb6_list(index)}
             for slot, p in self.peers.items():
@@ -299,7 +288,7 @@ class VxlanV6Device:
         if index is None:
             return
         live = {p for p in self.peers.values() if not p[3]}
-        if self.v4.direct_routing:
+        if self.params.direct_routing:
             self._prune_direct()
         for r in netlink6.routes6(index):
             if r.gateway is not None and r.dst.subnet_of(self.network6) and not any(r.dst == p[0] for p in live):
@@ -332,11 +321,11 @@ class DualStackVxlan(DualStackPeers, VxlanBackend):
     def __init__(self, ext: ExternalInterface, cfg: NetworkConfig, opts: BackendOptions):
         super().__init__(ext, cfg, opts)
         assert cfg.ipv6_network is not None
-        self.v6 = VxlanV6Device(self, ext, cfg.ipv6_network)
+        self.v6 = VxlanV6Device(self.params, ext, cfg.ipv6_network)
 
     def lease_attrs(self) -> LeaseAttrs:
         return dataclasses.replace(super().lease_attrs(), public_ipv6=self.ext.ext_v6_addr,
-                                   backend_v6_data={"VNI": self.vni, "VtepMAC": self.v6.mac})
+                                   backend_v6_data={"VNI": self.params.vni, "VtepMAC": self.v6.mac})
 
     def setup(self, lease: Lease, cfg: NetworkConfig) -> None:
         super().setup(lease, cfg)

@@ -5,7 +5,6 @@ BackendType vxlan, BackendV6Data, no BackendData.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 
@@ -14,30 +13,10 @@ from ..config import NetworkConfig
 from ..iface import ExternalInterface
 from ..lease import Lease, LeaseAttrs
 from .base import BackendOptions, Ipv6OnlyPeers
-from .vxlan import DEFAULT_VNI, _int_opt
+from .vxlan import VxlanParams
 from .vxlan6 import VxlanV6Device
 
 log = logging.getLogger("fastflannel.vxlan")
-
-
-@dataclasses.dataclass
-class VxlanParams:
-    """The vxlan options of an IPv6-only network, parsed as VxlanBackend parses them (no IPv4
-    device is made, so VxlanBackend itself is not)."""
-    vni: int
-    port: int
-    mtu_opt: int
-    gbp: bool
-    learning: bool
-    direct_routing: bool
-    state_dir: str
-
-    @classmethod
-    def from_config(cls, cfg: NetworkConfig, opts: BackendOptions) -> VxlanParams:
-        return cls(vni=_int_opt(cfg, "VNI", DEFAULT_VNI, 0, (1 << 24) - 1), port=_int_opt(cfg, "Port", 0, 0, 65535),
-                   mtu_opt=_int_opt(cfg, "MTU", 0, 0, 65535), gbp=bool(cfg.backend_option("GBP", False)),
-                   learning=bool(cfg.backend_option("Learning", False)),
-                   direct_routing=bool(cfg.backend_option("DirectRouting", False)), state_dir=opts.state_dir)
 
 
 class Ipv6OnlyVxlan(Ipv6OnlyPeers):

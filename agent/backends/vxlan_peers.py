@@ -28,6 +28,7 @@ from ..lease import Lease
 
 if TYPE_CHECKING:
     from ..kernelwatch import Changes
+    from .vxlan import VxlanParams
 
 log = logging.getLogger("fastflannel.vxlan")
 
@@ -59,7 +60,7 @@ class PeerObjects:
     """The peers' kernel state; the backend sets these attributes (see VxlanBackend.__init__)."""
     ext: ExternalInterface
     dev: str
-    direct_routing: bool
+    params: VxlanParams
     lease: Optional[Lease]
     network: Optional[IPv4Network]
     peers: Dict[IPv4Network, _Peer]
@@ -205,7 +206,7 @@ class PeerObjects:
         macs = {p.mac for p in self.peers.values() if p.mac}
         msgs: List[bytes] = []
         try:
-            devs = [idx] + ([self.ext.index] if self.direct_routing else [])
+            devs = [idx] + ([self.ext.index] if self.params.direct_routing else [])
             for oif in devs:
                 for r in netlink.dump_routes(oif):
                     dst = IPv4Network((r.dst, r.plen))
