@@ -34,7 +34,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from .lease import (
     NO_SUBNET,
@@ -228,7 +228,7 @@ class PeerTracker:
             if prev is not None and not _same_key(prev, lease):
                 keys = shared.setdefault(lease.slot, {prev.key: prev})
                 keys[lease.key] = lease
-                lease = _first(lease.slot, keys, self._host)
+                lease = _first(lease.slot, keys)
             fresh[lease.slot] = lease
         with self._lock:
             affected = set(self._seen) | set(fresh) | set(self._admitted)
@@ -277,7 +277,7 @@ class PeerTracker:
             assert seen is not None
             keys = self._shared[subnet] = {seen.key: seen}
         keys[lease.key] = lease
-        self._seen[subnet] = _first(subnet, keys, self._host)
+        self._seen[subnet] = _first(subnet, keys)
 
     def _drop(self, subnet: Slot, gone: Lease) -> bool:
         """A key is gone (False: it was not known); another key of the subnet may take over."""
@@ -292,7 +292,7 @@ class PeerTracker:
             return False
         if len(keys) == 1:
             del self._shared[subnet]
-        self._seen[subnet] = _first(subnet, keys, self._host)
+        self._seen[subnet] = _first(subnet, keys)
         return True
 
     # -- admission ------------------------------------------------------------------------------
@@ -335,10 +335,6 @@ class PeerTracker:
             return Rejection(OWN_PUBLIC_IP, f"PublicIPv6 {pub6} is this host's, on another subnet "
                                             f"than its lease {self.own_subnet}")
         return ipv6_rejection(lease, cfg)
-
-    def _host(self, lease: Lease) -> object:
-        """The address that names a lease's host: PublicIPv6 in an IPv6-only network, else PublicIP."""
-        return lease.public_ipv6 if self._config is not None and self._config.ipv6_only else lease.public_ip
 
     def _candidate(self, subnet: Slot) -> Optional[Lease]:
         """The value of `subnet` that may be admitted: the latest one if it passes, else the
@@ -402,7 +398,7 @@ class PeerTracker:
             if first != subnet:
                 holder = self._cand[first]
                 return Rejection(SUBNET_CONFLICT, f"IPv6 subnet {sn6} is also leased by {holder.key} "
-                                                  f"({self._host(holder)}), created first")
+                                                  f"({holder.public_address}), created first")
         mac = self._mac(cand)
         if mac is None:
             return None
@@ -410,14 +406,14 @@ class PeerTracker:
         if own is not None and self._mac(own) == mac:
             return Rejection(OWN_MAC, f"VtepMAC {mac} is this host's own VTEP MAC")
         group = self._by_mac.get(mac, set())
-        ips = {self._host(self._cand[s]) for s in group}
+        ips = {self._cand[s].public_address for s in group}
         if len(ips) <= 1:
             return None
         owner = self._mac_owner(group)
-        if self._host(cand) == self._host(self._cand[owner]):
+        if cand.public_address == self._cand[owner].public_address:
             return None
         return Rejection(MAC_CONFLICT, f"VtepMAC {mac} is also announced by {slot_key(owner)} "
-                                       f"({self._host(self._cand[owner])}), admitted first")
+                                       f"({self._cand[owner].public_address}), admitted first")
 
     def _mac_owner(self, group: Set[Slot]) -> Slot:
         """The key whose host keeps a shared MAC: the one admitted first with it, else the oldest
@@ -480,7 +476,7 @@ class PeerTracker:
         seen = self._seen[subnet]
         kept = "; keeping its last good value" if admit is not None and admit is not seen else ""
         log.warning("Ignoring lease %s (PublicIP %s): %s%s", seen.key,
-                    self._host(seen), why.text, kept)
+                    seen.public_address, why.text, kept)
         if why.code == OWN_MAC:
             self._conflicts[subnet] = seen
 
@@ -493,13 +489,13 @@ def _same_key(a: Lease, b: Lease) -> bool:
     return a.subnet == b.subnet and a.ipv6_subnet == b.ipv6_subnet
 
 
-def _first(subnet: Slot, keys: Dict[str, Lease], host: Callable[[Lease], object]) -> Lease:
+def _first(subnet: Slot, keys: Dict[str, Lease]) -> Lease:
     """The value of the subnet's earliest-created key; the others are logged, never used."""
     first = min(keys.values(), key=lambda x: (x.created, x.key))
     if len(keys) > 1:
         others = ", ".join(k for k in sorted(keys) if k != first.key)
         log.warning("Ignoring lease %s: its subnet %s is also leased by %s (PublicIP %s), created first",
-                    others, slot_key(subnet), first.key, host(first))
+                    others, slot_key(subnet), first.key, first.public_address)
     return first
 
 

@@ -188,7 +188,7 @@ class SubnetManager:
         earlier = self.earlier_holder(lease)
         if earlier is not None:
             self.log.info("Lease %s (created first, by %s) shares a subnet with ours (%s); "
-                          "giving ours up", earlier.key, earlier.public_ip, lease.key)
+                          "giving ours up", earlier.key, earlier.public_address, lease.key)
             self.registry.delete_lease(lease.subnet, lease.ipv6_subnet)
             lost.update(self._shared_halves(earlier, lease))
             raise SubnetExists(f"subnet already leased by an earlier key: {earlier.key}")
@@ -443,10 +443,6 @@ class LeaseKeeper:
     def _lost_error(subnet: Slot, holder) -> LeaseLost:
         return LeaseLost(f"subnet {subnet} is now held by {holder}; refusing to overwrite it")
 
-    def _holder(self, lease: Lease) -> object:
-        """The address naming the host that holds `lease` (PublicIPv6 when IPv6-only)."""
-        return lease.public_ipv6 if self.manager.config.ipv6_only else lease.public_ip
-
     # -- the renewal loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Block until `stop` is set; raise LeaseLost when our subnet went to another host."""
@@ -511,7 +507,7 @@ class LeaseKeeper:
         if current is None:
             return self._recreate(lease)
         if not self.manager.holds(current):
-            raise self._lost_error(lease.slot, self._holder(current))
+            raise self._lost_error(lease.slot, current.public_address)
         if verify or current.attrs != self._attrs:
             return self._put_back(current)
         return self.manager.renew(dataclasses.replace(lease, attrs=self._attrs))
@@ -533,7 +529,7 @@ class LeaseKeeper:
                 earlier = self.manager.earlier_holder(new)
                 if earlier is not None:             # our key expired and another host took a half
                     reg.delete_lease(new.subnet, new.ipv6_subnet)
-                    raise self._lost_error(lease.slot, f"{self._holder(earlier)} (key {earlier.key})")
+                    raise self._lost_error(lease.slot, f"{earlier.public_address} (key {earlier.key})")
                 self.log.info("Re-created lease %s", lease.slot)
                 return new
             except SubnetExists:
@@ -541,7 +537,7 @@ class LeaseKeeper:
             if current is None:
                 continue                            # deleted again in between: try once more
             if not self.manager.holds(current):
-                raise self._lost_error(lease.slot, self._holder(current))
+                raise self._lost_error(lease.slot, current.public_address)
             # Our key is there: the DELETE was of another spelling of it, or we put it back
             # earlier. Peers dropped us on that DELETE; one PUT brings them back.
             return self._put_back(current)
