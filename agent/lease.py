@@ -84,7 +84,6 @@ class Lease:
             return self.ipv6_subnet
         return self.subnet
 
-
     @property
     def public_address(self) -> Optional[IPv4Address | IPv6Address]:
         """The address the lease's host is known by: PublicIP, or an IPv6-only lease's

@@ -414,6 +414,9 @@ def _peer_heads() -> Tuple[List[bytes], List[str]]:
 
 
 _PEER_HEADS, _PEER_FIELDS = _peer_heads()
+# the last column (last receive) is fixed-point milliseconds and leaves out peers never heard
+_PEER_DECIMALS = [0] * (len(_PEER_HEADS) - 1) + [_MS_PER_S_DIGITS]
+_PEER_SKIP_ZERO = [False] * (len(_PEER_HEADS) - 1) + [True]
 
 
 def _render_peers(peers: Any) -> bytes:
@@ -430,10 +433,7 @@ def _render_peers(peers: Any) -> bytes:
     # monotonic ns of the last datagram (0 = never) -> Unix time in ms, rows never heard left out
     rx = peers["last_rx_ns"].astype(np.int64)
     values[:, -1] = np.where(rx != 0, (rx + (time.time_ns() - time.monotonic_ns())) // 1_000_000, 0)
-    last = len(_PEER_HEADS) - 1
-    return series_columns(_PEER_HEADS, _PEER_PREFIXES.of(peers), values,
-                          [_MS_PER_S_DIGITS if c == last else 0 for c in range(last + 1)],
-                          [c == last for c in range(last + 1)])
+    return series_columns(_PEER_HEADS, _PEER_PREFIXES.of(peers), values, _PEER_DECIMALS, _PEER_SKIP_ZERO)
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"     # prometheus_client's CONTENT_TYPE_LATEST

@@ -69,11 +69,6 @@ int ff_tun_write(struct ff_worker *w, const uint8_t *p, uint32_t len, int retrie
                          len + (vnet ? FF_VNET_HDR_LEN : 0), retries);
 }
 
-/* Drain until EAGAIN (flannel's "optimistic reads"), then stay awake a little: up to
- * FF_IDLE_SPINS more tries, each after a sched_yield (which hands the core to any runnable
- * thread, e.g. the TCP endpoints, and returns at once when there is none). Sleeping in poll
- * after every drain cost a wakeup (on a VM, a halt/IPI round trip) per burst: docs/fastpath.md
- * §"Worker wake-ups". Returns the units handled. */
 /* A queue's two workers served by one thread: w is the tun->udp worker, w + 1 its udp->tun
  * peer. Each batch call uses its own worker's state (epoch, counters, buffers). */
 static uint32_t batch_once(struct ff_worker *w, int pair)
@@ -83,6 +78,11 @@ static uint32_t batch_once(struct ff_worker *w, int pair)
     return w->tun_side ? ff_tx_batch(w) : ff_rx_batch(w);
 }
 
+/* Drain until EAGAIN (flannel's "optimistic reads"), then stay awake a little: up to
+ * FF_IDLE_SPINS more tries, each after a sched_yield (which hands the core to any runnable
+ * thread, e.g. the TCP endpoints, and returns at once when there is none). Sleeping in poll
+ * after every drain cost a wakeup (on a VM, a halt/IPI round trip) per burst: docs/fastpath.md
+ * §"Worker wake-ups". Returns the units handled. */
 static uint32_t drain(struct ff_worker *w, int pair)
 {
     uint32_t n = 0, got;
