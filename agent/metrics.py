@@ -421,7 +421,8 @@ _PEER_SKIP_ZERO = [False] * (len(_PEER_HEADS) - 1) + [True]
 
 def _render_peers(peers: Any) -> bytes:
     """The per-peer families in the text format: one series per live route, written by the fast
-    path's series_columns() (C: ~0.3 ms at 1,000 peers, where Python's formatting took 2.3)."""
+    path's series_columns() (C: 0.47 ms at 1,000 peers, where Python's formatting took 2.27;
+    docs/fastpath.md §"Per-peer counters")."""
     if peers is None or len(peers) == 0:
         return b""
     import numpy as np
